@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Train and evaluate all 15 MVTec AD categories, then print a per-category table with a mean row
+# (also OUTPUT_DIR/results.md and OUTPUT_DIR/results.json).
+#   bash scripts/run_all_mvtec.sh DATASET_PATH [PRE_CKPT_PATH] [DEVICE_ID] [OUTPUT_DIR]
+set -uo pipefail
+usage="usage: bash scripts/run_all_mvtec.sh DATASET_PATH [PRE_CKPT_PATH] [DEVICE_ID] [OUTPUT_DIR]"
+if [[ $# -lt 1 ]]; then echo "$usage" >&2; exit 2; fi
+here="$(cd "$(dirname "$0")" && pwd)"
+dataset_path=$1; pre_ckpt=${2:-none}; device_id=${3:-0}; output_dir=${4:-output}
+[[ -d "$dataset_path" ]] || { echo "error: $dataset_path: dataset path not found" >&2; exit 2; }
+categories=(bottle cable capsule carpet grid hazelnut leather metal_nut pill screw tile toothbrush transistor wood zipper)
+present=()
+for c in "${categories[@]}"; do
+  if [[ -d "$dataset_path/$c" ]]; then present+=("$c"); else echo "warning: $dataset_path/$c not found, skipped" >&2; fi
+done
+[[ ${#present[@]} -gt 0 ]] || { echo "error: $dataset_path: none of the 15 MVTec AD categories is there" >&2; exit 2; }
+failed=()
+for c in "${present[@]}"; do
+  echo "=== $c"
+  if ! bash "$here/run_train.sh" "$dataset_path" "$device_id" "$pre_ckpt" "$c" "$output_dir" || \
+     ! bash "$here/run_eval.sh" "$dataset_path" "$device_id" "$pre_ckpt" "$c" "$output_dir"; then
+    failed+=("$c")
+  fi
+done
+PYTHONPATH="$here/.." "$here/../.venv/bin/python" -m src.report "$output_dir" "${present[@]}" || exit 2
+if [[ ${#failed[@]} -gt 0 ]]; then echo "error: failed categories: ${failed[*]}" >&2; exit 1; fi

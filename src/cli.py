@@ -1,0 +1,61 @@
+"""What every entry point shares: arguments, logging, MindSpore context and error reporting."""
+import argparse
+import logging
+import sys
+
+from src.errors import InputError
+
+logger = logging.getLogger("patchcore")
+
+
+def base_parser(description):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--dataset_path", required=True, help="folder holding MVTec-layout categories")
+    parser.add_argument("--category", required=True, help="category folder name, e.g. screw")
+    parser.add_argument("--output_dir", default="output", help="where <category>/ is written (default: output)")
+    parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    parser.add_argument("--device_id", type=int, default=0)
+    parser.add_argument("--pre_ckpt_path", default=None, help="backbone .ckpt (src/pthtockpt.py); "
+                                                                  "omitted: seeded random weights")
+    parser.add_argument("--config", default=None, help="YAML config (default: configs/patchcore.yaml)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds init, projection, coreset start")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. -o percentage=0.01 (repeatable)")
+    return parser
+
+
+def set_device(device_target, device_id):
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device(device_target, device_id)
+
+
+def setup_logging(log_path=None):
+    """Console at INFO, plus a log file when given. Returns the file handler (to close)."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in logger.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(fmt)
+        logger.addHandler(console)
+    if log_path is None:
+        return None
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(fmt)
+    logger.addHandler(handler)
+    return handler
+
+
+def run(main):
+    """Run ``main()``; bad input becomes one line on stderr and exit code 2."""
+    try:
+        code = main()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,66 @@
+"""The fast grouped-convolution aggregation equals the reference's literal unfold/pool/resize chain."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
+import mindspore as ms
+
+from src.features import LocalAggregation, adaptive_pool_matrix, largest_group_count, to_patch_rows
+
+
+def literal_reference(layers, merge_size, pretrain_dim, target_dim):
+    """The authors' order of operations, in torch, on [B, C, h, w] layer maps."""
+    pad = (merge_size - 1) // 2
+    ref_h, ref_w = layers[0].shape[2:]
+    per_layer = []
+    for k, x in enumerate(layers):
+        b, c, h, w = x.shape
+        unfolded = F.unfold(x, kernel_size=merge_size, stride=1, padding=pad)  # [B, C*m*m, h*w]
+        patches = unfolded.reshape(b, c, merge_size, merge_size, h, w)
+        if k > 0:
+            patches = patches.permute(0, 1, 2, 3, 4, 5).reshape(-1, 1, h, w)
+            patches = F.interpolate(patches, size=(ref_h, ref_w), mode="bilinear", align_corners=False)
+            patches = patches.reshape(b, c, merge_size, merge_size, ref_h, ref_w)
+        vectors = patches.permute(0, 4, 5, 1, 2, 3).reshape(-1, 1, c * merge_size * merge_size)
+        per_layer.append(F.adaptive_avg_pool1d(vectors, pretrain_dim).squeeze(1))
+    stacked = torch.stack(per_layer, dim=1).reshape(-1, 1, len(layers) * pretrain_dim)
+    return F.adaptive_avg_pool1d(stacked, target_dim).squeeze(1).numpy()
+
+
+def test_adaptive_pool_matrix_matches_torch():
+    x = torch.randn(3, 1, 37)
+    expected = F.adaptive_avg_pool1d(x, 10).squeeze(1).numpy()
+    got = x.squeeze(1).numpy().astype(np.float64) @ adaptive_pool_matrix(37, 10).T
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels,grids,merge,pre,target", [
+    ((512, 1024), ((8, 8), (4, 4)), 3, 1024, 1024),   # the published WRN50 setting
+    ((16, 24), ((9, 7), (5, 4)), 3, 40, 30),           # windows straddle channels and layers
+    ((32, 96), ((6, 6), (3, 3)), 1, 64, 48),
+    ((20,), ((5, 5),), 5, 64, 64),
+])
+def test_fast_aggregation_equals_literal(channels, grids, merge, pre, target):
+    rng = np.random.default_rng(0)
+    layers = [rng.standard_normal((2, c, h, w)).astype(np.float32) for c, (h, w) in zip(channels, grids)]
+    expected = literal_reference([torch.from_numpy(x) for x in layers], merge, pre, target)
+    cell = LocalAggregation(channels, merge, pre, target)
+    out = cell(*[ms.Tensor(x) for x in layers]).asnumpy()
+    rows, grid = to_patch_rows(out)
+    assert grid == grids[0]
+    assert rows.shape == expected.shape
+    assert np.abs(rows - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_published_setting_runs_as_grouped_convolutions():
+    cell = LocalAggregation((512, 1024), 3, 1024, 1024)
+    assert cell.concat_only
+    assert [conv.group for conv in cell.convs] == [512, 512]
+
+
+def test_largest_group_count_dense_when_mixed():
+    weight = np.ones((4, 4, 1, 1))
+    assert largest_group_count(weight) == 1
+    assert largest_group_count(np.eye(4).reshape(4, 4, 1, 1)) == 4

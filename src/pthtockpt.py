@@ -249,8 +249,9 @@ def to_mindspore_parameters(state_dict, backbone_name, path, layers=None):
         else:
             params[name] = value.astype(np.float32, copy=False)
     if missing:
-        raise InputError(path, f"not a {backbone_name} state dict: {len(missing)} of {len(missing) + len(params) + len(wrong)} "
-                               f"backbone tensors missing, e.g. {', '.join(missing[:3])}")
+        total = len(missing) + len(params) + len(wrong)
+        raise InputError(path, f"not a {backbone_name} state dict: {len(missing)} of {total} backbone tensors "
+                               f"missing, e.g. {', '.join(missing[:3])}")
     if wrong:
         raise InputError(path, f"{len(wrong)} tensors do not fit {backbone_name}: {'; '.join(wrong[:3])}")
     used = {torch_name(name) for name in params}

@@ -7,26 +7,8 @@ import torch.nn.functional as F
 import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
 import mindspore as ms
 
+from torch_reference import literal_reference
 from src.features import LocalAggregation, adaptive_pool_matrix, largest_group_count, to_patch_rows
-
-
-def literal_reference(layers, merge_size, pretrain_dim, target_dim):
-    """The authors' order of operations, in torch, on [B, C, h, w] layer maps."""
-    pad = (merge_size - 1) // 2
-    ref_h, ref_w = layers[0].shape[2:]
-    per_layer = []
-    for k, x in enumerate(layers):
-        b, c, h, w = x.shape
-        unfolded = F.unfold(x, kernel_size=merge_size, stride=1, padding=pad)  # [B, C*m*m, h*w]
-        patches = unfolded.reshape(b, c, merge_size, merge_size, h, w)
-        if k > 0:
-            patches = patches.permute(0, 1, 2, 3, 4, 5).reshape(-1, 1, h, w)
-            patches = F.interpolate(patches, size=(ref_h, ref_w), mode="bilinear", align_corners=False)
-            patches = patches.reshape(b, c, merge_size, merge_size, ref_h, ref_w)
-        vectors = patches.permute(0, 4, 5, 1, 2, 3).reshape(-1, 1, c * merge_size * merge_size)
-        per_layer.append(F.adaptive_avg_pool1d(vectors, pretrain_dim).squeeze(1))
-    stacked = torch.stack(per_layer, dim=1).reshape(-1, 1, len(layers) * pretrain_dim)
-    return F.adaptive_avg_pool1d(stacked, target_dim).squeeze(1).numpy()
 
 
 def test_adaptive_pool_matrix_matches_torch():

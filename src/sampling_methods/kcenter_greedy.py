@@ -11,9 +11,12 @@ few plain picks it groups the points into blocks around the picks so far (their 
 keeps, per block, a radius and the largest running value. A new pick ``c`` cannot lower any running
 value in block ``b`` when ``d(c, centre_b) - radius_b >= max running value in b`` (triangle
 inequality), so only the remaining blocks are visited. The bound is made rigorous against float32
-rounding (see ``_untouchable``), and every point-to-pick distance is computed by the same
+rounding (see ``_Blocks``), and every point-to-pick distance is computed by the same
 row-independent arithmetic in both versions (``distances_to_point``), so the running values, and
 hence the picks, are bit-identical.
+
+Both work on C-contiguous float32 points [N, D] (converted if needed): einsum is row-independent
+only among rows laid out alike.
 """
 import faiss
 import numpy as np
@@ -21,15 +24,17 @@ import tqdm
 from threadpoolctl import threadpool_limits
 
 from src.errors import InputError
-from src.sampling_methods.sampling_def import BaseSampler, check_percentage, num_picks
+from src.sampling_methods.sampling_def import BaseSampler, check_percentage, coreset_size
 
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
 # Plain picks before the first grouping, then the number of picks used as block centres when
 # regrouping: more blocks bound tighter but cost more per pick (distance to every centre).
 BLOCK_SCHEDULE = (64, 512)
+PROJECTION_ROWS = 4096
 
 
 def squared_norms(points):
+    """float32 |x|^2 per row (row-independent, like ``point_dots``)."""
     return np.einsum("ij,ij->i", points, points, optimize=False)
 
 
@@ -69,9 +74,9 @@ def _progress_bar(total, progress):
     return tqdm.tqdm(total=total, desc="Coreset", unit="pick", disable=None if progress is None else not progress)
 
 
-def _plain_picks(points, sq_norms, running, picks, first, stop, bar):
-    """Picks ``first .. stop-1`` by full passes; ``running`` is updated in place."""
-    for j in range(first, stop):
+def _plain_picks(points, sq_norms, running, picks, stop, bar):
+    """The first ``stop`` picks, by full passes; ``running`` is updated in place."""
+    for j in range(stop):
         index = int(np.argmax(running))
         picks[j] = index
         if j + 1 < len(picks):  # the last pick needs no update
@@ -90,10 +95,11 @@ def _initial_state(points, start_indices):
 
 def greedy_coreset_plain(points, num_picks, start_indices, progress=None):
     """Reference greedy: ``num_picks`` indices (int64, in pick order); one full pass per pick."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
     sq_norms, running = _initial_state(points, start_indices)
     picks = np.empty(num_picks, dtype=np.int64)
     with _progress_bar(num_picks, progress) as bar:
-        _plain_picks(points, sq_norms, running, picks, 0, num_picks, bar)
+        _plain_picks(points, sq_norms, running, picks, num_picks, bar)
     return picks
 
 
@@ -126,6 +132,7 @@ class _Blocks:
         position = np.empty_like(self.order)
         position[self.order] = np.arange(len(self.order))
         centres = self.points[position[centre_indices]]
+        del position
         index = faiss.IndexFlatL2(centres.shape[1])
         index.add(centres)
         # Any grouping is correct (the radius is measured); the nearest centre keeps blocks tight.
@@ -151,7 +158,7 @@ class _Blocks:
         self.reach_sq = np.full(len(centres), -np.inf)
         self._refresh(nonempty, self.running, self.starts[nonempty])
 
-    def _measure(self, owner, offsets, chunk=8192):
+    def _measure(self, owner, offsets, chunk=2048):
         """Per block (given by its start ``offsets``): max member distance to the centre and max
         member norm, in float64, inflated far beyond float64 rounding so that they stay bounds."""
         to_centre = np.empty(len(self.points))
@@ -220,20 +227,24 @@ def greedy_coreset_pruned(points, num_picks, start_indices, block_schedule=BLOCK
     """Same picks as ``greedy_coreset_plain``, visiting only the blocks a pick can change.
 
     ``points`` is REORDERED IN PLACE (pass a copy to keep yours): it saves a second copy of the data.
+    (A non-contiguous or non-float32 ``points`` is copied first and left as it is.)
     ``block_schedule``: the first value is the number of plain picks; at each value the points are
     regrouped around all picks so far. ``stats`` (a dict, optional) receives the average fraction of
     points visited per pruned pick.
     """
+    points = np.ascontiguousarray(points, dtype=np.float32)
     sq_norms, running = _initial_state(points, start_indices)
     picks = np.empty(num_picks, dtype=np.int64)
     plain_stop = min(block_schedule[0], num_picks)
     visited = 0
     with _progress_bar(num_picks, progress) as bar:
-        _plain_picks(points, sq_norms, running, picks, 0, plain_stop, bar)
+        _plain_picks(points, sq_norms, running, picks, plain_stop, bar)
         state = _Blocks(points, sq_norms, running)
         del sq_norms, running
         bounds = [plain_stop] + [s for s in block_schedule[1:] if plain_stop < s < num_picks] + [num_picks]
         for first, stop in zip(bounds[:-1], bounds[1:]):
+            if first == stop:  # everything was picked plainly
+                break
             state.regroup(picks[:first])
             # The per-pick BLAS call is tiny: extra threads only add wake-up latency, and stall
             # badly when the other cores are busy.
@@ -257,29 +268,55 @@ def project_features(features, projection_dim, rng):
         return features
     bound = 1.0 / np.sqrt(dim)
     weights = rng.uniform(-bound, bound, size=(dim, projection_dim)).astype(np.float32)
-    return features @ weights
+    projected = np.empty((len(features), projection_dim), dtype=np.float32)
+    # In row chunks: one big multithreaded sgemm makes OpenBLAS keep ~60 MB of extra workspace.
+    for start in range(0, len(features), PROJECTION_ROWS):
+        np.matmul(features[start:start + PROJECTION_ROWS], weights, out=projected[start:start + PROJECTION_ROWS])
+    return projected
 
 
 def approximate_greedy_coreset_indices(features, percentage, seed=0, projection_dim=128, num_starting_points=10,
-                                       pruned=True, progress=None):
-    """Indices (int64, in pick order) of the approximate greedy coreset of float32 ``features`` [N, D]."""
+                                       pruned=True, progress=None, stats=None):
+    """Indices (int64, in pick order) of the approximate greedy coreset of float32 ``features`` [N, D].
+    ``stats``: see ``greedy_coreset_pruned`` (the plain greedy visits every point: fraction 1)."""
     rng = np.random.default_rng(seed)
     points = project_features(features, projection_dim, rng)
     if points is features and pruned:
-        points = points.copy()  # the pruned greedy reorders its points in place
+        points = np.array(points, order="C")  # the pruned greedy reorders its points in place
     n = len(points)
     start_indices = rng.choice(n, min(num_starting_points, n), replace=False)
-    greedy = greedy_coreset_pruned if pruned else greedy_coreset_plain
-    return greedy(points, num_picks(n, percentage), start_indices, progress=progress)
+    if not pruned:
+        if stats is not None:
+            stats["visited_fraction"] = 1.0
+        return greedy_coreset_plain(points, coreset_size(n, percentage), start_indices, progress=progress)
+    return greedy_coreset_pruned(points, coreset_size(n, percentage), start_indices, progress=progress, stats=stats)
 
 
-def estimate_peak_bytes(n, d, percentage, projection_dim=128):
-    """Bytes the approximate greedy sampler allocates beyond the input features (peak)."""
-    raise NotImplementedError
+def estimate_peak_bytes(n, d, percentage, projection_dim=128, pruned=True):
+    """Peak bytes the approximate greedy sampler allocates beyond the input features [n, d].
+
+    While sampling: the projected points (a copy of the features when d <= projection_dim and the
+    pruned greedy reorders them), for the pruned greedy the temporary copy made while reordering
+    them, and per point about 64 bytes at that moment (norms, running values, order, nearest
+    centre, sort keys; measured) or 16 for the plain greedy; plus the picked indices. Afterwards
+    the returned coreset copy. The two phases do not overlap. Percentage 1 keeps every feature.
+    """
+    if percentage == 1:
+        return 2 * n * 8  # the index array and the "is it every row" check
+    k = coreset_size(n, percentage)
+    projected = n * min(d, projection_dim) * 4 if (d > projection_dim or pruned) else 0
+    if pruned:
+        sampling = 2 * projected + 64 * n + 8 * k
+    else:
+        sampling = projected + 16 * n + 8 * k
+    return max(sampling, k * (4 * d + 8))
 
 
 class ApproximateGreedyCoresetSampler(BaseSampler):
-    """PatchCore's approximate greedy coreset (percentage 1 keeps every feature, as the reference does)."""
+    """PatchCore's approximate greedy coreset (percentage 1 keeps every feature, as the reference does).
+
+    ``stats`` holds diagnostics of the last run (``visited_fraction``: points visited per pick / N).
+    """
 
     name = "approx_greedy_coreset"
 
@@ -290,12 +327,14 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
         self.num_starting_points = int(num_starting_points)
         self.pruned = pruned
         self.progress = progress
+        self.stats = {}
 
     def _select(self, features):
         if self.percentage == 1:
             return np.arange(len(features), dtype=np.int64)
+        self.stats = {}
         return approximate_greedy_coreset_indices(features, self.percentage, self.seed, self.projection_dim,
-                                                  self.num_starting_points, self.pruned, self.progress)
+                                                  self.num_starting_points, self.pruned, self.progress, self.stats)
 
     def estimate_peak_bytes(self, n, d):
-        return estimate_peak_bytes(n, d, self.percentage, self.projection_dim)
+        return estimate_peak_bytes(n, d, self.percentage, self.projection_dim, self.pruned)

@@ -15,7 +15,7 @@ def as_feature_matrix(features):
     return np.asarray(features, dtype=np.float32)
 
 
-def num_picks(n, percentage):
+def coreset_size(n, percentage):
     """How many rows a sampler keeps out of ``n``: ``int(n * percentage)``, at least one."""
     return max(1, int(n * percentage))
 
@@ -89,8 +89,8 @@ class RandomSampler(BaseSampler):
 
     def _select(self, features):
         rng = np.random.default_rng(self.seed)
-        return rng.choice(len(features), num_picks(len(features), self.percentage), replace=False).astype(np.int64)
+        return rng.choice(len(features), coreset_size(len(features), self.percentage), replace=False).astype(np.int64)
 
     def estimate_peak_bytes(self, n, d):
-        k = num_picks(n, self.percentage)
+        k = coreset_size(n, self.percentage)
         return n * 8 + k * (d * 4 + 8)  # choice() permutes all n indices; the coreset copy

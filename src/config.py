@@ -70,6 +70,8 @@ def load_config(path=None, overrides=None):
     if path:
         _merge(config, _read_yaml(path), path)
     apply_overrides(config, overrides)
+    if not config["hr"]["enabled"]:
+        del config["hr"]  # plain mode: the config (and bank.json) look exactly as without the section
     validate(config, path or DEFAULT_CONFIG_PATH)
     return config
 
@@ -91,6 +93,9 @@ def validate(config, source):
         raise InputError(source, "mean and std need three values each, std > 0")
     if int(data["batch_size"]) < 1:
         raise InputError(source, "batch_size must be a positive integer")
+    if "hr" in config:
+        from src.hr_config import validate_hr
+        validate_hr(config, source)
 
 
 def snapshot(config):

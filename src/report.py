@@ -1,7 +1,11 @@
-"""Per-category results table with a mean row, from <output_dir>/<category>/eval/metrics.json files.
+"""Result tables with a mean row, from eval/metrics.json files.
 
-python -m src.report OUTPUT_DIR CATEGORY [CATEGORY ...]   -> prints the table, writes results.md / results.json
+python -m src.report OUTPUT_DIR CATEGORY [CATEGORY ...]
+    per-category table + mean; writes OUTPUT_DIR/results.md and OUTPUT_DIR/results.json
+python -m src.report --compare LABEL=METRICS_JSON [LABEL=METRICS_JSON ...] [--json OUT]
+    one row per labelled run (e.g. pretrained vs random features), side by side
 """
+import argparse
 import json
 import os
 import sys
@@ -13,37 +17,58 @@ from src.metrics import format_table, mean_row
 COLUMNS = ["clsname", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro"]
 
 
-def collect(output_dir, categories):
+def read_row(label, metrics_path):
+    with open(metrics_path, "r", encoding="utf-8") as f:
+        metrics = json.load(f)
+    return dict(clsname=label, **{k: metrics.get(k) for k in COLUMNS[1:]})
+
+
+def per_category(output_dir, categories):
     rows, missing = [], []
     for category in categories:
         path = os.path.join(output_dir, category, "eval", "metrics.json")
-        if not os.path.isfile(path):
+        if os.path.isfile(path):
+            rows.append(read_row(category, path))
+        else:
             missing.append(category)
-            continue
-        with open(path, "r", encoding="utf-8") as f:
-            metrics = json.load(f)
-        rows.append(dict(clsname=category, **{k: metrics.get(k) for k in COLUMNS[1:]}))
-    return rows, missing
-
-
-def main(argv):
-    if len(argv) < 2:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
-        return 2
-    output_dir, categories = argv[0], argv[1:]
-    rows, missing = collect(output_dir, categories)
     if not rows:
         print(f"error: {output_dir}: no eval/metrics.json for any of {', '.join(categories)}", file=sys.stderr)
         return 2
     mean = mean_row(rows, COLUMNS)
     table = format_table(rows + [mean], COLUMNS)
     write_text(os.path.join(output_dir, "results.md"), table + "\n")
-    write_json(os.path.join(output_dir, "results.json"),
-               {"categories": rows, "mean": mean, "missing": missing})
+    write_json(os.path.join(output_dir, "results.json"), {"categories": rows, "mean": mean, "missing": missing})
     print(table)
     if missing:
         print(f"missing (failed or not run): {', '.join(missing)}", file=sys.stderr)
     return 0
+
+
+def compare(pairs, json_path):
+    rows = []
+    for pair in pairs:
+        label, _, path = pair.partition("=")
+        if not os.path.isfile(path):
+            print(f"error: {path}: metrics file not found", file=sys.stderr)
+            return 2
+        rows.append(read_row(label, path))
+    print(format_table(rows, COLUMNS))
+    if json_path:
+        write_json(json_path, rows)
+    return 0
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=METRICS_JSON")
+    parser.add_argument("--json", help="with --compare: also write the rows here")
+    parser.add_argument("positional", nargs="*", metavar="OUTPUT_DIR CATEGORY")
+    args = parser.parse_args(argv)
+    if args.compare:
+        return compare(args.compare, args.json)
+    if len(args.positional) < 2:
+        parser.error("give OUTPUT_DIR and at least one CATEGORY, or --compare")
+    return per_category(args.positional[0], args.positional[1:])
 
 
 if __name__ == "__main__":

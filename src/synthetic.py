@@ -259,8 +259,10 @@ def add_defect(image, defect_type, rng, min_defect_px, max_defect_px, texture):
     height, width = image.shape[:2]
     size = float(rng.uniform(min_defect_px, max_defect_px))
     half = size / 2
-    cy = float(rng.uniform(min(half, height / 2), max(height - half, height / 2)))
-    cx = float(rng.uniform(min(half, width / 2), max(width - half, width / 2)))
+    # Centres stay off the outer 10% so a centre crop (MVTec's 256 -> 224 drops 6.25% a side) keeps the defect.
+    lo_y, lo_x = max(half, 0.1 * height), max(half, 0.1 * width)
+    cy = float(rng.uniform(min(lo_y, height / 2), max(height - lo_y, height / 2)))
+    cx = float(rng.uniform(min(lo_x, width / 2), max(width - lo_x, width / 2)))
     reach = int(math.ceil(half * 1.6 + 6))   # blob wobble (<= 1.44 radii), fold ends, blur margin
     y0, y1 = max(0, int(cy) - reach), min(height, int(cy) + reach + 1)
     x0, x1 = max(0, int(cx) - reach), min(width, int(cx) + reach + 1)

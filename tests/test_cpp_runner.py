@@ -3,10 +3,7 @@
 The first run builds the runner, which downloads the MindSpore Lite 2.0.0 wheel (~170 MB) from PyPI.
 """
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import src  # noqa: F401  (sets oneDNN options before MindSpore loads)
 import faiss
@@ -23,21 +20,7 @@ from src.mindir_compat import UnsupportedOperatorError, convert_mindir_to_v1
 from src.mindir_compat import main as mindir_compat_cli
 from src.model import build_backbone
 
-REPO = Path(__file__).resolve().parents[1]
-RUNNER_DIR = REPO / "ascend310_infer"
 INPUT_SHAPE = (1, 3, 64, 64)
-
-
-@pytest.fixture(scope="session")
-def runner():
-    """Path of a freshly (re)built patchcore_infer binary."""
-    env = dict(os.environ, PYTHON=sys.executable)
-    result = subprocess.run(["bash", str(RUNNER_DIR / "build.sh")], env=env, capture_output=True, text=True,
-                            timeout=1800)
-    assert result.returncode == 0, f"build.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    binary = RUNNER_DIR / "build" / "patchcore_infer"
-    assert binary.is_file()
-    return binary
 
 
 def run_runner(binary, *args):

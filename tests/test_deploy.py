@@ -1,0 +1,255 @@
+"""Deployment path: train.py -> export.py -> preprocess.py -> C++ runner -> postprocess.py, against eval.py.
+
+A tiny generated category (72 px images, 64 px crops) and a MobileNetV2 backbone whose seeded random
+weights are saved as a checkpoint, so the backbone-checkpoint checks are exercised too.
+"""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORY = "synthetic_leather"
+SMALL = ["-o", "resize=72", "-o", "imagesize=64", "-o", "batch_size=4", "-o", "percentage=0.25",
+         "-o", "backbone_name=mobilenet_v2", "-o", "layers_to_extract_from=[features.6,features.13]"]
+METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro")
+
+
+def python_command(script, *args):
+    return [sys.executable, str(ROOT / script), *map(str, args)]
+
+
+def run(command, **env):
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env=dict(os.environ, PYTHON=sys.executable, **env))
+
+
+def run_concurrently(*commands):
+    """Independent commands at the same time (each mostly waits for MindSpore to start and compile)."""
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                 for command in commands]
+    return [(process.wait(timeout=600), *process.communicate()) for process in processes]
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def one_error_line(result):
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Dataset, backbone checkpoints, a trained category with eval.py results and an export."""
+    import mindspore as ms
+    from src.model import build_backbone
+    from src.synthetic import generate_category
+
+    root = tmp_path_factory.mktemp("deploy")
+    generate_category(str(root / "data"), category=CATEGORY, texture="leather", image_size=(72, 72), n_train=6,
+                      n_test_good=4, n_test_defect_per_type=3, defect_types=("scratch", "stain"), seed=0)
+    ckpts = {}
+    for name, seed in (("trained", 1), ("other", 2)):
+        ckpts[name] = root / f"mobilenet_seed{seed}.ckpt"
+        ms.save_checkpoint(build_backbone("mobilenet_v2", ["features.6", "features.13"], seed=seed), str(ckpts[name]))
+    common = ["--dataset_path", root / "data", "--category", CATEGORY, "--output_dir", root / "out"]
+    train = run(python_command("train.py", *common, "--pre_ckpt_path", ckpts["trained"], *SMALL))
+    assert train.returncode == 0, train.stderr
+    category_dir = root / "out" / CATEGORY
+    for code, _, stderr in run_concurrently(
+            python_command("eval.py", *common, "--pre_ckpt_path", ckpts["trained"]),
+            python_command("export.py", "--checkpoint_dir", category_dir, "--ckpt_file", ckpts["trained"])):
+        assert code == 0, stderr
+    return {"root": root, "data": root / "data", "ckpts": ckpts, "category_dir": category_dir,
+            "export": category_dir / "export", "eval": category_dir / "eval"}
+
+
+@pytest.fixture(scope="module")
+def cpp_run(project, runner):
+    """scripts/run_infer_cpp.sh on the export (preprocessing included, C++ scoring)."""
+    out = project["root"] / "infer"
+    mindir = project["export"] / read_json(project["export"] / "export.json")["models"][0]["mindir"]
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", mindir, project["data"], "y", CATEGORY, "CPU", "0",
+                  out])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"result": result, "work": out / CATEGORY, "mindir": mindir}
+
+
+def assert_matches_eval(acc, eval_dir):
+    """Same image AUROC as eval.py, every image score within 1e-4 relative, pixel metrics within 1e-4."""
+    expected = read_json(eval_dir / "metrics.json")
+    assert acc["metrics"]["image_auroc"] == expected["image_auroc"]
+    for key in METRICS[1:]:
+        assert abs(acc["metrics"][key] - expected[key]) <= 1e-4, key
+    eval_scores = read_json(eval_dir / "scores.json")
+    assert [s["path"] for s in acc["scores"]] == [s["path"] for s in eval_scores]
+    assert [s["label"] for s in acc["scores"]] == [s["label"] for s in eval_scores]
+    ours = np.array([s["image_score"] for s in acc["scores"]])
+    theirs = np.array([s["image_score"] for s in eval_scores])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=0)
+    assert len(set(theirs.tolist())) == len(theirs)  # distinct scores: the AUROC check is not vacuous
+
+
+def test_export_records_shapes_settings_and_the_sha256_of_every_file(project):
+    export = project["export"]
+    meta = read_json(export / "export.json")
+    bank = read_json(project["category_dir"] / "bank.json")
+    (model,) = meta["models"]
+    assert model["input_shape"] == [1, 3, 64, 64] and model["input_dtype"] == "float32"
+    assert model["output_shape"] == [1, 1024, 8, 8] and model["feature_grid"] == [8, 8]
+    assert model["embed_dim"] == bank["dimension"] == meta["scoring"]["bank_dimension"]
+    assert meta["preprocess"] == {key: bank["config"]["data"][key] for key in ("resize", "imagesize", "mean", "std")}
+    assert meta["scoring"]["num_nn"] == bank["config"]["patch"]["anomaly_scorer_num_nn"]
+    assert meta["scoring"]["gaussian_sigma"] == bank["config"]["postprocess"]["gaussian_sigma"]
+    assert meta["scoring"]["bank_sha256"] == bank["index_sha256"]
+    assert sorted(meta["files"]) == sorted(set(os.listdir(export)) - {"export.json"})
+    from src.memory_bank import sha256_of
+    for name, digest in meta["files"].items():
+        assert sha256_of(export / name) == digest, name
+    for name in os.listdir(export):  # mindspore.export writes 0400; users must be able to replace files
+        assert os.stat(export / name).st_mode & stat.S_IWUSR, name
+    assert [name for name in os.listdir(project["category_dir"]) if name.startswith(".")] == []
+
+
+def test_mindspore_loads_the_original_model_and_it_equals_the_network(project, cpp_run):
+    import mindspore as ms
+    from mindspore import nn
+    from src.patchcore import build_extractor
+
+    meta = read_json(project["export"] / "export.json")
+    x = np.load(cpp_run["work"] / "preprocess_Result" / "0000_good_000.npy")
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        loaded = nn.GraphCell(ms.load(str(project["export"] / meta["models"][0]["mindir"])))(ms.Tensor(x)).asnumpy()
+        extractor, _ = build_extractor(meta["config"]["patch"], str(project["ckpts"]["trained"]))
+        direct = extractor(ms.Tensor(x)).asnumpy()
+    finally:
+        ms.set_context(mode=previous)
+    assert list(loaded.shape) == meta["models"][0]["output_shape"]
+    scale = float(np.abs(direct).max())
+    assert scale > 0 and float(np.abs(loaded - direct).max()) <= 1e-6 * scale
+    cpp = np.load(cpp_run["work"] / "result_Files" / "0000_good_000_0.npy")
+    assert float(np.abs(cpp - direct).max()) <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("ckpt", ["other", None])
+def test_export_refuses_backbone_weights_other_than_the_trained_ones(project, tmp_path, ckpt):
+    args = ["--checkpoint_dir", project["category_dir"], "--output_dir", tmp_path / "export"]
+    if ckpt:
+        args += ["--ckpt_file", project["ckpts"][ckpt]]
+    line = one_error_line(run(python_command("export.py", *args)))
+    if ckpt:
+        assert str(project["ckpts"][ckpt]) in line and "differ" in line
+    else:
+        assert "--ckpt_file" in line
+    assert not (tmp_path / "export").exists()
+
+
+def test_preprocess_output_equals_the_training_transform(project, cpp_run):
+    from src.dataset import Transform, list_test_samples
+
+    inputs = cpp_run["work"] / "preprocess_Result"
+    manifest = read_json(inputs / "manifest.json")
+    samples = list_test_samples(str(project["data"]), CATEGORY)
+    transform = Transform.from_config(read_json(project["category_dir"] / "bank.json")["config"]["data"])
+    files = [item["file"] for item in manifest["items"]]
+    assert files == sorted(files) == sorted(name for name in os.listdir(inputs) if name.endswith(".npy"))
+    assert len(files) == len(samples) == 10
+    for item, sample in zip(manifest["items"], samples):
+        assert os.path.join(manifest["dataset_path"], item["image"]) == os.path.abspath(sample.image_path)
+        assert (item["defect_type"], item["label"]) == (sample.defect_type, sample.label)
+        assert (item["mask"] is None) == (sample.mask_path is None)
+        array = np.load(inputs / item["file"])
+        assert array.dtype == np.float32 and array.shape == (1, 3, 64, 64)
+        assert np.array_equal(array[0], transform.image(sample.image_path))
+
+
+def test_run_infer_cpp_reports_the_same_numbers_as_eval(project, cpp_run):
+    acc = read_json(cpp_run["work"] / f"acc_{CATEGORY}.json")
+    assert acc["score_source"] == "cpp" and acc["latency"]["device_type"] == "CPU"
+    assert_matches_eval(acc, project["eval"])
+    log_line = (cpp_run["work"] / f"acc_{CATEGORY}.log").read_text().splitlines()[0]
+    assert log_line.startswith(f"img_auc: {acc['metrics']['image_auroc']:g}, pixel_auc: ")
+    assert log_line in cpp_run["result"].stdout.splitlines()
+
+
+def test_python_scoring_of_runner_features_gives_the_same_numbers(project, cpp_run, runner, tmp_path):
+    meta = read_json(project["export"] / "export.json")
+    inputs = cpp_run["work"] / "preprocess_Result"
+    result = run([runner, "--mindir_path", project["export"] / meta["models"][0]["lite_mindir"], "--input_path",
+                  inputs, "--result_path", tmp_path / "results", "--threads", "2"])
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "results").glob("*_scores.npy"))
+    post = run(python_command("postprocess.py", "--export_dir", project["export"], "--result_path",
+                              tmp_path / "results", "--manifest", inputs / "manifest.json", "--category", CATEGORY,
+                              "--output_dir", tmp_path))
+    assert post.returncode == 0, post.stderr
+    acc = read_json(tmp_path / f"acc_{CATEGORY}.json")
+    assert acc["score_source"] == "python"
+    assert_matches_eval(acc, project["eval"])
+
+
+def test_run_310_infer_takes_the_older_argument_order_and_reuses_inputs(project, cpp_run):
+    result = run(["bash", ROOT / "scripts" / "run_310_infer.sh", cpp_run["mindir"], project["data"], "n", "0",
+                  CATEGORY], OUTPUT_DIR=str(cpp_run["work"].parent))
+    assert result.returncode == 0, result.stderr
+    assert "reusing the inputs" in result.stdout
+    assert read_json(cpp_run["work"] / f"acc_{CATEGORY}.json")["metrics"]["image_auroc"] == \
+        read_json(project["eval"] / "metrics.json")["image_auroc"]
+
+
+def postprocess(project, cpp_run, result_path, category=CATEGORY):
+    inputs = cpp_run["work"] / "preprocess_Result"
+    return run(python_command("postprocess.py", "--export_dir", project["export"], "--result_path", result_path,
+                              "--manifest", inputs / "manifest.json", "--category", category,
+                              "--output_dir", result_path))
+
+
+def test_postprocess_rejects_missing_mixed_or_foreign_results(project, cpp_run, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(cpp_run["work"] / "result_Files", results)
+    (results / "0003_good_003_scores.npy").unlink()
+    assert "mixed" in one_error_line(postprocess(project, cpp_run, results))
+    for path in results.glob("*_scores.npy"):
+        path.unlink()
+    (results / "0004_scratch_000_0.npy").unlink()
+    assert str(results / "0004_scratch_000_0.npy") in one_error_line(postprocess(project, cpp_run, results))
+    assert "manifest.json" in one_error_line(postprocess(project, cpp_run, results, category="carpet"))
+
+
+@pytest.mark.parametrize("case", ["usage", "missing_model", "need_preprocess", "not_exported", "replaced_model"])
+def test_run_infer_cpp_bad_arguments_fail_clearly(project, tmp_path, case):
+    data, mindir = project["data"], project["export"] / "patchcore_64x64_lite.mindir"
+    args = [mindir, data, "y", CATEGORY, "CPU", "0", tmp_path / "out"]
+    expected = {"usage": "usage:", "missing_model": "model file not found", "need_preprocess": "NEED_PREPROCESS",
+                "not_exported": "not a model listed", "replaced_model": "sha256 differs"}[case]
+    if case == "usage":
+        args = args[:3]
+    elif case == "missing_model":
+        args[0] = tmp_path / "nothing.mindir"
+    elif case == "need_preprocess":
+        args[2] = "yes"
+    else:
+        copy = tmp_path / "export"
+        shutil.copytree(project["export"], copy)
+        if case == "not_exported":
+            args[0] = copy / "bank.json"
+        else:
+            args[0] = copy / mindir.name
+            with open(args[0], "ab") as f:
+                f.write(b"\0")
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", *args])
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert not (tmp_path / "out" / CATEGORY / "result_Files").exists()

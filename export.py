@@ -39,12 +39,16 @@ def main():
     args = parse_args()
     import numpy as np
 
-    from src.deploy import EXPORT_FILE, FORMAT_VERSION, check_backbone_checkpoint, model_file_names, \
-        model_input_sizes
+    from src.deploy import EXPORT_FILE, FORMAT_VERSION, model_file_names, model_input_sizes
     from src.errors import InputError
     from src.io_utils import staged_folder, write_json
-    from src.memory_bank import INDEX_FILE, METADATA_FILE, MemoryBank, sha256_of
+    from src.memory_bank import INDEX_FILE, METADATA_FILE, MemoryBank, check_backbone_checkpoint, sha256_of
 
+    if not os.path.isfile(os.path.join(args.checkpoint_dir, METADATA_FILE)):
+        from src.hr_inference import MODEL_FILE as HR_MODEL_FILE
+        if os.path.isfile(os.path.join(args.checkpoint_dir, HR_MODEL_FILE)):
+            raise InputError(args.checkpoint_dir, "a high-resolution model (one bank per task); export.py "
+                                                  "handles single-bank models so far")
     bank = MemoryBank.load(args.checkpoint_dir)
     bank_meta = bank.metadata
     config = bank_meta["config"]
@@ -77,7 +81,6 @@ def main():
                             models[-1]["input_shape"], output_shape)
         for name in (INDEX_FILE, METADATA_FILE):
             shutil.copyfile(os.path.join(args.checkpoint_dir, name), os.path.join(stage, name))
-        make_user_files(stage)
         files = {name: sha256_of(os.path.join(stage, name)) for name in sorted(os.listdir(stage))}
         write_json(os.path.join(stage, EXPORT_FILE), {
             "format_version": FORMAT_VERSION,

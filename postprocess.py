@@ -5,7 +5,6 @@ from the patch features <stem>_0.npy and the exported memory bank, in Python wit
 maps and metrics use the functions eval.py uses, so the numbers are comparable one to one.
 """
 import argparse
-import json
 import os
 
 import numpy as np
@@ -69,11 +68,12 @@ def acc_line(metrics):
 
 
 def read_latency(result_path):
+    """The runner's timing summary, if it wrote one."""
+    from src.deploy import read_json
     path = os.path.join(result_path, "latency.json")
     if not os.path.isfile(path):
         return None
-    with open(path, "r", encoding="utf-8") as f:
-        latency = json.load(f)
+    latency = read_json(path, "runner latency file")
     return {key: latency.get(key) for key in ("device_type", "threads", "model_load_ms", "mean_predict_ms")}
 
 

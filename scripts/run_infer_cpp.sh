@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # C++ inference on one category's test images (model-zoo style), CPU here, Ascend where its runtime exists:
-#   bash scripts/run_infer_cpp.sh MINDIR_PATH DATASET_PATH NEED_PREPROCESS CATEGORY [DEVICE_TYPE] [DEVICE_ID] [OUTPUT_DIR]
+#   bash scripts/run_infer_cpp.sh MINDIR_PATH DATASET_PATH NEED_PREPROCESS CATEGORY \
+#        [DEVICE_TYPE] [DEVICE_ID] [OUTPUT_DIR]
 #   MINDIR_PATH      a model written by export.py (its folder holds export.json)
 #   DATASET_PATH     folder holding CATEGORY/ (MVTec layout)
 #   NEED_PREPROCESS  y: make the model inputs from the test images; n: reuse OUTPUT_DIR/CATEGORY/preprocess_Result
@@ -11,7 +12,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage="usage: bash scripts/run_infer_cpp.sh MINDIR_PATH DATASET_PATH NEED_PREPROCESS(y|n) CATEGORY [DEVICE_TYPE(CPU|Ascend)] [DEVICE_ID] [OUTPUT_DIR]"
+usage="usage: bash scripts/run_infer_cpp.sh MINDIR_PATH DATASET_PATH NEED_PREPROCESS(y|n) CATEGORY \
+[DEVICE_TYPE(CPU|Ascend)] [DEVICE_ID] [OUTPUT_DIR]"
 fail() { echo "error: $*" >&2; exit 2; }
 
 if [[ $# -lt 4 || $# -gt 7 ]]; then echo "$usage" >&2; exit 2; fi
@@ -21,9 +23,9 @@ threads=${THREADS:-$(nproc)}
 
 [[ -f "$mindir" ]] || fail "$mindir: model file not found (export one with export.py)"
 export_dir="$(cd "$(dirname "$mindir")" && pwd)"
-[[ -f "$export_dir/export.json" ]] || fail "$export_dir/export.json: not found: MINDIR_PATH must be a model written by export.py"
+[[ -f "$export_dir/export.json" ]] || fail "$export_dir/export.json: not found (MINDIR_PATH must be written by export.py)"
 [[ -d "$dataset_path/$category" ]] || fail "$dataset_path/$category: category folder not found"
-[[ "$need_preprocess" == y || "$need_preprocess" == n ]] || fail "NEED_PREPROCESS must be y or n, got '$need_preprocess'"
+[[ "$need_preprocess" =~ ^[yn]$ ]] || fail "NEED_PREPROCESS must be y or n, got '$need_preprocess'"
 [[ "$device_type" == CPU || "$device_type" == Ascend ]] || fail "DEVICE_TYPE must be CPU or Ascend, got '$device_type'"
 [[ "$device_id" =~ ^[0-9]+$ ]] || fail "DEVICE_ID must be a number, got '$device_id'"
 [[ "$threads" =~ ^[1-9][0-9]*$ ]] || fail "THREADS must be a positive number, got '$threads'"

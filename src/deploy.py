@@ -38,24 +38,7 @@ def model_file_names(height, width):
     return f"{base}.mindir", f"{base}_lite.mindir"
 
 
-def check_backbone_checkpoint(bank_metadata, ckpt_path, flag):
-    """The backbone weights given on the command line (``flag``) must be the ones the bank was trained with."""
-    expected = bank_metadata.get("backbone_checkpoint_sha256")
-    if ckpt_path and not os.path.isfile(ckpt_path):
-        raise InputError(ckpt_path, "backbone checkpoint not found")
-    given = sha256_of(ckpt_path) if ckpt_path else None
-    if given == expected:
-        return
-    if expected is None:
-        raise InputError(ckpt_path, f"the bank was trained with seeded random backbone weights; omit {flag}")
-    if given is None:
-        raise InputError(flag, f"the bank was trained with the backbone checkpoint of sha256 {expected[:16]}...; "
-                               f"pass it with {flag}")
-    raise InputError(ckpt_path, f"backbone weights differ from the ones the bank was trained with "
-                                f"(sha256 {given[:16]}... instead of {expected[:16]}...)")
-
-
-def _read_json(path, what):
+def read_json(path, what):
     if not os.path.isfile(path):
         raise InputError(path, f"{what} not found")
     try:
@@ -68,7 +51,9 @@ def _read_json(path, what):
 def load_export(export_dir):
     """export.json of an export folder, checked for its format version."""
     path = os.path.join(export_dir, EXPORT_FILE)
-    meta = _read_json(path, "export metadata (run export.py first)")
+    if not os.path.isfile(path):
+        raise InputError(path, "export metadata not found (run export.py first)")
+    meta = read_json(path, "export metadata")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(path, f"format_version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION}")
     return meta
@@ -124,7 +109,7 @@ def manifest_entry(file_name, sample, dataset_path):
 
 def load_manifest(path):
     """(manifest dict, [(input file name, Sample)]) with the dataset paths made absolute again."""
-    manifest = _read_json(path, "manifest")
+    manifest = read_json(path, "manifest")
     for key in ("format_version", "category", "dataset_path", "preprocess", "items"):
         if key not in manifest:
             raise InputError(path, f"not a manifest written by preprocess.py (no '{key}')")

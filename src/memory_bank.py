@@ -82,3 +82,20 @@ class MemoryBank:
         if index.ntotal != meta.get("bank_size") or index.d != meta.get("dimension"):
             raise InputError(index_path, "index shape differs from bank.json")
         return cls(index, meta)
+
+
+def check_backbone_checkpoint(bank_metadata, ckpt_path, flag):
+    """The backbone weights given on the command line (``flag``) must be the ones the bank was trained with."""
+    expected = bank_metadata.get("backbone_checkpoint_sha256")
+    if ckpt_path and not os.path.isfile(ckpt_path):
+        raise InputError(ckpt_path, "backbone checkpoint not found")
+    given = sha256_of(ckpt_path) if ckpt_path else None
+    if given == expected:
+        return
+    if expected is None:
+        raise InputError(ckpt_path, f"the bank was trained with seeded random backbone weights; omit {flag}")
+    if given is None:
+        raise InputError(flag, f"the bank was trained with the backbone checkpoint of sha256 {expected[:16]}...; "
+                               f"pass it with {flag}")
+    raise InputError(ckpt_path, f"backbone weights differ from the ones the bank was trained with "
+                                f"(sha256 {given[:16]}... instead of {expected[:16]}...)")

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from src.errors import InputError
+from src.registry import build_named
 from src.samples import HRSample, _check_array
 from src.synthetic import MASK_EPSILON, _exact_change, smooth_noise
 
@@ -228,14 +229,7 @@ _HIAD_NAMES = {"RandomeBoxSynthesizer": "RandomBox", "RandomBoxSynthesizer": "Ra
 
 def build_synthesizer(name, **params):
     """A synthesizer from its name (RandomBox, CutPaste, ImageBlending, ColorShift, or HiAD's class name)."""
-    cls = SYNTHESIZERS.get(_HIAD_NAMES.get(name, name))
-    if cls is None:
-        raise InputError("anomaly_syn_fn", f"unknown anomaly synthesizer {name!r} "
-                                           f"(known: {', '.join(list(SYNTHESIZERS) + list(_HIAD_NAMES))})")
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise InputError("anomaly_syn_fn", f"bad parameters for {cls.name}: {exc}") from None
+    return build_named("anomaly_syn_fn", "anomaly synthesizer", SYNTHESIZERS, name, params, _HIAD_NAMES)
 
 
 def _as_synthesizer(spec):

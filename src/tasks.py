@@ -33,6 +33,7 @@ from sklearn.metrics import pairwise_distances_argmin
 from sklearn.preprocessing import normalize
 
 from src.errors import InputError
+from src.registry import build_named
 from src.io_utils import write_json
 from src.tiling import MultiResolutionHRImageSpliter, TileIndex, crop_levels
 
@@ -341,14 +342,7 @@ _SHORT_NAMES = {"a2o": "A2OTaskGenerator", "o2o": "O2OTaskGenerator", "neighborh
 def build_task_generator(name, **params):
     """A generator from its class name or short name (a2o, o2o, neighborhood, spatial_clustering,
     threshold_clustering, retrieve), e.g. from a config file."""
-    cls = TASK_GENERATORS.get(_SHORT_NAMES.get(name, name))
-    if cls is None:
-        raise InputError("task_generator", f"unknown task generator {name!r} "
-                                           f"(known: {', '.join(list(_SHORT_NAMES) + list(TASK_GENERATORS))})")
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise InputError("task_generator", f"bad parameters for {cls.__name__}: {exc}") from None
+    return build_named("task_generator", "task generator", TASK_GENERATORS, name, params, _SHORT_NAMES)
 
 
 def _cell(names, width):

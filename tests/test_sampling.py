@@ -174,7 +174,7 @@ def test_build_sampler_names():
         build_sampler("kmeans", 0.1, 0)
 
 
-@pytest.mark.parametrize("percentage", [0, -0.1, 1.5])
+@pytest.mark.parametrize("percentage", [0, -0.1, 1.5, float("nan"), "ten", None])
 def test_bad_percentage_is_an_input_error(percentage):
     with pytest.raises(InputError, match="percentage"):
         build_sampler("approx_greedy_coreset", percentage, 0)

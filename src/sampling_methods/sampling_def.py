@@ -21,7 +21,11 @@ def coreset_size(n, percentage):
 
 
 def check_percentage(percentage):
-    percentage = float(percentage)
+    """``percentage`` as a float in (0, 1]; anything else is an ``InputError``."""
+    try:
+        percentage = float(percentage)
+    except (TypeError, ValueError):
+        raise InputError("coreset sampling", f"percentage must be a number in (0, 1], got {percentage!r}") from None
     if not 0 < percentage <= 1:
         raise InputError("coreset sampling", f"percentage must be in (0, 1], got {percentage}")
     return percentage

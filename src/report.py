@@ -20,6 +20,7 @@ COLUMNS = ["clsname", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro
 def read_row(label, metrics_path):
     with open(metrics_path, "r", encoding="utf-8") as f:
         metrics = json.load(f)
+    metrics = metrics.get("metrics", metrics)  # postprocess.py's acc_<CATEGORY>.json nests them
     return dict(clsname=label, **{k: metrics.get(k) for k in COLUMNS[1:]})
 
 

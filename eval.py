@@ -27,6 +27,9 @@ def main():
     from src.visualize import comparison_picture, save_picture
 
     bank_dir = os.path.join(args.output_dir, args.category)
+    from src.hr_cli import eval_hr, is_hr_model
+    if is_hr_model(bank_dir):  # trained in high-resolution mode (src/hr_inference.py)
+        return eval_hr(args)
     bank = MemoryBank.load(bank_dir)
     config = bank.metadata["config"]
     for item in args.override:

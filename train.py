@@ -13,7 +13,10 @@ from src import cli
 
 
 def main():
-    args = cli.base_parser(__doc__.splitlines()[0]).parse_args()
+    parser = cli.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=None,
+                        help="high-resolution mode: worker processes (default: as many as fit in memory)")
+    args = parser.parse_args()
     from src.config import load_config
     from src.errors import InputError
     from src.io_utils import staged_folder, write_json
@@ -22,6 +25,9 @@ def main():
     from src.patchcore import PRETRAINED_HINT, build_extractor, fit
 
     config = load_config(args.config, args.override)
+    if "hr" in config:  # high-resolution mode: tiles, one bank per task (src/hr_trainer.py)
+        from src.hr_cli import train_hr
+        return train_hr(args, config)
     samples = list_train_samples(args.dataset_path, args.category)
     if args.pre_ckpt_path and not os.path.isfile(args.pre_ckpt_path):
         raise InputError(args.pre_ckpt_path, "backbone checkpoint not found")

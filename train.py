@@ -38,8 +38,7 @@ def main():
 
     final_dir = os.path.join(args.output_dir, args.category)
     with staged_folder(final_dir) as stage:
-        log = cli.setup_logging(os.path.join(stage, "train.log"))
-        try:
+        with cli.logging_to(os.path.join(stage, "train.log")):
             if not args.pre_ckpt_path:
                 print(PRETRAINED_HINT, file=sys.stderr)
                 cli.logger.warning("backbone weights: seeded random (seed %d), not pretrained", args.seed)
@@ -66,10 +65,6 @@ def main():
                        dict(stats, bank_size=len(bank), total_seconds=round(time.perf_counter() - t0, 3)))
             cli.logger.info("memory bank: %d x %d written to %s (%.1f s in total)", len(bank), bank.dimension,
                             final_dir, time.perf_counter() - t0)
-        finally:
-            if log:
-                cli.logger.removeHandler(log)
-                log.close()
     return 0
 
 

@@ -1,11 +1,13 @@
 """What every entry point shares: arguments, logging, MindSpore context and error reporting."""
 import argparse
+import contextlib
 import logging
 import sys
 
 from src.errors import InputError
 
 logger = logging.getLogger("patchcore")
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
 
 
 def base_parser(description):
@@ -35,22 +37,28 @@ def set_device(device_target, device_id):
             raise
 
 
-def setup_logging(log_path=None):
-    """Console at INFO, plus a log file when given. Returns the file handler (to close)."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+def setup_logging():
+    """Console at INFO on stderr (once)."""
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in logger.handlers):
+    if not any(type(h) is logging.StreamHandler for h in logger.handlers):
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(fmt)
+        console.setFormatter(LOG_FORMAT)
         logger.addHandler(console)
-    if log_path is None:
-        return None
+
+
+@contextlib.contextmanager
+def logging_to(log_path):
+    """Console logging plus ``log_path`` for the duration of the block."""
+    setup_logging()
     handler = logging.FileHandler(log_path, encoding="utf-8")
-    handler.setFormatter(fmt)
+    handler.setFormatter(LOG_FORMAT)
     logger.addHandler(handler)
-    return handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def run(main):

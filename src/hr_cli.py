@@ -92,8 +92,7 @@ def eval_hr(args):
     samples = [HRSample(s.image_path, s.mask_path, image_size=model.image_size, label=s.label) for s in listed]
     names = [f"{s.defect_type}_{os.path.splitext(os.path.basename(s.image_path))[0]}" for s in listed]
     with staged_folder(os.path.join(folder, "eval")) as stage:
-        log = cli.setup_logging(os.path.join(stage, "eval.log"))
-        try:
+        with cli.logging_to(os.path.join(stage, "eval.log")):
             if meta["backbone_checkpoint_sha256"] is None:
                 print(PRETRAINED_HINT, file=sys.stderr)
             cli.logger.info("evaluating %s: %d test images, %d tasks, image size %dx%d", args.category, len(samples),
@@ -109,8 +108,4 @@ def eval_hr(args):
                 for s, image in zip(listed, results["images"])])
             write_text(os.path.join(stage, "metrics.md"), results["table"] + "\n")
             cli.logger.info("results written to %s", os.path.join(folder, "eval"))
-        finally:
-            if log:
-                cli.logger.removeHandler(log)
-                log.close()
     return 0

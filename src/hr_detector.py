@@ -50,7 +50,7 @@ def estimate_fit_bytes(num_patches, dim, patch_config):
     sampler = build_sampler(patch_config["sampler"], percentage)
     if isinstance(sampler, ApproximateGreedyCoresetSampler) and percentage < 1:
         # greedy_coreset_pruned reorders our projected array in place: the estimate's "projected copy" is
-        # that array itself, its temporary is the reordering buffer.
+        # that array itself, its temporary is the column slice being reordered.
         selection = estimate_peak_bytes(num_patches, projected_dim, percentage, PROJECTION_DIM, pruned=True)
     else:
         selection = num_patches * projected_dim * FLOAT32 + sampler.estimate_peak_bytes(num_patches, projected_dim)

@@ -572,11 +572,13 @@ class HRTrainer:
         e = estimates[largest]
         estimate = runtime + e["total"]
         peak = max(peaks)
-        say("Peak RSS %.0f MiB (largest of %d processes) vs estimate %.0f MiB (ratio %.2f); %s: projected features "
-            "+ bank %.0f MiB, peak above the runtime %.0f MiB", peak / MIB, len(peaks), estimate / MIB,
-            peak / estimate, largest, (e["projected_features"] + e["bank"]) / MIB, (peak - runtime) / MIB)
+        data = e["projected_features"] + e["bank"]
+        say("Peak RSS %.0f MiB (largest of %d processes) = runtime %.0f MiB (MindSpore, model, one batch; measured "
+            "before training) + training %.0f MiB (%.2f x %s's projected features + bank, %.0f MiB); estimate %.0f MiB "
+            "(peak/estimate %.2f)", peak / MIB, len(peaks), runtime / MIB, (peak - runtime) / MIB,
+            (peak - runtime) / data, largest, data / MIB, estimate / MIB, peak / estimate)
         return {"peak_rss_bytes": peak, "estimate_bytes": estimate, "runtime_bytes": runtime, "largest_job": largest,
-                "largest_job_estimate": e}
+                "largest_job_estimate": e, "training_bytes_over_projected_features_and_bank": (peak - runtime) / data}
 
     def _run(self, run, todo, workers):
         """Train ``todo`` on ``workers`` workers (in this process when one). Returns ({name: stats}, [peak RSS])."""

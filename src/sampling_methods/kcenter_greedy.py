@@ -35,6 +35,10 @@ UNIT_ROUNDOFF = 2.0 ** -24  # float32
 # regrouping: more blocks bound tighter but cost more per pick (distance to every centre).
 BLOCK_SCHEDULE = (64, 512)
 PROJECTION_ROWS = 4096
+# Points are reordered this many columns at a time: the temporary is [N, REORDER_COLUMNS], not a copy of all.
+REORDER_COLUMNS = 16
+# Upper bound of the fixed-size temporaries of the grouping (_nearest_centres' and _measure's row chunks).
+CHUNK_WORKSPACE_BYTES = 8 * 2 ** 20
 
 
 def squared_norms(points):
@@ -155,7 +159,8 @@ class _Blocks:
         # Any grouping is correct (the radius is measured); the nearest centre keeps blocks tight.
         owner = _nearest_centres(self.points, centres)
         perm = np.lexsort((self.order, owner))
-        self.points[:] = self.points[perm]
+        for column in range(0, self.points.shape[1], REORDER_COLUMNS):
+            self.points[:, column:column + REORDER_COLUMNS] = self.points[perm, column:column + REORDER_COLUMNS]
         self.order, self.sq_norms, self.running = self.order[perm], self.sq_norms[perm], self.running[perm]
         owner = owner[perm]
         self.counts = np.bincount(owner, minlength=len(centres))
@@ -314,17 +319,18 @@ def estimate_peak_bytes(n, d, percentage, projection_dim=128, pruned=True):
     """Peak bytes the approximate greedy sampler allocates beyond the input features [n, d].
 
     While sampling: the projected points (a copy of the features when d <= projection_dim and the
-    pruned greedy reorders them), for the pruned greedy the temporary copy made while reordering
-    them, and per point about 64 bytes at that moment (norms, running values, order, nearest
-    centre, sort keys; measured) or 16 for the plain greedy; plus the picked indices. Afterwards
-    the returned coreset copy. The two phases do not overlap. Percentage 1 keeps every feature.
+    pruned greedy reorders them), for the pruned greedy the column slice reordered at a time
+    (``REORDER_COLUMNS``), 32 bytes per point at that moment (norms, running values, order,
+    nearest centre, permutation) and the chunk workspace of the grouping, or for the plain greedy
+    16 bytes per point; plus the picked indices. Afterwards the returned coreset copy. The two
+    phases do not overlap. Percentage 1 keeps every feature.
     """
     if percentage == 1:
         return 2 * n * 8  # the index array and the "is it every row" check
     k = coreset_size(n, percentage)
     projected = n * min(d, projection_dim) * 4 if (d > projection_dim or pruned) else 0
     if pruned:
-        sampling = 2 * projected + 64 * n + 8 * k
+        sampling = projected + n * (min(d, projection_dim, REORDER_COLUMNS) * 4 + 32) + CHUNK_WORKSPACE_BYTES + 8 * k
     else:
         sampling = projected + 16 * n + 8 * k
     return max(sampling, k * (4 * d + 8))

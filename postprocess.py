@@ -2,15 +2,17 @@
 
 Patch scores come from <stem>_scores.npy (the runner scored with --bank_path) or, when no input has one,
 from the patch features <stem>_0.npy and the exported memory bank, in Python with faiss. Image scores,
-maps and metrics use the functions eval.py uses, so the numbers are comparable one to one.
+maps and metrics use the functions eval.py uses, so the numbers are comparable one to one; for a
+high-resolution export the tile grids of every task folder go through the task's normaliser and are
+stitched (with the thumbnail's) by src/hr_inference.py, as eval.py does (see src/hr_deploy.py).
 """
 import argparse
 import os
 
-import numpy as np
-
 import src  # noqa: F401  (same environment set-up as every entry point)
 from src import cli
+
+COLUMNS = ["clsname", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro"]
 
 
 def parse_args():
@@ -23,41 +25,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def load_array(path, shape):
-    """A float32 .npy file of exactly ``shape``."""
-    from src.errors import InputError
-    if not os.path.isfile(path):
-        raise InputError(path, "runner output missing (did the runner process every input of the manifest?)")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable .npy ({exc})") from None
-    if array.dtype != np.float32 or list(array.shape) != list(shape):
-        raise InputError(path, f"{array.dtype} {list(array.shape)} but float32 {list(shape)} was expected")
-    return array
-
-
-def patch_score_grids(result_path, stems, model, export_dir, num_nn):
-    """([h, w] patch-score grid per stem, "cpp" or "python")."""
-    from src.errors import InputError
-    grid_shape = model["feature_grid"]
-    score_files = [os.path.join(result_path, f"{stem}_scores.npy") for stem in stems]
-    present = [os.path.isfile(path) for path in score_files]
-    if all(present):
-        return [load_array(path, grid_shape) for path in score_files], "cpp"
-    if any(present):
-        raise InputError(result_path, f"only {sum(present)} of {len(stems)} inputs have _scores.npy: outputs of "
-                                      "different runs are mixed; run the runner again into an empty folder")
-    from src.features import to_patch_rows
-    from src.memory_bank import MemoryBank
-    bank = MemoryBank.load(export_dir)
-    grids = []
-    for stem in stems:
-        rows, (h, w) = to_patch_rows(load_array(os.path.join(result_path, f"{stem}_0.npy"), model["output_shape"]))
-        grids.append(bank.patch_scores(rows, num_nn).reshape(h, w))
-    return grids, "python"
-
-
 def acc_line(metrics):
     """The model zoo's summary line, followed by the other metrics."""
     def text(value):
@@ -67,27 +34,24 @@ def acc_line(metrics):
     return ", ".join(f"{label}: {text(metrics[key])}" for label, key in names)
 
 
-def read_latency(result_path):
-    """The runner's timing summary, if it wrote one."""
-    from src.deploy import read_json
-    path = os.path.join(result_path, "latency.json")
-    if not os.path.isfile(path):
-        return None
-    latency = read_json(path, "runner latency file")
-    return {key: latency.get(key) for key in ("device_type", "threads", "model_load_ms", "mean_predict_ms")}
+def timing_text(latency, images):
+    if not latency:
+        return ""
+    if latency["runs"] == 1:
+        return f", mean predict {latency['mean_predict_ms']:.1f} ms on {latency['device_type']}"
+    return (f", {latency['inputs']} network inputs in {latency['runs']} runner runs, "
+            f"{latency['total_ms'] / images:.0f} ms per image (predict + scoring) on {latency['device_type']}")
 
 
 def main():
     args = parse_args()
-    from src.anomaly_map import anomaly_map, image_score
-    from src.dataset import Transform
-    from src.deploy import EXPORT_FILE, load_export, load_manifest, single_model
+    from src.deploy import (EXPORT_FILE, evaluate_plain, is_hr_export, load_export, load_manifest, read_latency,
+                            scoring_jobs)
     from src.errors import InputError
     from src.io_utils import write_json, write_text
-    from src.metrics import compute_metrics, format_table
+    from src.metrics import format_table
 
     meta = load_export(args.export_dir)
-    model = single_model(meta, args.export_dir)
     manifest, items = load_manifest(args.manifest)
     if manifest["category"] != args.category:
         raise InputError(args.manifest, f"made for category '{manifest['category']}', not '{args.category}'")
@@ -99,32 +63,25 @@ def main():
                                         "run preprocess.py again")
     if not os.path.isdir(args.result_path):
         raise InputError(args.result_path, "result folder not found")
-    scoring = meta["scoring"]
-    stems = [os.path.splitext(name)[0] for name, _ in items]
-    grids, source = patch_score_grids(args.result_path, stems, model, args.export_dir, int(scoring["num_nn"]))
-
-    transform = Transform.from_config(meta["preprocess"])
-    size = (transform.imagesize, transform.imagesize)
-    samples = [sample for _, sample in items]
-    scores = np.array([image_score(grid) for grid in grids], np.float64)
-    maps = np.stack([anomaly_map(grid, size, float(scoring["gaussian_sigma"])) for grid in grids])
-    masks = np.stack([transform.mask(sample) for sample in samples])
-    metrics = compute_metrics(scores, np.array([sample.label for sample in samples]), maps, masks)
+    if is_hr_export(meta):
+        from src.hr_deploy import evaluate
+    else:
+        evaluate = evaluate_plain
+    scores, metrics, source = evaluate(meta, args.export_dir, args.result_path, items)
 
     line = acc_line(metrics)
-    table = format_table([dict(clsname=args.category, **metrics)],
-                         ["clsname", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro"])
-    latency = read_latency(args.result_path)
-    details = f"{len(samples)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
-    if latency:
-        details += f", mean predict {latency['mean_predict_ms']:.1f} ms on {latency['device_type']}"
+    table = format_table([dict(clsname=args.category, **metrics)], COLUMNS)
+    latency = read_latency(args.result_path, scoring_jobs(meta, args.export_dir))
+    details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
+               + timing_text(latency, len(items)))
     log_path = os.path.join(args.output_dir, f"acc_{args.category}.log")
     write_text(log_path, f"{line}\n\n{table}\n\n{details}\n")
     write_json(os.path.join(args.output_dir, f"acc_{args.category}.json"), {
         "category": args.category, "metrics": metrics, "score_source": source, "latency": latency,
-        "scores": [{"file": name, "path": os.path.relpath(sample.image_path, manifest["dataset_path"]),
+        "scores": [{"file": item.get("file", item.get("stem")),
+                    "path": os.path.relpath(sample.image_path, manifest["dataset_path"]),
                     "defect_type": sample.defect_type, "label": int(sample.label), "image_score": float(score)}
-                   for (name, sample), score in zip(items, scores)]})
+                   for (item, sample), score in zip(items, scores)]})
     print(line)
     print(f"({details}; written to {log_path})")
     return 0

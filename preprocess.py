@@ -1,13 +1,15 @@
 """Turn a category's test images into inputs of an exported model: float32 NCHW .npy files + manifest.json.
 
-Images go through the training Transform (src/dataset.py) built from the settings in EXPORT_DIR/export.json.
-OUTPUT_PATH is replaced as a whole; file names sort in test-list order, and manifest.json maps each file
-to its image, defect type, label and mask.
+Plain model: one file per image through the training Transform (src/dataset.py) built from the settings in
+EXPORT_DIR/export.json. High-resolution model: every image's tiles, in one folder per task (task_<k>/), and its
+thumbnail (thumbnail/), normalised by the function training uses (src/hr_features.py; see src/hr_deploy.py).
+OUTPUT_PATH is replaced as a whole; file names sort in test-list order, and manifest.json maps each file to
+its image, defect type, label and mask (and for tiles: task and tile box).
 """
 import argparse
+import functools
 import os
 
-import numpy as np
 from tqdm import tqdm
 
 import src  # noqa: F401  (same environment set-up as every entry point)
@@ -25,31 +27,25 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from src.dataset import Transform, list_test_samples
-    from src.deploy import FORMAT_VERSION, MANIFEST_FILE, input_file_name, load_export, manifest_entry, single_model
-    from src.errors import InputError
+    from src.dataset import list_test_samples
+    from src.deploy import FORMAT_VERSION, MANIFEST_FILE, is_hr_export, load_export, write_plain_inputs
     from src.io_utils import staged_folder, write_json
 
     meta = load_export(args.export_dir)
-    model = single_model(meta, args.export_dir)
-    transform = Transform.from_config(meta["preprocess"])
-    if model["input_shape"] != [1, 3, transform.imagesize, transform.imagesize]:
-        raise InputError(os.path.join(args.export_dir, "export.json"),
-                         f"model input {model['input_shape']} does not fit the preprocessing "
-                         f"(crop {transform.imagesize})")
+    if is_hr_export(meta):
+        from src.hr_deploy import write_inputs
+    else:
+        write_inputs = write_plain_inputs
     samples = list_test_samples(args.dataset_path, args.category)
     dataset_path = os.path.abspath(args.dataset_path)
+    progress = functools.partial(tqdm, desc="preprocess", unit="img", disable=None)
     with staged_folder(args.output_path) as stage:
-        items = []
-        for position, sample in enumerate(tqdm(samples, desc="preprocess", unit="img", disable=None)):
-            name = input_file_name(position, sample)
-            np.save(os.path.join(stage, name), transform.image(sample.image_path)[np.newaxis])
-            items.append(manifest_entry(name, sample, dataset_path))
+        items, header = write_inputs(meta, args.export_dir, samples, dataset_path, stage, progress)
         write_json(os.path.join(stage, MANIFEST_FILE), {
             "format_version": FORMAT_VERSION, "category": args.category, "dataset_path": dataset_path,
-            "export_dir": os.path.abspath(args.export_dir), "preprocess": meta["preprocess"],
-            "input_shape": model["input_shape"], "input_dtype": model["input_dtype"], "items": items})
-    print(f"wrote {len(items)} inputs and {MANIFEST_FILE} to {args.output_path}")
+            "export_dir": os.path.abspath(args.export_dir), "preprocess": meta["preprocess"], **header,
+            "items": items})
+    print(f"wrote the inputs of {len(items)} images and {MANIFEST_FILE} to {args.output_path}")
     return 0
 
 

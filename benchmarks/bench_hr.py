@@ -7,7 +7,10 @@ dimensions on the whole image resized (area averaging) to 224x224, coreset of ``
 (the plain path's 10% by default: its bank is small anyway). Both are evaluated alike: the downscaled
 model's map is upsampled bilinearly to full resolution, then both go through the same evaluators, with
 pixel metrics at ``--eval_resize`` and the ground truth max-pooled, so a defect of a few pixels still
-counts. Prints the two rows side by side and writes them to ``--json``.
+counts. With ``--cpp_acc`` (postprocess.py's acc_<CATEGORY>.json of the exported tiled model run by the C++
+runner, scripts/run_infer_cpp.sh) a third row shows the deployed model; its eval_s is the runner's own time
+(model loads, network and patch scoring of every tile and thumbnail), without pre- and post-processing.
+Prints the rows side by side and writes them to ``--json``.
 
     .venv/bin/python benchmarks/bench_hr.py                                    # everything, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_hr.py --hr_model demo_output/hr/models/synthetic_leather_2k \\
@@ -70,6 +73,14 @@ def tiled_row(args, data_root):
                 eval_s=timings.get("eval_s", evaluation["seconds"])), model
 
 
+def cpp_row(acc_path):
+    """The exported tiled model's row from postprocess.py's acc_<CATEGORY>.json."""
+    acc = json.loads(Path(acc_path).read_text())
+    latency = acc.get("latency")
+    runner_s = None if not latency else (latency["model_load_ms"] + latency["total_ms"]) / 1000
+    return dict(model="tiled, exported, C++ runner", **acc["metrics"], train_s=None, eval_s=runner_s)
+
+
 def downscaled_row(args, data_root, patch_config):
     """Train and evaluate the plain PatchCore on whole images resized to ``args.size`` x ``args.size``."""
     from src.cli import set_device
@@ -123,6 +134,8 @@ def main():
     parser.add_argument("--plain_percentage", type=float, default=0.1)
     parser.add_argument("--eval_resize", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpp_acc", default=None, help="acc_<CATEGORY>.json of the exported tiled model run by "
+                                                        "scripts/run_infer_cpp.sh: adds its row")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     args = parser.parse_args()
     if not os.path.isfile(args.pre_ckpt_path):
@@ -132,7 +145,7 @@ def main():
 
     tiled, model = tiled_row(args, data_root)
     downscaled, plain_bank = downscaled_row(args, data_root, model["config"]["patch"])
-    rows = [tiled, downscaled]
+    rows = [tiled] + ([cpp_row(args.cpp_acc)] if args.cpp_acc else []) + [downscaled]
     print(format_table([{k: (round(v, 1) if k.endswith("_s") and v is not None else v) for k, v in row.items()}
                         for row in rows], COLUMNS))
     memory = model.get("memory") or {}

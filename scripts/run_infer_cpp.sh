@@ -8,6 +8,8 @@
 #   DEVICE_TYPE      CPU (default) or Ascend;  DEVICE_ID: default 0;  OUTPUT_DIR: default ./infer_output
 # Builds ascend310_infer when needed, scores the patches in C++ (--bank_path), computes the metrics and prints
 # the acc line; writes OUTPUT_DIR/CATEGORY/{preprocess_Result,result_Files,acc_CATEGORY.log,acc_CATEGORY.json}.
+# A high-resolution export (any of its models as MINDIR_PATH) runs the runner once per task folder and once
+# for the thumbnail, each with that folder's bank.
 # Environment: THREADS (runner threads, default: all cores), PYTHON (default: the project's .venv).
 set -euo pipefail
 
@@ -39,9 +41,12 @@ inputs="$work/preprocess_Result"
 results="$work/result_Files"
 mkdir -p "$work"
 
-# Checks the model and bank against export.json (sha256) before anything runs.
-runner_args="$(cd "$root" && "$PYTHON" -m src.deploy runner_args "$export_dir/$(basename "$mindir")")" || exit 2
-mapfile -t runner_args <<< "$runner_args"
+# Checks the models and banks against export.json (sha256) before anything runs. One runner job per line:
+# a plain export has one; a high-resolution export one per task folder and one for the thumbnail, each with
+# its own bank, so every patch score is computed in C++.
+jobs="$(cd "$root" && "$PYTHON" -m src.deploy runner_jobs "$export_dir/$(basename "$mindir")" "$inputs" "$results")" \
+    || exit 2
+mapfile -t jobs <<< "$jobs"
 
 echo "[1/4] building the C++ runner if needed (log: $work/build.log)"
 if ! PYTHON="$PYTHON" bash "$root/ascend310_infer/build.sh" > "$work/build.log" 2>&1; then
@@ -60,8 +65,11 @@ fi
 
 echo "[3/4] running the model on $device_type (device $device_id, $threads threads)"
 rm -rf "$results"  # a fresh folder: outputs of different runs must never mix
-"$root/ascend310_infer/build/patchcore_infer" "${runner_args[@]}" --input_path "$inputs" --result_path "$results" \
-    --device_type "$device_type" --device_id "$device_id" --threads "$threads"
+for job in "${jobs[@]}"; do
+    IFS=$'\t' read -r -a job_args <<< "$job"
+    "$root/ascend310_infer/build/patchcore_infer" "${job_args[@]}" --device_type "$device_type" \
+        --device_id "$device_id" --threads "$threads"
+done
 
 echo "[4/4] computing the metrics"
 "$PYTHON" "$root/postprocess.py" --export_dir "$export_dir" --result_path "$results" \

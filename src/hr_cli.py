@@ -64,7 +64,7 @@ def train_hr(args, config):
     return 0
 
 
-def _hr_settings(meta, overrides):
+def eval_settings(meta, overrides):
     """eval_resize and vis_size: from the training config, or ``-o`` overrides."""
     from src.config import apply_overrides
     for item in overrides:
@@ -87,7 +87,7 @@ def eval_hr(args):
     meta = model.meta
     if args.seed != meta["seed"] and meta["backbone_checkpoint_sha256"] is None:
         raise InputError("--seed", f"the model was trained with random weights of seed {meta['seed']}")
-    settings = _hr_settings(meta, args.override)
+    settings = eval_settings(meta, args.override)
     listed = list_test_samples(args.dataset_path, args.category)
     samples = [HRSample(s.image_path, s.mask_path, image_size=model.image_size, label=s.label) for s in listed]
     names = [f"{s.defect_type}_{os.path.splitext(os.path.basename(s.image_path))[0]}" for s in listed]

@@ -35,6 +35,23 @@ def context_features(features, region, tile, grid):
     return np.matmul(np.matmul(rows, features), cols.T)
 
 
+def network_input(rgb_images, mean, std):
+    """[B, 3, H, W] float32 network input of equally sized HxWx3 uint8 RGB images: /255, then (x - mean) / std.
+
+    The one definition of the input normalisation: training and inference (HRFeaturizer) and the files
+    preprocess.py writes for the C++ runner all go through it, so the deployed model sees the same numbers.
+    """
+    mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    chunk = np.stack(rgb_images).astype(np.float32)
+    return (chunk.transpose(0, 3, 1, 2) / np.float32(255) - mean) / std
+
+
+def thumbnail_image(image, size):
+    """The whole HxWx3 image resized (area averaging) to ``size`` = (w, h): the thumbnail branch's input."""
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
+
+
 class HRFeaturizer:
     """Backbone features for tiles and thumbnails, ``batch_size`` network inputs at a time.
 
@@ -44,8 +61,7 @@ class HRFeaturizer:
 
     def __init__(self, extractor, mean, std, batch_size, fusion_weights=None):
         self.extractor = extractor
-        self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+        self.mean, self.std = mean, std
         self.batch_size = int(batch_size)
         total = None if fusion_weights is None else float(sum(fusion_weights))
         self.weights = None if fusion_weights is None else [w / total for w in fusion_weights]
@@ -55,8 +71,7 @@ class HRFeaturizer:
         import mindspore as ms
         outputs = []
         for start in range(0, len(rgb_images), self.batch_size):
-            chunk = np.stack(rgb_images[start:start + self.batch_size]).astype(np.float32)
-            chunk = (chunk.transpose(0, 3, 1, 2) / np.float32(255) - self.mean) / self.std
+            chunk = network_input(rgb_images[start:start + self.batch_size], self.mean, self.std)
             outputs.append(self.extractor(ms.Tensor(chunk)).asnumpy())
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
@@ -82,4 +97,4 @@ class HRFeaturizer:
 
     def thumbnail(self, image, size):
         """[1, D, h, w] features of the whole image resized (area averaging) to ``size`` = (w, h)."""
-        return self.network([cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)])
+        return self.network([thumbnail_image(image, size)])

@@ -103,10 +103,7 @@ class HRModel:
         meta = cls.read_meta(checkpoint_root)
         check_backbone(meta, pre_ckpt_path)
         tasks, indexes = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
-        detectors = {name: HRPatchCore.load(os.path.join(checkpoint_root, name)) for name in meta["jobs"]}
-        for name, detector in detectors.items():
-            if detector.metadata.get("fingerprint") != meta["jobs"][name]["fingerprint"]:
-                raise InputError(os.path.join(checkpoint_root, name), "bank belongs to another training run")
+        detectors = load_detectors(checkpoint_root, meta)
         extractors = {} if extractors is None else extractors
         featurizers = {name: make_featurizer(detector.patch_config, meta, pre_ckpt_path, extractors,
                                              meta["fusion_weights"] if name != THUMBNAIL else None)
@@ -161,6 +158,15 @@ class HRModel:
         """(image score, [H, W] anomaly map) of an HxWx3 uint8 image of the model's size."""
         amap = self.anomaly_map(*self.grids(image))
         return image_score(amap, self.settings["image_score_window"]), amap
+
+
+def load_detectors(checkpoint_root, meta):
+    """{job name: HRPatchCore} of every bank in ``hr_model.json``'s jobs, each verified (sha256, fingerprint)."""
+    detectors = {name: HRPatchCore.load(os.path.join(checkpoint_root, name)) for name in meta["jobs"]}
+    for name, detector in detectors.items():
+        if detector.metadata.get("fingerprint") != meta["jobs"][name]["fingerprint"]:
+            raise InputError(os.path.join(checkpoint_root, name), "bank belongs to another training run")
+    return detectors
 
 
 def check_image_size(image, image_size):

@@ -1,0 +1,265 @@
+"""Deployment of a high-resolution model: train.py (hr) -> export.py -> preprocess.py -> C++ runner per task ->
+postprocess.py, against eval.py and HRModel.predict.
+
+A small generated category (256x256 images), 128-pixel tiles with stride 96 (a 3x3 plan), two tasks
+(NeighborhoodTaskGenerator 2x1: 6 and 3 tiles), a 64-pixel thumbnail branch and a validation set (so every
+bank has a normaliser), mobilenet_v2 with seeded random weights and 64-dimensional features.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORY = "synthetic_leather"
+HR = ["--config", ROOT / "configs" / "hr_patchcore.yaml", "-o", "hr.patch_size=128", "-o", "hr.stride=96",
+      "-o", "percentage=0.1", "-o", "pretrain_embed_dimension=64", "-o", "target_embed_dimension=64",
+      "-o", "hr.task_generator=neighborhood",
+      "-o", "hr.task_generator_params={num_groups_width: 2, num_groups_height: 1}",
+      "-o", "hr.thumbnail={thumbnail_size: 64}",
+      "-o", "hr.val_config={anomaly_syn_fn: [RandomBox], val_sample_ratio: 0.25}", "--workers", "1"]
+JOBS = ("task_0", "task_1", "thumbnail")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro")
+
+
+def python_command(script, *args):
+    return [sys.executable, str(ROOT / script), *map(str, args)]
+
+
+def run(command, **env):
+    return subprocess.run(list(map(str, command)), capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env=dict(os.environ, PYTHON=sys.executable, **env))
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def error_lines(result):
+    return [line for line in result.stderr.strip().splitlines() if "error:" in line]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Dataset, a trained high-resolution model, its eval.py results and its export."""
+    from src.synthetic import generate_category
+
+    root = tmp_path_factory.mktemp("deploy_hr")
+    generate_category(str(root / "data"), category=CATEGORY, texture="leather", image_size=(256, 256), n_train=8,
+                      n_test_good=3, n_test_defect_per_type=1, defect_types=("scratch", "stain"), seed=0,
+                      min_defect_px=3, max_defect_px=40)
+    common = ["--dataset_path", root / "data", "--category", CATEGORY, "--output_dir", root / "out"]
+    train = run(python_command("train.py", *common, *HR))
+    assert train.returncode == 0, train.stderr
+    category_dir = root / "out" / CATEGORY
+    # eval.py and export.py at the same time: each mostly waits for MindSpore to start and compile.
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                 for command in (python_command("eval.py", *common),
+                                 python_command("export.py", "--checkpoint_dir", category_dir))]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+    return {"root": root, "data": root / "data", "category_dir": category_dir, "export": category_dir / "export",
+            "eval": category_dir / "eval"}
+
+
+@pytest.fixture(scope="module")
+def cpp_run(project, runner):
+    """scripts/run_infer_cpp.sh on the export: preprocessing, one runner run per task folder, postprocessing."""
+    out = project["root"] / "infer"
+    mindir = project["export"] / "patchcore_128x128_lite.mindir"
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", mindir, project["data"], "y", CATEGORY, "CPU", "0",
+                  out])
+    assert result.returncode == 0, result.stdout + result.stderr
+    work = out / CATEGORY
+    return {"result": result, "work": work, "inputs": work / "preprocess_Result", "results": work / "result_Files",
+            "mindir": mindir}
+
+
+@pytest.fixture(scope="module")
+def python_model(project):
+    """HRModel loaded from the export folder itself (it holds hr_model.json, tasks.json and the banks)."""
+    from src.cli import set_device
+    from src.hr_inference import HRModel
+    set_device("CPU", 0)
+    return HRModel.load(str(project["export"]))
+
+
+def test_export_holds_a_model_per_input_size_the_task_map_and_every_sha256(project):
+    from src.memory_bank import sha256_of
+    export = project["export"]
+    meta = read_json(export / "export.json")
+    model = read_json(project["category_dir"] / "hr_model.json")
+    models = {tuple(m["roles"]): m for m in meta["models"]}
+    assert set(models) == {("tile",), ("thumbnail",)}
+    assert models[("tile",)]["input_shape"] == [1, 3, 128, 128] and models[("tile",)]["feature_grid"] == [16, 16]
+    assert models[("thumbnail",)]["input_shape"] == [1, 3, 64, 64] and models[("thumbnail",)]["embed_dim"] == 64
+    hr = meta["hr"]
+    assert list(hr["tasks"]) == ["task_0", "task_1"] and [len(t["tiles"]) for t in hr["tasks"].values()] == [6, 3]
+    for name in JOBS:
+        job = hr["thumbnail"] if name == "thumbnail" else hr["tasks"][name]
+        bank = read_json(project["category_dir"] / name / "bank.json")
+        assert job["bank_file"] == f"{name}/faiss.index" and job["normalizer"] == bank["normalizer"] is not None
+        assert job["num_nn"] == bank["patch_config"]["anomaly_scorer_num_nn"]
+    assert hr["thumbnail"]["lite_mindir"] == models[("thumbnail",)]["lite_mindir"]
+    assert hr["thumbnail"]["size"] == [64, 64]
+    assert {k: hr[k] for k in ("gaussian_sigma", "image_score_window", "thumbnail_merge")} == {
+        "gaussian_sigma": model["inference"]["gaussian_sigma"], "thumbnail_merge": "max",
+        "image_score_window": model["inference"]["image_score_window"]}
+    assert hr["image_size"] == [256, 256] and hr["tile_plan"]["stride"] == [96, 96] and hr["eval_resize"] == 512
+    assert meta["preprocess"] == {"image_size": [256, 256], **model["data"]}
+    on_disk = sorted(str(p.relative_to(export)) for p in export.rglob("*") if p.is_file())
+    assert sorted(meta["files"]) == sorted(set(on_disk) - {"export.json"})
+    assert {f"{name}/faiss.index" for name in JOBS} <= set(meta["files"])
+    for name, digest in meta["files"].items():
+        assert sha256_of(export / name) == digest, name
+
+
+def test_preprocess_writes_every_tile_per_task_and_the_thumbnail_normalised_as_in_training(project, cpp_run):
+    from src.dataset import list_test_samples
+    from src.hr_features import network_input, thumbnail_image
+    from src.samples import HRSample
+    from src.tiling import TileIndex, crop
+
+    manifest = read_json(cpp_run["inputs"] / "manifest.json")
+    samples = list_test_samples(str(project["data"]), CATEGORY)
+    assert len(manifest["items"]) == len(samples) == 5
+    for name, count in zip(JOBS, (6, 3, 1)):
+        files = sorted(p.name for p in (cpp_run["inputs"] / name).iterdir())
+        listed = [os.path.basename(entry["file"]) for item in manifest["items"] for entry in item["inputs"]
+                  if entry["task"] == name]
+        assert files == listed == sorted(listed) and len(files) == count * len(samples)
+    mean, std = manifest["preprocess"]["mean"], manifest["preprocess"]["std"]
+    for item, sample in zip(manifest["items"], samples):
+        assert os.path.join(manifest["dataset_path"], item["image"]) == os.path.abspath(sample.image_path)
+        assert (item["label"], item["defect_type"]) == (sample.label, sample.defect_type)
+        image = HRSample(sample.image_path).load_image()
+        for entry in item["inputs"][::4]:
+            expected = (thumbnail_image(image, (64, 64)) if entry["tile"] is None
+                        else crop(image, TileIndex.from_dict(entry["tile"])))
+            array = np.load(cpp_run["inputs"] / entry["file"])
+            assert array.dtype == np.float32 and np.array_equal(array, network_input([expected], mean, std))
+
+
+def test_run_infer_cpp_reports_eval_numbers_with_scores_computed_in_cpp(project, cpp_run):
+    stdout = cpp_run["result"].stdout
+    assert stdout.count("wrote ") >= 3 and all(f"result_Files/{name}" in stdout for name in JOBS)
+    acc = read_json(cpp_run["work"] / f"acc_{CATEGORY}.json")
+    assert acc["score_source"] == "cpp" and acc["latency"]["runs"] == 3 and acc["latency"]["inputs"] == 50
+    expected = read_json(project["eval"] / "metrics.json")
+    assert acc["metrics"]["image_auroc"] == expected["image_auroc"]
+    for key in METRICS[1:]:
+        assert abs(acc["metrics"][key] - expected[key]) <= 1e-4, key
+    eval_scores = read_json(project["eval"] / "scores.json")
+    assert [(s["path"], s["label"]) for s in acc["scores"]] == [(s["path"], s["label"]) for s in eval_scores]
+    ours, theirs = (np.array([s["image_score"] for s in scores]) for scores in (acc["scores"], eval_scores))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=0)
+    assert len(set(theirs.tolist())) == len(theirs)  # distinct scores: the AUROC check is not vacuous
+    log_line = (cpp_run["work"] / f"acc_{CATEGORY}.log").read_text().splitlines()[0]
+    assert log_line.startswith("img_auc: ") and log_line in stdout.splitlines()
+
+
+def test_maps_and_features_match_hrmodel_predict(project, cpp_run, python_model):
+    from src.deploy import load_export, load_manifest
+    from src.hr_deploy import anomaly_maps
+    from src.samples import HRSample
+    from src.tiling import TileIndex
+
+    meta = load_export(project["export"])
+    _, items = load_manifest(cpp_run["inputs"] / "manifest.json")
+    scores, maps, source = anomaly_maps(meta, str(project["export"]), str(cpp_run["results"]), items)
+    assert source == "cpp"
+    for (item, sample), score, amap in zip(items, scores, maps):
+        image = HRSample(sample.image_path, image_size=python_model.image_size).load_image()
+        expected_score, expected_map = python_model.predict(image)
+        assert abs(score - expected_score) <= 1e-4 * expected_score
+        assert amap.shape == expected_map.shape == (256, 256)
+        np.testing.assert_allclose(amap, expected_map, rtol=1e-4, atol=1e-4 * float(expected_map.max()))
+    # the runner's features of one tile against the featurizer's (same normalisation, same network)
+    entry = items[3][0]["inputs"][7]
+    index = TileIndex.from_dict(entry["tile"])
+    image = HRSample(items[3][1].image_path).load_image()
+    (_, features), = python_model.featurizers[entry["task"]].tile_batches(image, [index])
+    cpp = np.load(cpp_run["results"] / entry["file"].replace(".npy", "_0.npy"))
+    scale = float(np.abs(features).max())
+    assert scale > 0 and float(np.abs(cpp - features).max()) <= 1e-4 * scale
+
+
+def test_python_scoring_of_runner_features_gives_the_same_scores(project, cpp_run, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(cpp_run["results"], results, ignore=shutil.ignore_patterns("*_scores.npy"))
+    post = run(python_command("postprocess.py", "--export_dir", project["export"], "--result_path", results,
+                              "--manifest", cpp_run["inputs"] / "manifest.json", "--category", CATEGORY,
+                              "--output_dir", tmp_path))
+    assert post.returncode == 0, post.stderr
+    acc = read_json(tmp_path / f"acc_{CATEGORY}.json")
+    cpp = read_json(cpp_run["work"] / f"acc_{CATEGORY}.json")
+    assert acc["score_source"] == "python" and acc["metrics"]["image_auroc"] == cpp["metrics"]["image_auroc"]
+    np.testing.assert_allclose([s["image_score"] for s in acc["scores"]],
+                               [s["image_score"] for s in cpp["scores"]], rtol=1e-4, atol=0)
+    (results / "task_1" / "0002_good_002_r001c002_0.npy").unlink()  # one task folder incomplete
+    post = run(python_command("postprocess.py", "--export_dir", project["export"], "--result_path", results,
+                              "--manifest", cpp_run["inputs"] / "manifest.json", "--category", CATEGORY,
+                              "--output_dir", tmp_path))
+    assert post.returncode == 2 and error_lines(post) == [
+        f"error: {results / 'task_1' / '0002_good_002_r001c002_0.npy'}: runner output missing (did the runner "
+        "process every input of the manifest?)"]
+
+
+def unexportable_variant(project, tmp_path, change):
+    """A copy of the trained model with hr_model.json or tasks.json edited as a model the runner cannot serve."""
+    folder = tmp_path / CATEGORY
+    shutil.copytree(project["category_dir"], folder, ignore=shutil.ignore_patterns("export", "eval"))
+    if change == "fusion":
+        meta = read_json(folder / "hr_model.json")
+        meta["fusion_weights"] = [0.5, 0.5]
+        (folder / "hr_model.json").write_text(json.dumps(meta))
+    else:  # the tasks a RetrieveTaskGenerator writes: a descriptor centre and member tiles per task
+        tasks = read_json(folder / "tasks.json")
+        for task in tasks["tasks"]:
+            task["center"] = [0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.05]
+            task["members"] = [[0, index["row"], index["col"]] for index in task["indexes"]]
+        (folder / "tasks.json").write_text(json.dumps(tasks))
+    return folder
+
+
+@pytest.mark.parametrize("change, reason", [("fusion", "multi-resolution fusion"),
+                                            ("retrieve", "RetrieveTaskGenerator")])
+def test_export_refuses_models_the_runner_cannot_reproduce(project, tmp_path, change, reason):
+    folder = unexportable_variant(project, tmp_path, change)
+    result = run(python_command("export.py", "--checkpoint_dir", folder, "--output_dir", tmp_path / "export"))
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert error_lines(result)[0].startswith(f"error: {folder}: {reason}")
+    assert not (tmp_path / "export").exists()
+
+
+def test_a_tile_of_the_wrong_shape_stops_the_runner_with_one_line(project, cpp_run, tmp_path):
+    work = tmp_path / "out" / CATEGORY
+    shutil.copytree(cpp_run["inputs"], work / "preprocess_Result")
+    bad = work / "preprocess_Result" / "task_1" / "0001_good_001_r000c002.npy"
+    np.save(bad, np.zeros((1, 3, 96, 128), np.float32))
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", cpp_run["mindir"], project["data"], "n", CATEGORY,
+                  "CPU", "0", tmp_path / "out"])
+    assert result.returncode != 0 and len(error_lines(result)) == 1, result.stderr
+    assert str(bad) in error_lines(result)[0] and "shape (1, 3, 96, 128)" in error_lines(result)[0]
+    assert not (work / f"acc_{CATEGORY}.json").exists()
+
+
+def test_a_tampered_task_bank_is_refused_before_anything_runs(project, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(project["export"], export)
+    with open(export / "task_1" / "faiss.index", "ab") as f:
+        f.write(b"\0")
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", export / "patchcore_64x64_lite.mindir",
+                  project["data"], "y", CATEGORY, "CPU", "0", tmp_path / "out"])
+    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert error_lines(result)[0] == f"error: {export / 'task_1' / 'faiss.index'}: sha256 differs from export.json: " \
+                                     "the file was replaced or is damaged; run export.py again"
+    assert not (tmp_path / "out" / CATEGORY / "preprocess_Result").exists()

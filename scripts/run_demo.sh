@@ -3,7 +3,7 @@
 # train and evaluate with those pretrained features, export to MINDIR and run the C++ runner on the same
 # test set; for contrast, train and evaluate with seeded-random WideResNet50 features; print the tables.
 # Then the high-resolution demo (scripts/run_demo_hr.sh): 2048x2048 images with defects a few pixels wide,
-# tiled PatchCore vs the same PatchCore on the whole image at 224x224.
+# tiled PatchCore (also exported and run by the C++ runner) vs the same PatchCore on the whole image at 224x224.
 # Everything lands in demo_output/ (git-ignored); the whole run is logged to demo_output/demo.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."

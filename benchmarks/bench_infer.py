@@ -3,11 +3,13 @@
 For each backbone (WideResNet50-2 layer2+layer3, MobileNetV2 features.6+features.13, both with the PatchCore
 local aggregation) and input size (224x224 and the 512x512 tile), one image per call:
 
-* MindSpore: ``src.patchcore.build_extractor`` in GRAPH_MODE, ``net(x).asnumpy()``.
+* MindSpore: ``src.patchcore.build_extractor`` in GRAPH_MODE (BatchNorm folded into the convolutions,
+  as for train/eval/export), ``net(x).asnumpy()``.
 * C++: the same network exported (``mindspore.export`` + ``src.mindir_compat``) and run by
   ascend310_infer/build/patchcore_infer on copies of the input; latency.json's per-input predict time.
-* PyTorch: tests/torch_reference.py's architectures run up to the deepest tap, with the MindSpore weights
-  copied in and the aggregation as the same grouped convolutions, under torch.inference_mode().
+* PyTorch: tests/torch_reference.py's architectures (eager, with their BatchNorm layers) run up to the
+  deepest tap, with the MindSpore weights copied in before folding and the aggregation as the same
+  (depthwise / grouped) convolutions and channel sums, under torch.inference_mode().
 
 The machine may be shared, so the three are measured in interleaved rounds (MindSpore, C++, PyTorch,
 MindSpore, ...) rather than one after the other, each round with 2 untimed warm-up calls, and the time
@@ -79,6 +81,7 @@ def mindspore_child(backbone, size, workdir, max_inputs):
     import mindspore as ms
 
     from src.config import load_config
+    from src.folding import fold_batchnorm
     from src.mindir_compat import convert_mindir_to_v1
     from src.model import DEFAULT_LAYERS
     from src.patchcore import build_extractor
@@ -88,7 +91,11 @@ def mindspore_child(backbone, size, workdir, max_inputs):
     layers = DEFAULT_LAYERS[backbone]
     patch = load_config(overrides=[f"backbone_name={backbone}",
                                    f"layers_to_extract_from=[{','.join(layers)}]"])["patch"]
-    extractor, _ = build_extractor(patch, seed=0)
+    extractor, _ = build_extractor(patch, seed=0, fold_bn=False)
+    # Inside the extractor, parameter names carry the cell prefix "backbone.". torch gets the unfolded
+    # parameters: its baseline is the eager model with BatchNorm layers.
+    weights = {torch_name(p.name.removeprefix("backbone.")): p.asnumpy() for p in extractor.backbone.get_parameters()}
+    fold_batchnorm(extractor.backbone)  # what build_extractor does by default
     aggregation = extractor.aggregation
     if not aggregation.concat_only:
         raise SystemExit(f"{backbone}: the torch baseline covers aggregations that are a plain concatenation")
@@ -101,12 +108,11 @@ def mindspore_child(backbone, size, workdir, max_inputs):
     (workdir / "inputs").mkdir()
     for i in range(max_inputs):
         np.save(workdir / "inputs" / f"img_{i:03d}.npy", x)
-    # Inside the extractor, parameter names carry the cell prefix "backbone.".
-    weights = {torch_name(p.name.removeprefix("backbone.")): p.asnumpy() for p in extractor.backbone.get_parameters()}
     weights.update({f"aggregation.{k}.weight": conv.weight.asnumpy() for k, conv in enumerate(aggregation.convs)})
     np.savez(workdir / "weights.npz", **weights)
     (workdir / "torch_model.json").write_text(json.dumps(
-        {"layers": layers, "groups": [conv.group for conv in aggregation.convs]}))
+        {"layers": layers, "groups": [conv.group for conv in aggregation.convs],
+         "channel_sums": list(aggregation.channel_sums)}))
     serve(lambda: extractor(tensor).asnumpy(), {})
 
 
@@ -141,12 +147,19 @@ def torch_child(backbone, size, workdir, threads):
     taps = spec["layers"]
     last = max(i for i, (name, _) in enumerate(stages) if name in taps)
 
+    def aggregate(x, kernel, groups, channel_sum):
+        out = F.conv2d(x, kernel, padding=kernel.shape[-1] // 2, groups=groups)
+        if channel_sum > 1:
+            b, c, h, w = out.shape
+            out = out.reshape(b, c // channel_sum, channel_sum, h, w).sum(dim=2)
+        return out
+
     def forward(x):
         found = {}
         for name, stage in stages[:last + 1]:
             x = found[name] = stage(x)
-        features = [F.conv2d(found[tap], kernel, padding=kernel.shape[-1] // 2, groups=groups)
-                    for tap, kernel, groups in zip(taps, kernels, spec["groups"])]
+        features = [aggregate(found[tap], kernel, groups, channel_sum)
+                    for tap, kernel, groups, channel_sum in zip(taps, kernels, spec["groups"], spec["channel_sums"])]
         grid = features[0].shape[2:]
         return torch.cat([features[0]] + [F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
                                           for f in features[1:]], dim=1)

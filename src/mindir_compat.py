@@ -154,6 +154,15 @@ def _rewrite_avg_pool(args, attrs, rank):
                                 "format": _format_name(data_format, "AvgPool")}, 1)
 
 
+def _rewrite_reduce_sum(args, attrs, rank):
+    # Version 1 keeps the axis as the second input (a graph constant) and keep_dims as an attribute.
+    keep_dims, skip_mode = (_constant(v, "setting") for v in args[2:4])
+    _constant(args[1], "axis")
+    if skip_mode:
+        raise ValueError("ReduceSum with skip_mode=True")
+    return _Rewrite("ReduceSum", {"keep_dims": bool(keep_dims)}, 2)
+
+
 def _rewrite_resize_bilinear(args, attrs, rank):
     size, align_corners, half_pixel_centers = (_constant(v, "size/mode") for v in args[1:])
     if align_corners:
@@ -203,6 +212,7 @@ _REWRITES = {
     "BiasAdd": _rewrite_bias_add,
     "Concat": _rewrite_concat,
     "AvgPool": _rewrite_avg_pool,
+    "ReduceSum": _rewrite_reduce_sum,
     "ResizeBilinearV2": _rewrite_resize_bilinear,
     "PadV3": _rewrite_pad_v3,
     "MirrorPad": _rewrite_mirror_pad,

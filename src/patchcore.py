@@ -12,6 +12,7 @@ import mindspore as ms
 
 from src.anomaly_map import anomaly_map, image_score
 from src.features import PatchFeatureExtractor, to_patch_rows
+from src.folding import fold_batchnorm
 from src.memory_bank import MemoryBank
 from src.model import build_backbone
 from src.sampling_methods import build_sampler
@@ -24,9 +25,16 @@ PRETRAINED_HINT = ("WARNING: no --pre_ckpt_path given: the backbone uses seeded 
                    "mobilenet_v2) and pass the .ckpt.")
 
 
-def build_extractor(patch_config, pre_ckpt_path=None, seed=0):
+def build_extractor(patch_config, pre_ckpt_path=None, seed=0, fold_bn=True):
+    """The inference extractor (backbone + aggregation) used by train, eval and export alike.
+
+    ``fold_bn``: fold each BatchNorm into its convolution (``src.folding``): the same function up to float
+    rounding, one operator fewer per convolution. Off only to read the backbone's original parameters.
+    """
     backbone = build_backbone(patch_config["backbone_name"], patch_config["layers_to_extract_from"],
                               pre_ckpt_path=pre_ckpt_path, seed=seed)
+    if fold_bn:
+        fold_batchnorm(backbone)
     extractor = PatchFeatureExtractor(backbone, patch_config)
     extractor.set_train(False)
     return extractor, bool(getattr(backbone, "pretrained", pre_ckpt_path is not None))

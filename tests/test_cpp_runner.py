@@ -16,6 +16,7 @@ from mindspore.train import mind_ir_pb2
 
 from src.errors import InputError
 from src.features import PatchFeatureExtractor
+from src.folding import fold_batchnorm
 from src.mindir_compat import UnsupportedOperatorError, convert_mindir_to_v1
 from src.mindir_compat import main as mindir_compat_cli
 from src.model import build_backbone
@@ -220,10 +221,13 @@ def test_bank_of_wrong_dimension_is_rejected_before_inference(runner, tiny_model
 @pytest.mark.parametrize("backbone_name, layers", [("wideresnet50", ["layer2", "layer3"]),
                                                    ("mobilenet_v2", ["features.6", "features.13"])])
 def test_real_backbone_with_aggregation_matches_mindspore(runner, tmp_path, backbone_name, layers):
-    """The deployed graph: src.model backbone (seeded random weights) + src.features aggregation."""
+    """The deployed graph: src.model backbone (seeded random weights, BatchNorm folded as build_extractor
+    does) + src.features aggregation (for WRN50: depthwise convolution + ReduceSum)."""
     config = {"backbone_name": backbone_name, "layers_to_extract_from": layers, "merge_size": 3,
               "pretrain_embed_dimension": 1024, "target_embed_dimension": 1024}
-    net = PatchFeatureExtractor(build_backbone(backbone_name, layers, seed=0), config)
+    backbone = build_backbone(backbone_name, layers, seed=0)
+    assert fold_batchnorm(backbone) > 0
+    net = PatchFeatureExtractor(backbone, config)
     net.set_train(False)
     x = np.random.default_rng(3).normal(size=INPUT_SHAPE).astype(np.float32)
     reference = net(ms.Tensor(x)).asnumpy()

@@ -36,10 +36,26 @@ def test_fast_aggregation_equals_literal(channels, grids, merge, pre, target):
     assert np.abs(rows - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
 
 
-def test_published_setting_runs_as_grouped_convolutions():
+def test_published_setting_runs_as_depthwise_convolutions():
     cell = LocalAggregation((512, 1024), 3, 1024, 1024)
     assert cell.concat_only
-    assert [conv.group for conv in cell.convs] == [512, 512]
+    assert [groups for _, groups in cell.grouped_kernels] == [512, 512]
+    # layer3's rows each read 2 channels: depthwise over all 1024 channels, then pair sums.
+    assert [conv.group for conv in cell.convs] == [512, 1024]
+    assert cell.channel_sums == (1, 2)
+
+
+def test_depthwise_form_equals_grouped_convolution():
+    rng = np.random.default_rng(0)
+    cell = LocalAggregation((512, 1024), 3, 1024, 1024)
+    layers = [rng.standard_normal((2, 512, 6, 6)).astype(np.float32),
+              rng.standard_normal((2, 1024, 3, 3)).astype(np.float32)]
+    out = cell(*[ms.Tensor(x) for x in layers]).asnumpy()
+    expected = [F.conv2d(torch.from_numpy(x), torch.from_numpy(kernel), padding=1, groups=groups)
+                for x, (kernel, groups) in zip(layers, cell.grouped_kernels)]
+    expected = torch.cat([expected[0], F.interpolate(expected[1], size=(6, 6), mode="bilinear",
+                                                     align_corners=False)], dim=1).numpy()
+    assert np.abs(out - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 def test_largest_group_count_dense_when_mixed():

@@ -13,10 +13,12 @@ from torch import nn as tnn
 
 import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
 import mindspore as ms
+from mindspore import nn
 
 from src.errors import InputError
 from src.model import (DEFAULT_LAYERS, TAPS, build_backbone, feature_channels, feature_strides,
                        parameter_shapes)
+from src.folding import fold_batchnorm
 from src.pthtockpt import convert
 from torch_reference import (TorchMobileNetV2, TorchWideResNet50_2, randomize_batch_norm_stats)
 
@@ -65,6 +67,9 @@ def test_wideresnet50_matches_torch(tmp_path):
     net = build_backbone("wideresnet50", layers, pre_ckpt_path=ckpt)
     assert net.pretrained
     assert_parity(net, torch_taps, layers, image)
+    folded = build_backbone("wideresnet50", layers, pre_ckpt_path=ckpt)
+    assert fold_batchnorm(folded) == 43  # the inference extractor's form, with real BatchNorm statistics
+    assert_parity(folded, torch_taps, layers, image)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,9 @@ def test_mobilenet_v2_matches_torch_with_real_weights(mobilenet_files):
         torch_taps = reference.taps(torch.from_numpy(image))
     layers = DEFAULT_LAYERS["mobilenet_v2"] + ["features.18"]
     assert_parity(build_backbone("mobilenet_v2", layers, pre_ckpt_path=ckpt), torch_taps, layers, image)
+    folded = build_backbone("mobilenet_v2", layers, pre_ckpt_path=ckpt)
+    fold_batchnorm(folded)  # the inference extractor's form
+    assert_parity(folded, torch_taps, layers, image)
 
 
 def test_fetch_script_skips_when_up_to_date_and_redoes_a_damaged_checkpoint(mobilenet_files):
@@ -130,6 +138,51 @@ def test_mobilenet_defaults_are_the_last_stride_8_and_16_blocks():
 
 def parameters(net):
     return {p.name: p.asnumpy() for p in net.get_parameters()}
+
+
+def randomize_batch_norm(net, seed):
+    """BatchNorm affine terms and statistics far from the identity (init_random makes them the identity)."""
+    rng = np.random.default_rng(seed)
+    for param in net.get_parameters():
+        kind = param.name.rsplit(".", 1)[-1]
+        if kind in ("gamma", "moving_variance"):
+            param.set_data(ms.Tensor((rng.random(param.shape) + 0.5).astype(np.float32)))
+        elif kind in ("beta", "moving_mean"):
+            param.set_data(ms.Tensor((rng.standard_normal(param.shape) * 0.2).astype(np.float32)))
+
+
+@pytest.mark.parametrize("backbone_name, layers, folds", [("wideresnet50", ["layer2", "layer3"], 43),
+                                                          ("mobilenet_v2", ["features.6", "features.13"], 39)])
+def test_folded_batchnorm_equals_unfolded(backbone_name, layers, folds):
+    image = ms.Tensor(np.random.default_rng(4).standard_normal((2, 3, 96, 96), dtype=np.float32))
+    plain = build_backbone(backbone_name, layers, seed=3)
+    randomize_batch_norm(plain, seed=5)
+    with context_mode(ms.GRAPH_MODE):
+        expected = [out.asnumpy() for out in plain(image)]
+        runs = []
+        for _ in range(2):  # folding is deterministic: the same parameters give identical outputs
+            net = build_backbone(backbone_name, layers, seed=3)
+            randomize_batch_norm(net, seed=5)
+            assert fold_batchnorm(net) == folds
+            assert fold_batchnorm(net) == 0  # nothing left to fold
+            runs.append([out.asnumpy() for out in net(image)])
+    assert not any(isinstance(cell, nn.BatchNorm2d) for _, cell in net.cells_and_names())
+    assert all(p.name.rsplit(".", 1)[-1] in ("weight", "bias") for p in net.get_parameters())
+    for layer, want, got, again in zip(layers, expected, *runs):
+        assert np.array_equal(got, again), layer
+        assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max()), layer
+
+
+def test_folding_needs_inference_mode_and_an_uncompiled_network():
+    net = build_backbone("mobilenet_v2", ["features.1"], seed=0)
+    net.set_train(True)
+    with pytest.raises(ValueError, match="inference mode"):
+        fold_batchnorm(net)
+    net.set_train(False)
+    with context_mode(ms.GRAPH_MODE):
+        net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32)))
+    with pytest.raises(ValueError, match="first graph-mode call"):
+        fold_batchnorm(net)
 
 
 class RecordList(logging.Handler):

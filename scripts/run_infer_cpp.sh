@@ -10,7 +10,8 @@
 # the acc line; writes OUTPUT_DIR/CATEGORY/{preprocess_Result,result_Files,acc_CATEGORY.log,acc_CATEGORY.json}.
 # A high-resolution export (any of its models as MINDIR_PATH) runs the runner once per task folder and once
 # for the thumbnail, each with that folder's bank.
-# Environment: THREADS (runner threads, default: all cores), PYTHON (default: the project's .venv).
+# Environment: THREADS (runner threads, default: all cores), PYTHON (default: the project's .venv),
+# SAVE_FEATURES=1 to also keep the runner's patch-feature files (<stem>_0.npy; default 0: scores only).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +23,7 @@ if [[ $# -lt 4 || $# -gt 7 ]]; then echo "$usage" >&2; exit 2; fi
 mindir=$1 dataset_path=$2 need_preprocess=$3 category=$4
 device_type=${5:-CPU} device_id=${6:-0} output_dir=${7:-infer_output}
 threads=${THREADS:-$(nproc)}
+save_features=${SAVE_FEATURES:-0}
 
 [[ -f "$mindir" ]] || fail "$mindir: model file not found (export one with export.py)"
 export_dir="$(cd "$(dirname "$mindir")" && pwd)"
@@ -31,6 +33,7 @@ export_dir="$(cd "$(dirname "$mindir")" && pwd)"
 [[ "$device_type" == CPU || "$device_type" == Ascend ]] || fail "DEVICE_TYPE must be CPU or Ascend, got '$device_type'"
 [[ "$device_id" =~ ^[0-9]+$ ]] || fail "DEVICE_ID must be a number, got '$device_id'"
 [[ "$threads" =~ ^[1-9][0-9]*$ ]] || fail "THREADS must be a positive number, got '$threads'"
+[[ "$save_features" =~ ^[01]$ ]] || fail "SAVE_FEATURES must be 0 or 1, got '$save_features'"
 
 if [[ -z "${PYTHON:-}" ]]; then
     bash "$root/scripts/setup_env.sh"
@@ -68,7 +71,7 @@ rm -rf "$results"  # a fresh folder: outputs of different runs must never mix
 for job in "${jobs[@]}"; do
     IFS=$'\t' read -r -a job_args <<< "$job"
     "$root/ascend310_infer/build/patchcore_infer" "${job_args[@]}" --device_type "$device_type" \
-        --device_id "$device_id" --threads "$threads"
+        --device_id "$device_id" --threads "$threads" --save_features "$save_features"
 done
 
 echo "[4/4] computing the metrics"

@@ -202,6 +202,25 @@ def test_bank_scores_equal_faiss_in_python(runner, tiny_model, tmp_path):
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
     latency = json.loads((tmp_path / "out" / "latency.json").read_text())
     assert all(entry["score_ms"] >= 0 for entry in latency["per_input"])
+    # --save_features 0: the same scores, and no feature files (an edge box keeps only what it needs)
+    result = run_runner(runner, "--mindir_path", mindir, "--input_path", tmp_path / "in", "--result_path",
+                        tmp_path / "scores_only", "--bank_path", bank_path, "--num_nn", num_nn, "--save_features", 0)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "scores_only").iterdir()) == \
+        sorted([f"{stem}_scores.npy" for stem in inputs] + ["latency.json"])
+    for stem in inputs:
+        np.testing.assert_array_equal(np.load(tmp_path / "scores_only" / f"{stem}_scores.npy"),
+                                      np.load(tmp_path / "out" / f"{stem}_scores.npy"))
+
+
+@pytest.mark.parametrize("flags, message", [(["--save_features", "0"], "--save_features 0 needs --bank_path"),
+                                            (["--save_features", "2"], "--save_features: expected 0 or 1")])
+def test_save_features_flag_is_checked(runner, tiny_model, tmp_path, flags, message):
+    np.save(tmp_path / "x.npy", tiny_model[1]["img_000"])
+    result = run_runner(runner, "--mindir_path", tiny_model[0], "--input_path", tmp_path / "x.npy",
+                        "--result_path", tmp_path / "out", *flags)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_bank_of_wrong_dimension_is_rejected_before_inference(runner, tiny_model, tmp_path):

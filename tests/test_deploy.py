@@ -81,7 +81,7 @@ def cpp_run(project, runner):
     out = project["root"] / "infer"
     mindir = project["export"] / read_json(project["export"] / "export.json")["models"][0]["mindir"]
     result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", mindir, project["data"], "y", CATEGORY, "CPU", "0",
-                  out])
+                  out], SAVE_FEATURES="1")  # the features too: the tests compare them with MindSpore's
     assert result.returncode == 0, result.stdout + result.stderr
     return {"result": result, "work": out / CATEGORY, "mindir": mindir}
 
@@ -203,7 +203,7 @@ def test_python_scoring_of_runner_features_gives_the_same_numbers(project, cpp_r
 
 def test_run_310_infer_takes_the_older_argument_order_and_reuses_inputs(project, cpp_run):
     result = run(["bash", ROOT / "scripts" / "run_310_infer.sh", cpp_run["mindir"], project["data"], "n", "0",
-                  CATEGORY], OUTPUT_DIR=str(cpp_run["work"].parent))
+                  CATEGORY], OUTPUT_DIR=str(cpp_run["work"].parent), SAVE_FEATURES="1")  # it rewrites cpp_run's results
     assert result.returncode == 0, result.stderr
     assert "reusing the inputs" in result.stdout
     assert read_json(cpp_run["work"] / f"acc_{CATEGORY}.json")["metrics"]["image_auroc"] == \
@@ -229,19 +229,22 @@ def test_postprocess_rejects_missing_mixed_or_foreign_results(project, cpp_run, 
     assert "manifest.json" in one_error_line(postprocess(project, cpp_run, results, category="carpet"))
 
 
-@pytest.mark.parametrize("case", ["usage", "missing_model", "need_preprocess", "not_exported", "replaced_model"])
+@pytest.mark.parametrize("case", ["usage", "missing_model", "need_preprocess", "not_exported", "replaced_model",
+                                  "save_features"])
 def test_run_infer_cpp_bad_arguments_fail_clearly(project, tmp_path, case):
     data, mindir = project["data"], project["export"] / "patchcore_64x64_lite.mindir"
     args = [mindir, data, "y", CATEGORY, "CPU", "0", tmp_path / "out"]
     expected = {"usage": "usage:", "missing_model": "model file not found", "need_preprocess": "NEED_PREPROCESS",
-                "not_exported": "not a model listed", "replaced_model": "sha256 differs"}[case]
+                "not_exported": "not a model listed", "replaced_model": "sha256 differs",
+                "save_features": "SAVE_FEATURES must be 0 or 1"}[case]
+    env = {"SAVE_FEATURES": "yes"} if case == "save_features" else {}
     if case == "usage":
         args = args[:3]
     elif case == "missing_model":
         args[0] = tmp_path / "nothing.mindir"
     elif case == "need_preprocess":
         args[2] = "yes"
-    else:
+    elif case != "save_features":
         copy = tmp_path / "export"
         shutil.copytree(project["export"], copy)
         if case == "not_exported":
@@ -250,6 +253,6 @@ def test_run_infer_cpp_bad_arguments_fail_clearly(project, tmp_path, case):
             args[0] = copy / mindir.name
             with open(args[0], "ab") as f:
                 f.write(b"\0")
-    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", *args])
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", *args], **env)
     assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert not (tmp_path / "out" / CATEGORY / "result_Files").exists()

@@ -76,7 +76,7 @@ def cpp_run(project, runner):
     out = project["root"] / "infer"
     mindir = project["export"] / "patchcore_128x128_lite.mindir"
     result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", mindir, project["data"], "y", CATEGORY, "CPU", "0",
-                  out])
+                  out], SAVE_FEATURES="1")  # the features too: the tests compare them with MindSpore's
     assert result.returncode == 0, result.stdout + result.stderr
     work = out / CATEGORY
     return {"result": result, "work": work, "inputs": work / "preprocess_Result", "results": work / "result_Files",

@@ -15,6 +15,7 @@ struct Options {
   int threads = 2;
   std::string bank_path;  // optional faiss index: enables patch scoring of output 0
   int num_nn = 1;
+  int save_features = 1;  // 0: with a bank, write only the patch scores (no feature files)
 };
 
 /** One-paragraph usage text. */

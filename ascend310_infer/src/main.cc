@@ -161,7 +161,7 @@ int Run(const Options &options) {
     }
     total_predict_ms += predict_ms;
 
-    for (size_t k = 0; k < outputs.size(); ++k) {
+    for (size_t k = 0; options.save_features && k < outputs.size(); ++k) {
       const auto &output = outputs[k];
       WriteNpy(options.result_path + "/" + stem + "_" + std::to_string(k) + ".npy", NpyDescr(output.DataType()),
                output.Shape(), output.Data().get(), output.DataSize());

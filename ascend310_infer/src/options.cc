@@ -27,10 +27,11 @@ int ParsePositiveInt(const std::string &flag, const std::string &text, int minim
 std::string Usage() {
   return "usage: patchcore_infer --mindir_path MODEL.mindir --input_path INPUT.npy|FOLDER --result_path FOLDER\n"
          "                       [--device_type CPU|Ascend] [--device_id N] [--threads N]\n"
-         "                       [--bank_path faiss.index --num_nn K]\n"
+         "                       [--bank_path faiss.index --num_nn K [--save_features 0|1]]\n"
          "Runs a MindIR model (MindSpore Lite) on float32 NCHW .npy inputs and writes <stem>_<k>.npy per output\n"
          "plus latency.json. With --bank_path, output 0 ([1, D, h, w] patch features) is scored against the faiss\n"
-         "index: <stem>_scores.npy [h, w] = mean squared L2 distance to the num_nn nearest bank entries.\n";
+         "index: <stem>_scores.npy [h, w] = mean squared L2 distance to the num_nn nearest bank entries;\n"
+         "--save_features 0 then skips the feature files (an edge box needs only the scores).\n";
 }
 
 Options ParseOptions(int argc, char **argv, bool *help) {
@@ -62,7 +63,8 @@ Options ParseOptions(int argc, char **argv, bool *help) {
     {"result_path", &options.result_path}, {"device_type", &options.device_type},
     {"bank_path", &options.bank_path}};
   const std::map<std::string, std::pair<int *, int>> int_flags = {
-    {"device_id", {&options.device_id, 0}}, {"threads", {&options.threads, 1}}, {"num_nn", {&options.num_nn, 1}}};
+    {"device_id", {&options.device_id, 0}}, {"threads", {&options.threads, 1}}, {"num_nn", {&options.num_nn, 1}},
+    {"save_features", {&options.save_features, 0}}};
   for (const auto &[name, value] : values) {
     if (auto text = text_flags.find(name); text != text_flags.end()) {
       *text->second = value;
@@ -80,6 +82,12 @@ Options ParseOptions(int argc, char **argv, bool *help) {
   }
   if (values.count("num_nn") && options.bank_path.empty()) {
     throw std::invalid_argument("--num_nn needs --bank_path");
+  }
+  if (options.save_features > 1) {
+    throw std::invalid_argument("--save_features: expected 0 or 1, got " + std::to_string(options.save_features));
+  }
+  if (!options.save_features && options.bank_path.empty()) {
+    throw std::invalid_argument("--save_features 0 needs --bank_path (there would be no output)");
   }
   return options;
 }

@@ -53,13 +53,13 @@ def extract_batches(extractor, load, items, batch_size, desc):
 def fit(extractor, load, items, patch_config, batch_size, seed):
     """Build the memory bank from normal images. Returns (bank, stats)."""
     t0 = time.perf_counter()
-    rows = []
-    grid = None
-    for _, features in extract_batches(extractor, load, items, batch_size, "features"):
-        patch_rows, grid = to_patch_rows(features)
-        rows.append(patch_rows)
-    features = np.concatenate(rows)
-    del rows
+    features, filled = None, 0
+    for _, batch in extract_batches(extractor, load, items, batch_size, "features"):
+        b, d, h, w = batch.shape
+        if features is None:  # one array for all rows, filled in place: no list of batches, no concatenated copy
+            features, grid = np.empty((len(items) * h * w, d), np.float32), (h, w)
+        features[filled:filled + b * h * w].reshape(b, h, w, d)[...] = batch.transpose(0, 2, 3, 1)
+        filled += b * h * w
     t1 = time.perf_counter()
     logger.info("extracted %d patch features of dimension %d (%d images, grid %dx%d) in %.1f s",
                 features.shape[0], features.shape[1], len(items), grid[0], grid[1], t1 - t0)

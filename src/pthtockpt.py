@@ -24,6 +24,8 @@ import collections  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
+# Only for RestrictedUnpickler below, which resolves nothing but torch's tensor-rebuild function, its storage
+# types and OrderedDict: a .pth file cannot run code through it (tests/test_pthtockpt.py).
 import pickle  # noqa: E402
 import struct  # noqa: E402
 import zipfile  # noqa: E402

@@ -11,8 +11,7 @@ import os
 
 import src  # noqa: F401  (same environment set-up as every entry point)
 from src import cli
-
-COLUMNS = ["clsname", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro"]
+from src.report import COLUMNS
 
 
 def parse_args():

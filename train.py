@@ -25,12 +25,12 @@ def main():
     from src.patchcore import PRETRAINED_HINT, build_extractor, fit
 
     config = load_config(args.config, args.override)
-    if "hr" in config:  # high-resolution mode: tiles, one bank per task (src/hr_trainer.py)
-        from src.hr_cli import train_hr
-        return train_hr(args, config)
     samples = list_train_samples(args.dataset_path, args.category)
     if args.pre_ckpt_path and not os.path.isfile(args.pre_ckpt_path):
         raise InputError(args.pre_ckpt_path, "backbone checkpoint not found")
+    if "hr" in config:  # high-resolution mode: tiles, one bank per task (src/hr_trainer.py)
+        from src.hr_cli import train_hr
+        return train_hr(args, config, samples)
     cli.set_device(args.device_target, args.device_id)
     import faiss
     import mindspore as ms

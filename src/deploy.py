@@ -148,8 +148,7 @@ def export_checkpoint(checkpoint_dir, ckpt_file, output_dir, file_format="MINDIR
     cli.set_device(*device)
     import mindspore as ms
 
-    from src.hr_inference import extractor_key
-    from src.patchcore import build_extractor
+    from src.patchcore import build_extractor, extractor_key
 
     seed = plan.metadata["seed"]
     extractors, written, by_job, pretrained = {}, {}, {}, None
@@ -370,7 +369,9 @@ def evaluate_plain(meta, export_dir, result_path, items):
     (job,) = scoring_jobs(meta, export_dir)
 
     def python_scorer():
-        verify_files(export_dir, meta, [job["bank_file"], job["bank_metadata"]])
+        # bank.json checked against export.json; MemoryBank.load then checks the index against bank.json's
+        # sha256 (the same digest), so the index is hashed once.
+        verify_files(export_dir, meta, [job["bank_metadata"]])
         bank = MemoryBank.load(export_dir)
         return lambda features: bank.patch_scores(to_patch_rows(features)[0], job["num_nn"]).reshape(
             features.shape[2:])

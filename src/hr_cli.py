@@ -8,7 +8,7 @@ import os
 import sys
 
 from src import cli
-from src.dataset import list_test_samples, list_train_samples
+from src.dataset import list_test_samples
 from src.errors import InputError
 from src.hr_inference import MODEL_FILE, TASKS_FILE, HRModel, default_evaluators, run_inference
 from src.hr_trainer import HRTrainer
@@ -37,11 +37,9 @@ def _task_generator(hr, seed):
     return generator, {"name": type(generator).__name__, "params": params}
 
 
-def train_hr(args, config):
+def train_hr(args, config, listed):
+    """train.py in high-resolution mode; ``listed``: the category's training samples (checked by train.py)."""
     hr = config["hr"]
-    listed = list_train_samples(args.dataset_path, args.category)
-    if args.pre_ckpt_path and not os.path.isfile(args.pre_ckpt_path):
-        raise InputError(args.pre_ckpt_path, "backbone checkpoint not found")
     image_size = (as_width_height(hr["image_size"], "hr.image_size") if hr["image_size"] is not None
                   else HRSample(listed[0].image_path).original_size())
     samples = [HRSample(s.image_path, image_size=image_size) for s in listed]

@@ -8,7 +8,7 @@ validation settings.
 import math
 
 from src.errors import InputError
-from src.synthesis import build_synthesizer
+from src.synthesis import as_synthesizer
 from src.tasks import build_task_generator
 from src.tiling import MultiResolutionHRImageSpliter, as_width_height
 
@@ -83,12 +83,7 @@ def check_val_config(val_config):
         raise InputError("val_config", f"unknown entries {sorted(unknown)} (known: {', '.join(sorted(VAL_CONFIG_KEYS))})")
     synthesizers = val_config.get("anomaly_syn_fn") or []
     for spec in synthesizers if isinstance(synthesizers, (list, tuple)) else [synthesizers]:
-        if isinstance(spec, str):
-            build_synthesizer(spec)
-        elif isinstance(spec, dict):
-            build_synthesizer(**spec)
-        elif not callable(spec):
-            raise InputError("val_config.anomaly_syn_fn", f"expected a synthesizer, its name or config, got {spec!r}")
+        as_synthesizer(spec)
     ratio = val_config.get("val_sample_ratio", 0.2)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         raise InputError("val_config.val_sample_ratio", f"must be in (0, 1), got {ratio!r}")

@@ -28,7 +28,7 @@ from src.hr_cli import eval_settings
 from src.hr_detector import HRPatchCore
 from src.hr_features import network_input, thumbnail_image
 from src.hr_inference import (MODEL_FILE, TASKS_FILE, THUMBNAIL, HRModel, compose_anomaly_map, default_evaluators,
-                              image_score, load_detectors)
+                              evaluate_maps, image_score, load_detectors)
 from src.memory_bank import INDEX_FILE, METADATA_FILE
 from src.samples import HRSample
 from src.tasks import load_tasks
@@ -152,7 +152,9 @@ def anomaly_maps(meta, export_dir, result_path, items):
     task's normaliser -> compose_anomaly_map -> image_score, as HRModel.predict does."""
     hr = meta["hr"]
     jobs = hr_jobs(meta)
-    verify_files(export_dir, meta, [job[key] for job in jobs for key in ("bank_file", "bank_metadata")])
+    # Only bank.json against export.json: HRPatchCore.load checks each index against bank.json's sha256 (the
+    # same digest), so the indexes are hashed once.
+    verify_files(export_dir, meta, [job["bank_metadata"] for job in jobs])
     stems = {job["name"]: [] for job in jobs}
     for item, _ in items:
         for entry in item["inputs"]:
@@ -188,7 +190,4 @@ def evaluate(meta, export_dir, result_path, items):
     masks = [HRSample(sample.image_path, sample.mask_path, image_size=size, label=sample.label).load_mask()
              for _, sample in items]
     labels = np.asarray([sample.label for _, sample in items])
-    metrics = {}
-    for evaluator in default_evaluators(meta["hr"]["eval_resize"]):
-        metrics.update(evaluator(scores, labels, maps, masks))
-    return scores, metrics, source
+    return scores, evaluate_maps(default_evaluators(meta["hr"]["eval_resize"]), scores, labels, maps, masks), source

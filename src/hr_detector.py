@@ -18,7 +18,8 @@ from src.features import to_patch_rows
 from src.memory_bank import MemoryBank
 from src.normalization import ScoreNormalizer
 from src.sampling_methods import ApproximateGreedyCoresetSampler, build_sampler
-from src.sampling_methods.kcenter_greedy import estimate_peak_bytes, greedy_coreset_pruned, project_features
+from src.sampling_methods.kcenter_greedy import (approximate_greedy_coreset_indices, estimate_peak_bytes,
+                                                 project_features)
 from src.sampling_methods.sampling_def import coreset_size
 
 PROJECTION_DIM = 128
@@ -103,9 +104,10 @@ class HRPatchCore:
         percentage = float(self.patch_config["percentage"])
         sampler = build_sampler(self.patch_config["sampler"], percentage, self.seed, progress=False)
         if isinstance(sampler, ApproximateGreedyCoresetSampler) and percentage < 1:
-            n = len(projected)
-            starts = np.random.default_rng(self.seed).choice(n, min(sampler.num_starting_points, n), replace=False)
-            return greedy_coreset_pruned(projected, coreset_size(n, percentage), starts, progress=False)
+            # ``projected`` has at most PROJECTION_DIM columns: used as it is, and reordered in place
+            return approximate_greedy_coreset_indices(projected, percentage, self.seed, PROJECTION_DIM,
+                                                      sampler.num_starting_points, progress=False,
+                                                      overwrite_features=True)
         return sampler.run(projected)[1]
 
     def patch_scores(self, features):

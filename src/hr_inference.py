@@ -31,7 +31,7 @@ from src.errors import InputError
 from src.hr_detector import HRPatchCore
 from src.hr_features import HRFeaturizer
 from src.io_utils import write_json, write_text
-from src.memory_bank import sha256_of
+from src.memory_bank import check_backbone_checkpoint
 from src.metrics import compute_imagewise_metrics, compute_pixelwise_metrics, format_table, mean_row
 from src.normalization import Thresholds
 from src.samples import HRSample
@@ -48,6 +48,14 @@ THUMBNAIL = "thumbnail"
 def default_evaluators(resize=512):
     """HiAD's CPU evaluators: image AUROC; pixel AUROC, AP, max-F1 and PRO at ``resize`` (GT max-pooled)."""
     return [compute_imagewise_metrics, functools.partial(compute_pixelwise_metrics, resize=resize)]
+
+
+def evaluate_maps(evaluators, scores, labels, maps, masks):
+    """The evaluators' metrics merged into one dict (HiAD's ``ev(scores, labels, maps, masks) -> dict``)."""
+    metrics = {}
+    for evaluator in evaluators:
+        metrics.update(evaluator(scores, labels, maps, masks))
+    return metrics
 
 
 def tile_map(grid, box):
@@ -101,7 +109,7 @@ class HRModel:
         ``extractors``: an optional {patch-config key: extractor} cache shared with the caller.
         """
         meta = cls.read_meta(checkpoint_root)
-        check_backbone(meta, pre_ckpt_path)
+        check_backbone_checkpoint(meta, pre_ckpt_path, "pre_ckpt_path")
         tasks, indexes = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
         detectors = load_detectors(checkpoint_root, meta)
         extractors = {} if extractors is None else extractors
@@ -175,26 +183,9 @@ def check_image_size(image, image_size):
                          f"{image_size[0]}x{image_size[1]}: give HRSample(image_size=...)")
 
 
-def check_backbone(meta, pre_ckpt_path):
-    """The backbone weights must be the ones used for training (or both seeded-random)."""
-    expected = meta.get("backbone_checkpoint_sha256")
-    if pre_ckpt_path is not None and not os.path.isfile(pre_ckpt_path):
-        raise InputError(pre_ckpt_path, "backbone checkpoint not found")
-    given = sha256_of(pre_ckpt_path) if pre_ckpt_path else None
-    if given != expected:
-        raise InputError(pre_ckpt_path or "pre_ckpt_path", "backbone weights differ from the ones the model was "
-                                                           "trained with")
-
-
-def extractor_key(patch_config):
-    keys = ("backbone_name", "layers_to_extract_from", "merge_size", "pretrain_embed_dimension",
-            "target_embed_dimension")
-    return json.dumps([patch_config[k] for k in keys])
-
-
 def make_featurizer(patch_config, meta, pre_ckpt_path, extractors, fusion_weights):
     """An HRFeaturizer; extractors with the same architecture are built once and shared via ``extractors``."""
-    from src.patchcore import build_extractor
+    from src.patchcore import build_extractor, extractor_key
     key = extractor_key(patch_config)
     if key not in extractors:
         extractors[key] = build_extractor(patch_config, pre_ckpt_path, meta["seed"])[0]
@@ -239,9 +230,7 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
     if return_results_only:
         return scores, maps
     labels = np.asarray([sample.label for sample in samples])
-    metrics = {}
-    for evaluator in evaluators if evaluators is not None else default_evaluators():
-        metrics.update(evaluator(scores, labels, maps, masks))
+    metrics = evaluate_maps(evaluators if evaluators is not None else default_evaluators(), scores, labels, maps, masks)
     columns = ["clsname"] + list(metrics)
     rows = [dict(clsname=clsname, **metrics)]
     table = format_table(rows + [mean_row(rows, columns)], columns)

@@ -44,13 +44,15 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
+from src.cli import LOG_FORMAT
 from src.config import load_config, validate
 from src.errors import InputError
 from src.hr_config import check_fusion_weights, check_thumbnail, check_val_config, thumbnail_patch_config
 from src.features import to_patch_rows
 from src.hr_detector import PROJECTION_DIM, HRPatchCore, estimate_fit_bytes
 from src.hr_inference import (MODEL_FILE, MODEL_FORMAT, TASKS_FILE, THUMBNAIL, HRModel, cell_labels,
-                              check_image_size, compose_anomaly_map, image_score, make_featurizer, run_inference)
+                              check_image_size, compose_anomaly_map, evaluate_maps, image_score, make_featurizer,
+                              run_inference)
 from src.io_utils import staged_folder, write_json
 from src.memory_bank import METADATA_FILE, sha256_of
 from src.normalization import ScoreNormalizer, choose_thresholds
@@ -205,16 +207,17 @@ def score_validation(run, job, detector, featurizer, stage, log):
 
 
 @contextlib.contextmanager
-def job_log(log_root, name):
-    handler = logging.FileHandler(os.path.join(log_root, f"{name}.log"), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    task_logger.setLevel(logging.INFO)
-    task_logger.propagate = False
-    task_logger.addHandler(handler)
+def file_logging(log, path):
+    """``log`` (not propagated: console lines come from ``say``) also written to ``path`` during the block."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(LOG_FORMAT)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
     try:
-        yield task_logger
+        yield log
     finally:
-        task_logger.removeHandler(handler)
+        log.removeHandler(handler)
         handler.close()
 
 
@@ -224,7 +227,7 @@ def run_jobs(run, names, report, extractors=None):
     extractors = {} if extractors is None else extractors
     for name in names:
         job = run.jobs[name]
-        with job_log(run.log_root, name) as log:
+        with file_logging(task_logger, os.path.join(run.log_root, f"{name}.log")) as log:
             try:
                 featurizer = make_featurizer(job.patch_config, run.meta, run.pre_ckpt_path, extractors,
                                              None if job.is_thumbnail else run.meta["fusion_weights"])
@@ -367,8 +370,7 @@ class HRTrainer:
                           self.pre_ckpt_path, meta, self.detector_class, self.device)
 
         os.makedirs(self.log_root, exist_ok=True)
-        main_log = _add_file_handler(os.path.join(self.log_root, "train.log"))
-        try:
+        with file_logging(logger, os.path.join(self.log_root, "train.log")):
             say("Start training, devices: %s%s", self.device[0],
                 "" if gpu_ids is None else f" (gpu_ids {gpu_ids} ignored)")
             self._prepare_checkpoint_root(jobs)
@@ -400,9 +402,6 @@ class HRTrainer:
             write_json(os.path.join(self.checkpoint_root, MODEL_FILE), meta)
             say("Model saved in %s (%.1f s)", self.checkpoint_root, meta["seconds"])
             return meta
-        finally:
-            logger.removeHandler(main_log)
-            main_log.close()
 
     def _set_device(self):
         import mindspore as ms
@@ -683,9 +682,7 @@ class HRTrainer:
             int(labels.sum()), thresholds.image, thresholds.pixel)
         metrics = None
         if val_config.get("evaluators"):
-            metrics = {}
-            for evaluator in val_config["evaluators"]:
-                metrics.update(evaluator(scores, labels, maps, masks))
+            metrics = evaluate_maps(val_config["evaluators"], scores, labels, maps, masks)
             say("Validation metrics: %s", metrics)
         return thresholds, metrics
 
@@ -724,12 +721,3 @@ class HRTrainer:
 def _synthesizer_config(item):
     config = getattr(item.synthesizer, "config", None)
     return config() if callable(config) else None
-
-
-def _add_file_handler(path):
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logger.addHandler(handler)
-    return handler

@@ -2,6 +2,7 @@
 
 fit: images -> patch features -> coreset -> memory bank.  predict: images -> patch scores -> maps.
 """
+import json
 import logging
 import time
 
@@ -23,6 +24,13 @@ PRETRAINED_HINT = ("WARNING: no --pre_ckpt_path given: the backbone uses seeded 
                    "near chance on real defects. Convert torchvision's wide_resnet50_2-95faca4d.pth with "
                    "'python src/pthtockpt.py --pth_path ...' (or run scripts/get_mobilenet_weights.sh for "
                    "mobilenet_v2) and pass the .ckpt.")
+
+
+def extractor_key(patch_config):
+    """What identifies the network ``build_extractor`` makes from ``patch_config`` (its cache key)."""
+    keys = ("backbone_name", "layers_to_extract_from", "merge_size", "pretrain_embed_dimension",
+            "target_embed_dimension")
+    return json.dumps([patch_config[k] for k in keys])
 
 
 def build_extractor(patch_config, pre_ckpt_path=None, seed=0, fold_bn=True):

@@ -232,7 +232,8 @@ def build_synthesizer(name, **params):
     return build_named("anomaly_syn_fn", "anomaly synthesizer", SYNTHESIZERS, name, params, _HIAD_NAMES)
 
 
-def _as_synthesizer(spec):
+def as_synthesizer(spec):
+    """A synthesizer object from itself, its name or its config dict (``Synthesizer.config()``)."""
     if isinstance(spec, str):
         return build_synthesizer(spec)
     if isinstance(spec, dict):
@@ -303,7 +304,7 @@ def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=0.2, 
         raise InputError("anomaly_ratio", f"must be in [0, 1], got {anomaly_ratio!r}")
     if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1):
         raise InputError("max_items", f"must be a positive int or None, got {max_items!r}")
-    synthesizers = [_as_synthesizer(s) for s in synthesizers]
+    synthesizers = [as_synthesizer(s) for s in synthesizers]
     if anomaly_ratio > 0 and not synthesizers:
         raise InputError("anomaly_syn_fn", "anomaly_ratio > 0 needs at least one synthesizer")
 

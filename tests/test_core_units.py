@@ -1,8 +1,6 @@
 """Units of the core pipeline: config, dataset transform and masks, memory bank, anomaly map, staged output."""
-import json
 import os
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ import src  # noqa: F401
 from src.anomaly_map import anomaly_map, image_score
 from src.io_utils import staged_folder
 from src.config import load_config
-from src.dataset import Sample, Transform, list_test_samples, list_train_samples
+from src.dataset import Transform, list_test_samples, list_train_samples
 from src.errors import InputError
 from src.memory_bank import MemoryBank
 

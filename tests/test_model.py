@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn as tnn
 
 import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
 import mindspore as ms

@@ -115,7 +115,7 @@ def _nearest_centres(points, centres, chunk_elements=2 ** 19):
     """Index of each point's nearest centre (squared Euclidean; BLAS, in row chunks of about
     ``chunk_elements`` distances). Hand-written rather than faiss: faiss's OpenMP search slows down
     several-fold whenever the cores are shared with other work, which this chunked matmul does not."""
-    centre_sq = np.einsum("ij,ij->i", centres, centres)
+    centre_sq = squared_norms(centres)
     nearest = np.empty(len(points), dtype=np.int64)
     rows = max(1, chunk_elements // len(centres))
     for start in range(0, len(points), rows):
@@ -299,12 +299,14 @@ def project_features(features, projection_dim, rng):
 
 
 def approximate_greedy_coreset_indices(features, percentage, seed=0, projection_dim=128, num_starting_points=10,
-                                       pruned=True, progress=None, stats=None):
+                                       pruned=True, progress=None, stats=None, overwrite_features=False):
     """Indices (int64, in pick order) of the approximate greedy coreset of float32 ``features`` [N, D].
-    ``stats``: see ``greedy_coreset_pruned`` (the plain greedy visits every point: fraction 1)."""
+    ``stats``: see ``greedy_coreset_pruned`` (the plain greedy visits every point: fraction 1).
+    ``overwrite_features``: the pruned greedy may reorder ``features`` in place when it uses them unprojected
+    (D <= projection_dim), saving a copy; for callers that own the array and no longer need its row order."""
     rng = np.random.default_rng(seed)
     points = project_features(features, projection_dim, rng)
-    if points is features and pruned:
+    if points is features and pruned and not overwrite_features:
         points = np.array(points, order="C")  # the pruned greedy reorders its points in place
     n = len(points)
     start_indices = rng.choice(n, min(num_starting_points, n), replace=False)

@@ -21,7 +21,7 @@ def main():
     from src.dataset import Transform, list_test_samples
     from src.errors import InputError
     from src.io_utils import staged_folder, write_json, write_text
-    from src.memory_bank import MemoryBank, sha256_of
+    from src.memory_bank import MemoryBank, check_backbone_checkpoint
     from src.metrics import compute_metrics, format_table
     from src.patchcore import PRETRAINED_HINT, build_extractor, predict
     from src.visualize import comparison_picture, save_picture
@@ -40,13 +40,8 @@ def main():
     if args.config:
         print(f"note: --config is ignored by eval.py; the model's config comes from {bank_dir}/bank.json",
               file=sys.stderr)
+    check_backbone_checkpoint(bank.metadata, args.pre_ckpt_path, "--pre_ckpt_path")
     expected_ckpt = bank.metadata.get("backbone_checkpoint_sha256")
-    given_ckpt = sha256_of(args.pre_ckpt_path) if args.pre_ckpt_path and os.path.isfile(args.pre_ckpt_path) else None
-    if args.pre_ckpt_path and given_ckpt is None:
-        raise InputError(args.pre_ckpt_path, "backbone checkpoint not found")
-    if given_ckpt != expected_ckpt:
-        raise InputError(args.pre_ckpt_path or "--pre_ckpt_path",
-                         "backbone weights differ from the ones the bank was trained with")
     if args.seed != bank.metadata["seed"] and expected_ckpt is None:
         raise InputError("--seed", f"the bank was trained with random weights of seed {bank.metadata['seed']}")
     samples = list_test_samples(args.dataset_path, args.category)

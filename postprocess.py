@@ -33,13 +33,14 @@ def acc_line(metrics):
     return ", ".join(f"{label}: {text(metrics[key])}" for label, key in names)
 
 
-def timing_text(latency, images):
+def timing_text(latency, images, source):
     if not latency:
         return ""
     if latency["runs"] == 1:
         return f", mean predict {latency['mean_predict_ms']:.1f} ms on {latency['device_type']}"
+    timed = "predict + scoring" if source == "cpp" else "predict"
     return (f", {latency['inputs']} network inputs in {latency['runs']} runner runs, "
-            f"{latency['total_ms'] / images:.0f} ms per image (predict + scoring) on {latency['device_type']}")
+            f"{latency['total_ms'] / images:.0f} ms per image ({timed}) on {latency['device_type']}")
 
 
 def main():
@@ -72,7 +73,7 @@ def main():
     table = format_table([dict(clsname=args.category, **metrics)], COLUMNS)
     latency = read_latency(args.result_path, scoring_jobs(meta, args.export_dir))
     details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
-               + timing_text(latency, len(items)))
+               + timing_text(latency, len(items), source))
     log_path = os.path.join(args.output_dir, f"acc_{args.category}.log")
     write_text(log_path, f"{line}\n\n{table}\n\n{details}\n")
     write_json(os.path.join(args.output_dir, f"acc_{args.category}.json"), {

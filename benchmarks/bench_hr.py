@@ -81,10 +81,14 @@ def cpp_row(acc_path):
     return dict(model="tiled, exported, C++ runner", **acc["metrics"], train_s=None, eval_s=runner_s)
 
 
-def downscaled_row(args, data_root, patch_config):
-    """Train and evaluate the plain PatchCore on whole images resized to ``args.size`` x ``args.size``."""
+def downscaled_row(args, data_root, patch_config, data):
+    """Train and evaluate the plain PatchCore on whole images resized to ``args.size`` x ``args.size``.
+
+    ``patch_config`` and ``data`` (input mean and std): the tiled model's, so only the input size differs.
+    """
     from src.cli import set_device
     from src.dataset import list_test_samples, list_train_samples
+    from src.hr_features import network_input
     from src.hr_inference import default_evaluators
     from src.patchcore import build_extractor, fit, predict
     from src.samples import HRSample
@@ -92,12 +96,10 @@ def downscaled_row(args, data_root, patch_config):
     import mindspore as ms
     ms.set_seed(args.seed)
     side = args.size
-    mean = np.asarray([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
-    std = np.asarray([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1)
 
     def load(sample):
         small = cv2.resize(HRSample(sample.image_path).load_image(), (side, side), interpolation=cv2.INTER_AREA)
-        return (small.transpose(2, 0, 1).astype(np.float32) / 255 - mean) / std
+        return network_input([small], data["mean"], data["std"])[0]
 
     config = dict(patch_config, percentage=args.plain_percentage)
     started = time.perf_counter()
@@ -144,7 +146,7 @@ def main():
     generate(data_root, args.category, args.image_size, args.seed)
 
     tiled, model = tiled_row(args, data_root)
-    downscaled, plain_bank = downscaled_row(args, data_root, model["config"]["patch"])
+    downscaled, plain_bank = downscaled_row(args, data_root, model["config"]["patch"], model["data"])
     rows = [tiled] + ([cpp_row(args.cpp_acc)] if args.cpp_acc else []) + [downscaled]
     print(format_table([{k: (round(v, 1) if k.endswith("_s") and v is not None else v) for k, v in row.items()}
                         for row in rows], COLUMNS))

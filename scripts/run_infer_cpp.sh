@@ -9,7 +9,9 @@
 # Builds ascend310_infer when needed, scores the patches in C++ (--bank_path), computes the metrics and prints
 # the acc line; writes OUTPUT_DIR/CATEGORY/{preprocess_Result,result_Files,acc_CATEGORY.log,acc_CATEGORY.json}.
 # A high-resolution export (any of its models as MINDIR_PATH) runs the runner once per task folder and once
-# for the thumbnail, each with that folder's bank.
+# for the thumbnail, each with that folder's bank (a folder without inputs, a Retrieve task no tile was routed
+# to, is skipped). Fusion models: the runner computes the features of every tile level; postprocess.py fuses
+# and scores them in Python.
 # Environment: THREADS (runner threads, default: all cores), PYTHON (default: the project's .venv),
 # SAVE_FEATURES=1 to also keep the runner's patch-feature files (<stem>_0.npy; default 0: scores only).
 set -euo pipefail
@@ -46,9 +48,9 @@ mkdir -p "$work"
 
 # Checks the models and banks against export.json (sha256) before anything runs. One runner job per line:
 # a plain export has one; a high-resolution export one per task folder and one for the thumbnail, each with
-# its own bank, so every patch score is computed in C++.
-jobs="$(cd "$root" && "$PYTHON" -m src.deploy runner_jobs "$export_dir/$(basename "$mindir")" "$inputs" "$results")" \
-    || exit 2
+# its own bank, so every patch score is computed in C++ (except for fused tiles).
+jobs="$(cd "$root" && "$PYTHON" -m src.deploy runner_jobs "$export_dir/$(basename "$mindir")" "$inputs" "$results" \
+    "$save_features")" || exit 2
 mapfile -t jobs <<< "$jobs"
 
 echo "[1/4] building the C++ runner if needed (log: $work/build.log)"
@@ -70,8 +72,15 @@ echo "[3/4] running the model on $device_type (device $device_id, $threads threa
 rm -rf "$results"  # a fresh folder: outputs of different runs must never mix
 for job in "${jobs[@]}"; do
     IFS=$'\t' read -r -a job_args <<< "$job"
+    for ((i = 0; i < ${#job_args[@]}; i++)); do
+        [[ "${job_args[i]}" == --input_path ]] && job_inputs=${job_args[i + 1]}
+    done
+    if ! compgen -G "$job_inputs/*.npy" > /dev/null; then
+        echo "$job_inputs: no inputs (no tile was routed to this task), skipped"
+        continue
+    fi
     "$root/ascend310_infer/build/patchcore_infer" "${job_args[@]}" --device_type "$device_type" \
-        --device_id "$device_id" --threads "$threads" --save_features "$save_features"
+        --device_id "$device_id" --threads "$threads"
 done
 
 echo "[4/4] computing the metrics"

@@ -12,11 +12,10 @@ and a high-resolution model (tiles, one bank per task, optional thumbnail; ``hr`
 model, one bank. A plain export has one job on the whole input folder; a high-resolution export has one
 per task (subfolder ``task_<k>/``) plus ``thumbnail/``.
 
-``python -m src.deploy runner_jobs MODEL.mindir INPUT_DIR RESULT_DIR`` checks the export's models and banks
-against their sha256 and prints the C++ runner's arguments, one job per line, tab-separated (used by
-scripts/run_infer_cpp.sh).
+``python -m src.deploy runner_jobs MODEL.mindir INPUT_DIR RESULT_DIR SAVE_FEATURES`` checks the export's
+models and banks against their sha256 and prints the C++ runner's arguments, one job per line,
+tab-separated (used by scripts/run_infer_cpp.sh).
 """
-import json
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 
 from src.dataset import Sample
 from src.errors import InputError
+from src.io_utils import read_json
 from src.memory_bank import INDEX_FILE, METADATA_FILE, MemoryBank, check_backbone_checkpoint, sha256_of
 
 EXPORT_FILE = "export.json"
@@ -195,16 +195,6 @@ def export_checkpoint(checkpoint_dir, ckpt_file, output_dir, file_format="MINDIR
 # ----------------------------------------------------------------------------------- reading an export
 
 
-def read_json(path, what):
-    if not os.path.isfile(path):
-        raise InputError(path, f"{what} not found")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable {what} ({exc})") from None
-
-
 def load_export(export_dir):
     """export.json of an export folder, checked for its format version."""
     path = os.path.join(export_dir, EXPORT_FILE)
@@ -241,7 +231,8 @@ def single_model(meta, export_dir):
 
 def scoring_jobs(meta, export_dir):
     """One dict per C++ runner run: name, folder (of inputs and results, "" for the whole folder),
-    lite_mindir, feature_grid, output_shape, bank_file, bank_metadata, num_nn."""
+    lite_mindir, feature_grid, output_shape, bank_file, bank_metadata, num_nn, and runner_scores (False when
+    the runner must only compute features, for postprocess.py to score)."""
     if is_hr_export(meta):
         from src.hr_deploy import hr_jobs
         return hr_jobs(meta)
@@ -249,7 +240,7 @@ def scoring_jobs(meta, export_dir):
     scoring = meta["scoring"]
     return [{"name": None, "folder": "", "lite_mindir": model["lite_mindir"], "feature_grid": model["feature_grid"],
              "output_shape": model["output_shape"], "bank_file": scoring["bank_file"], "bank_metadata": METADATA_FILE,
-             "num_nn": int(scoring["num_nn"])}]
+             "num_nn": int(scoring["num_nn"]), "runner_scores": True}]
 
 
 def job_path(folder, job):
@@ -257,9 +248,10 @@ def job_path(folder, job):
     return os.path.join(folder, job["folder"]) if job["folder"] else folder
 
 
-def runner_jobs(mindir_path, input_dir, result_dir):
-    """patchcore_infer's arguments (model, bank, inputs, results) of every scoring job of an exported model
-    (given by either of its model files), after checking the models and banks against export.json."""
+def runner_jobs(mindir_path, input_dir, result_dir, save_features="0"):
+    """patchcore_infer's arguments (model, bank, inputs, results, --save_features) of every scoring job of an
+    exported model (given by either of its model files), after checking the models and banks against
+    export.json. ``save_features`` "1" keeps the feature files of jobs scored in C++ too."""
     export_dir = os.path.dirname(os.path.abspath(mindir_path))
     if not os.path.isfile(mindir_path):
         raise InputError(mindir_path, "model file not found")
@@ -270,8 +262,14 @@ def runner_jobs(mindir_path, input_dir, result_dir):
         raise InputError(mindir_path, f"not a model listed in {os.path.join(export_dir, EXPORT_FILE)} ({listed})")
     jobs = scoring_jobs(meta, export_dir)
     verify_files(export_dir, meta, sorted({job[key] for job in jobs for key in ("lite_mindir", "bank_file")}))
-    return [["--mindir_path", os.path.join(export_dir, job["lite_mindir"]),
-             "--bank_path", os.path.join(export_dir, job["bank_file"]), "--num_nn", str(job["num_nn"]),
+
+    def scoring(job):
+        if not job["runner_scores"]:
+            return ["--save_features", "1"]
+        return ["--bank_path", os.path.join(export_dir, job["bank_file"]), "--num_nn", str(job["num_nn"]),
+                "--save_features", save_features]
+
+    return [["--mindir_path", os.path.join(export_dir, job["lite_mindir"]), *scoring(job),
              "--input_path", job_path(input_dir, job), "--result_path", job_path(result_dir, job)] for job in jobs]
 
 
@@ -336,20 +334,23 @@ def load_array(path, shape):
     return array
 
 
-def score_grids(result_dir, stems, job, python_scorer):
+def runner_features(result_dir, stem, job):
+    """The runner's [1, D, h, w] patch features of one input (<stem>_0.npy)."""
+    return load_array(os.path.join(result_dir, f"{stem}_0.npy"), job["output_shape"])
+
+
+def score_grids(result_dir, stems, job, python_scores):
     """([h, w] patch-score grid per stem, "cpp" or "python") of one scoring job: the runner's
-    <stem>_scores.npy, or when no input has one (the runner ran without --bank_path), ``python_scorer()``
-    (a function of [1, D, h, w] features) applied to the patch features <stem>_0.npy."""
+    <stem>_scores.npy, or when no input has one (the runner ran without --bank_path) or the job's scores
+    need Python (``runner_scores`` false), ``python_scores()``: the grids from the runner's features."""
     score_files = [os.path.join(result_dir, f"{stem}_scores.npy") for stem in stems]
-    present = [os.path.isfile(path) for path in score_files]
+    present = [os.path.isfile(path) for path in score_files] if job["runner_scores"] else [False]
     if all(present):
         return [load_array(path, job["feature_grid"]) for path in score_files], "cpp"
     if any(present):
         raise InputError(result_dir, f"only {sum(present)} of {len(stems)} inputs have _scores.npy: outputs of "
                                      "different runs are mixed; run the runner again into an empty folder")
-    score = python_scorer()
-    return [score(load_array(os.path.join(result_dir, f"{stem}_0.npy"), job["output_shape"])) for stem in stems], \
-        "python"
+    return python_scores(), "python"
 
 
 def one_source(sources, result_path):
@@ -368,16 +369,16 @@ def evaluate_plain(meta, export_dir, result_path, items):
     from src.metrics import compute_metrics
     (job,) = scoring_jobs(meta, export_dir)
 
-    def python_scorer():
+    def python_scores():
         # bank.json checked against export.json; MemoryBank.load then checks the index against bank.json's
         # sha256 (the same digest), so the index is hashed once.
         verify_files(export_dir, meta, [job["bank_metadata"]])
         bank = MemoryBank.load(export_dir)
-        return lambda features: bank.patch_scores(to_patch_rows(features)[0], job["num_nn"]).reshape(
-            features.shape[2:])
+        return [bank.patch_scores(to_patch_rows(features)[0], job["num_nn"]).reshape(features.shape[2:])
+                for features in (runner_features(result_path, stem, job) for stem in stems)]
 
     stems = [os.path.splitext(item["file"])[0] for item, _ in items]
-    grids, source = score_grids(result_path, stems, job, python_scorer)
+    grids, source = score_grids(result_path, stems, job, python_scores)
     transform = Transform.from_config(meta["preprocess"])
     size = (transform.imagesize, transform.imagesize)
     scores = np.array([image_score(grid) for grid in grids], np.float64)
@@ -388,11 +389,14 @@ def evaluate_plain(meta, export_dir, result_path, items):
 
 
 def read_latency(result_path, jobs):
-    """The runner's timing summary over all jobs (None unless every job wrote latency.json):
+    """The runner's timing summary over all jobs that ran (None unless each wrote latency.json; a job
+    without a result folder had no inputs):
     model load summed over runs, mean predict per network input, and C++ milliseconds per test image
     (model runs + patch scoring of all its inputs)."""
     runs = []
     for job in jobs:
+        if not os.path.isdir(job_path(result_path, job)):
+            continue
         path = os.path.join(job_path(result_path, job), LATENCY_FILE)
         if not os.path.isfile(path):
             return None
@@ -409,8 +413,9 @@ def read_latency(result_path, jobs):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 4 or argv[0] != "runner_jobs":
-        print("usage: python -m src.deploy runner_jobs MODEL.mindir INPUT_DIR RESULT_DIR", file=sys.stderr)
+    if len(argv) != 5 or argv[0] != "runner_jobs":
+        print("usage: python -m src.deploy runner_jobs MODEL.mindir INPUT_DIR RESULT_DIR SAVE_FEATURES(0|1)",
+              file=sys.stderr)
         return 2
     try:
         jobs = runner_jobs(*argv[1:])

@@ -13,50 +13,50 @@ runs once per folder with that folder's bank, and postprocess.py normalises the 
 task's normaliser and builds maps and scores with ``src.hr_inference`` (``compose_anomaly_map``,
 ``image_score``), so the numbers are eval.py's.
 
-Not exportable (refused with an InputError): multi-resolution fusion (the runner sees one tile, not its
-coarser surroundings) and RetrieveTaskGenerator models (tiles are routed to tasks at inference by a
-descriptor the export does not carry, so the per-task folders cannot be fixed by the export).
+RetrieveTaskGenerator models: preprocess.py routes each tile to its task's folder with the generator
+``hr_model.json`` describes (``src.hr_inference.assign_tiles``, as eval.py does), so a task folder holds
+the tiles routed to it (possibly none: the runner then skips it).
+
+Multi-resolution fusion (``fusion_weights`` on a ``ds_factors`` plan): preprocess.py also writes each tile's
+coarser views (``<tile>_l<k>.npy``, level k, the tile's size, so the same model runs them). The runner
+only computes features (a tile's score needs all its levels), and postprocess.py fuses them with
+``src.hr_features.fuse_levels`` and scores them in Python with the task's bank.
 """
 import os
 
 import numpy as np
 
-from src.deploy import (ExportPlan, ModelInput, input_stem, job_path, manifest_entry, one_source, score_grids,
-                        verify_files)
+from src.deploy import (ExportPlan, ModelInput, input_stem, job_path, manifest_entry, one_source, runner_features,
+                        score_grids, verify_files)
 from src.errors import InputError
 from src.hr_cli import eval_settings
 from src.hr_detector import HRPatchCore
-from src.hr_features import network_input, thumbnail_image
-from src.hr_inference import (MODEL_FILE, TASKS_FILE, THUMBNAIL, HRModel, compose_anomaly_map, default_evaluators,
-                              evaluate_maps, image_score, load_detectors)
+from src.hr_features import fuse_levels, network_input, relative_weights, thumbnail_image
+from src.hr_inference import (MODEL_FILE, TASKS_FILE, THUMBNAIL, HRModel, assign_tiles, compose_anomaly_map,
+                              default_evaluators, evaluate_maps, image_score, load_detectors, routing_generator)
 from src.memory_bank import INDEX_FILE, METADATA_FILE
 from src.samples import HRSample
 from src.tasks import load_tasks
-from src.tiling import TileIndex, crop
+from src.tiling import TileIndex, crop, crop_levels
 
 
-def check_exportable(checkpoint_dir, meta, tasks):
-    """An InputError for the models whose runner outputs could not reproduce eval.py (module docstring)."""
-    weights = meta.get("fusion_weights") or []
-    if any(w != 0 for w in weights[1:]):
-        raise InputError(checkpoint_dir, f"multi-resolution fusion (fusion_weights {weights}) cannot be exported: "
-                                         "the C++ runner sees each tile alone, not its coarser surroundings")
-    if any(task.center is not None for task in tasks):
-        raise InputError(checkpoint_dir, "RetrieveTaskGenerator models cannot be exported: their tiles are routed "
-                                         "to tasks at inference, so the per-task runner inputs are not fixed")
+def fusion_weights(meta):
+    """The relative fusion weights of a model whose tiles are fused with coarser views, else None."""
+    weights = meta.get("fusion_weights")
+    return relative_weights(weights) if weights and any(w != 0 for w in weights[1:]) else None
 
 
 def export_plan(checkpoint_dir):
     """The ExportPlan of a trained high-resolution model folder (train.py with ``hr``, or HRTrainer)."""
     meta = HRModel.read_meta(checkpoint_dir)
     tasks, indexes = load_tasks(os.path.join(checkpoint_dir, TASKS_FILE))
-    check_exportable(checkpoint_dir, meta, tasks)
     detectors = load_detectors(checkpoint_dir, meta)
     sizes = sorted({(index.main_index.width, index.main_index.height) for task in tasks for index in task.indexes})
     if len(sizes) != 1:
         raise InputError(checkpoint_dir, f"tiles of {len(sizes)} sizes {sizes}; an export feeds one tile size")
     tile_size = sizes[0]
     inference = meta["inference"]
+    weights = fusion_weights(meta)
     thumbnail = detectors.get(THUMBNAIL)
     inputs = [ModelInput(task.name, "tile", detectors[task.name].patch_config, tile_size[1], tile_size[0],
                          detectors[task.name].bank.dimension) for task in tasks]
@@ -76,7 +76,9 @@ def export_plan(checkpoint_dir):
                 "output_shape": model["output_shape"], "feature_grid": model["feature_grid"],
                 "bank_file": f"{name}/{INDEX_FILE}", "bank_metadata": f"{name}/{METADATA_FILE}",
                 "bank_size": len(detector.bank), "num_nn": int(detector.patch_config["anomaly_scorer_num_nn"]),
-                "normalizer": detector.metadata.get("normalizer")}
+                "normalizer": detector.metadata.get("normalizer"),
+                # A fused tile's score needs all its levels: the runner then only computes features.
+                "runner_scores": weights is None}
 
     def describe(models, files):
         return {
@@ -86,6 +88,7 @@ def export_plan(checkpoint_dir):
             "hr": {
                 "image_size": list(meta["image_size"]), "tile_size": list(tile_size),
                 "tile_plan": indexes.params() if hasattr(indexes, "params") else None,
+                "routed": any(task.center is not None for task in tasks), "fusion_weights": weights,
                 "tasks": {task.name: {**job_entry(task.name, models), "tiles": [i.to_dict() for i in task.indexes]}
                           for task in tasks},
                 "thumbnail": None if thumbnail is None else {**job_entry(THUMBNAIL, models),
@@ -107,33 +110,48 @@ def hr_jobs(meta):
 
 
 def write_inputs(meta, export_dir, samples, dataset_path, stage, progress):
-    """Every test image's tiles (in its task's folder) and thumbnail as [1, 3, h, w] float32 files.
+    """Every test image's tiles (in its task's folder; with fusion, also their coarser views) and thumbnail as
+    [1, 3, h, w] float32 files.
 
-    Images are loaded as eval.py loads them (HRSample at the model's image size). Returns (manifest items,
-    manifest header); an item lists its inputs in the order HRModel scores them: task by task, tiles in the
-    task's order, then the thumbnail.
+    Images are loaded as eval.py loads them (HRSample at the model's image size), and tiles go to tasks as
+    eval.py gives them (``assign_tiles`` with the export's tasks.json and hr_model.json). Returns (manifest
+    items, manifest header); an item lists its inputs in the order HRModel scores them: task by task, tiles in
+    the task's order, then the thumbnail.
     """
     hr, normalisation = meta["hr"], meta["preprocess"]
     mean, std = normalisation["mean"], normalisation["std"]
-    tiles = {name: [TileIndex.from_dict(d) for d in task["tiles"]] for name, task in hr["tasks"].items()}
+    verify_files(export_dir, meta, [MODEL_FILE, TASKS_FILE])
+    tasks, indexes = load_tasks(os.path.join(export_dir, TASKS_FILE))
+    router = routing_generator(HRModel.read_meta(export_dir), tasks)
+    weights = hr.get("fusion_weights")
     jobs = hr_jobs(meta)
     for job in jobs:
         os.makedirs(job_path(stage, job))
+
+    def write(file, rgb):
+        np.save(os.path.join(stage, file), network_input([np.ascontiguousarray(rgb)], mean, std))
+        return file
+
     items = []
     for position, sample in enumerate(progress(samples)):
         image = HRSample(sample.image_path, image_size=hr["image_size"]).load_image()
         stem = input_stem(position, sample)
         inputs = []
-        for name, indexes in tiles.items():
-            for index in indexes:
+        for task, task_indexes in assign_tiles(image, tasks, indexes, router):
+            for index in task_indexes:
                 # Zero-padded grid position: a folder's files sort by image, then row-major tile order.
-                file = f"{hr['tasks'][name]['folder']}/{stem}_r{index.row:03d}c{index.col:03d}.npy"
-                np.save(os.path.join(stage, file), network_input([crop(image, index)], mean, std))
-                inputs.append({"file": file, "task": name, "tile": index.to_dict()})
+                base = f"{hr['tasks'][task.name]['folder']}/{stem}_r{index.row:03d}c{index.col:03d}"
+                entry = {"task": task.name, "tile": index.to_dict()}
+                if weights is None:
+                    entry["file"] = write(f"{base}.npy", crop(image, index))
+                else:
+                    views = crop_levels(image, index)
+                    entry["file"] = write(f"{base}.npy", views[0])
+                    entry["context_files"] = [write(f"{base}_l{level}.npy", views[level]) if weight else None
+                                              for level, weight in enumerate(weights[1:], start=1)]
+                inputs.append(entry)
         if hr["thumbnail"]:
-            file = f"{hr['thumbnail']['folder']}/{stem}.npy"
-            np.save(os.path.join(stage, file),
-                    network_input([thumbnail_image(image, hr["thumbnail"]["size"])], mean, std))
+            file = write(f"{hr['thumbnail']['folder']}/{stem}.npy", thumbnail_image(image, hr["thumbnail"]["size"]))
             inputs.append({"file": file, "task": THUMBNAIL, "tile": None})
         items.append(manifest_entry(sample, dataset_path, stem=stem, inputs=inputs))
     header = {"image_size": hr["image_size"],
@@ -147,24 +165,40 @@ def model_input_shape(meta, job):
     return next(model["input_shape"] for model in meta["models"] if model["lite_mindir"] == job["lite_mindir"])
 
 
+def file_stem(file):
+    return os.path.splitext(os.path.basename(file))[0]
+
+
 def anomaly_maps(meta, export_dir, result_path, items):
     """(image scores, [H, W] maps, "cpp"|"python") from the runner's outputs: per-tile score grids -> the
     task's normaliser -> compose_anomaly_map -> image_score, as HRModel.predict does."""
     hr = meta["hr"]
-    jobs = hr_jobs(meta)
+    weights = hr.get("fusion_weights")
+    entries = {job["name"]: [] for job in hr_jobs(meta)}
+    for item, _ in items:
+        for entry in item["inputs"]:
+            entries[entry["task"]].append(entry)
+    jobs = [job for job in hr_jobs(meta) if entries[job["name"]]]  # a routed task may have received no tile
     # Only bank.json against export.json: HRPatchCore.load checks each index against bank.json's sha256 (the
     # same digest), so the indexes are hashed once.
     verify_files(export_dir, meta, [job["bank_metadata"] for job in jobs])
-    stems = {job["name"]: [] for job in jobs}
-    for item, _ in items:
-        for entry in item["inputs"]:
-            stems[entry["task"]].append(os.path.splitext(os.path.basename(entry["file"]))[0])
     grids, sources = {}, []
     for job in jobs:
+        folder, job_entries = job_path(result_path, job), entries[job["name"]]
         detector = HRPatchCore.load(job_path(export_dir, job))
-        # Python scoring (runner run without --bank_path) with the task's bank: [1, D, h, w] -> [h, w].
-        raw, source = score_grids(job_path(result_path, job), stems[job["name"]], job,
-                                  lambda d=detector: lambda features: d.patch_scores(features)[0])
+
+        def features(entry, folder=folder, job=job):
+            """The runner's [1, D, h, w] features of one input; a fused tile's levels fused as HRFeaturizer does."""
+            if "context_files" not in entry:
+                return runner_features(folder, file_stem(entry["file"]), job)
+            files = [entry["file"]] + entry["context_files"]
+            levels = [None if weight == 0 else runner_features(folder, file_stem(file), job)
+                      for file, weight in zip(files, weights)]
+            return fuse_levels(levels, [TileIndex.from_dict(entry["tile"])], weights)
+
+        # Python scoring (fused tiles, or the runner run without --bank_path) with the task's bank.
+        raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in job_entries], job,
+                                  lambda d=detector, es=job_entries, f=features: [d.patch_scores(f(e))[0] for e in es])
         grids[job["name"]] = iter(detector.normalize(np.stack(raw)))
         sources.append(source)
     scores, maps = [], []

@@ -127,9 +127,13 @@ class HRPatchCore:
         self.bank.save(folder)
 
     @classmethod
-    def load(cls, folder):
-        """A saved detector; the index is verified against the sha256 in ``bank.json``."""
-        bank = MemoryBank.load(folder)
+    def load(cls, folder, index=True):
+        """A saved detector; the index is verified against the sha256 in ``bank.json``.
+
+        ``index=False`` reads ``bank.json`` alone: metadata and normaliser, enough for ``normalize`` but not
+        for ``patch_scores``.
+        """
+        bank = MemoryBank.load(folder, index)
         meta = bank.metadata
         if "patch_config" not in meta:
             raise InputError(folder, "bank.json is not a high-resolution task bank (no patch_config)")

@@ -35,6 +35,28 @@ def context_features(features, region, tile, grid):
     return np.matmul(np.matmul(rows, features), cols.T)
 
 
+def relative_weights(fusion_weights):
+    """``fusion_weights`` divided by their sum."""
+    total = float(sum(fusion_weights))
+    return [w / total for w in fusion_weights]
+
+
+def fuse_levels(level_features, indexes, weights):
+    """``sum_k w_k f_k`` of the tiles ``indexes``: ``level_features[k]`` is [B, D, h, w] computed on level k's
+    views (None where ``weights[k]`` is 0), every view at the tile's size; levels above 0 are cut to the
+    tile's region of their view first. [B, D, h, w] float32."""
+    fused = None
+    for level, (features, weight) in enumerate(zip(level_features, weights)):
+        if weight == 0:
+            continue
+        if level > 0:  # every level's input has the tile's size, hence the tile's feature grid
+            features = np.stack([context_features(f, index.low_resolution_indexes[level - 1], index.main_index,
+                                                  features.shape[2:]) for f, index in zip(features, indexes)])
+        scaled = features if weight == 1 else weight * features
+        fused = scaled if fused is None else fused + scaled
+    return fused
+
+
 def network_input(rgb_images, mean, std):
     """[B, 3, H, W] float32 network input of equally sized HxWx3 uint8 RGB images: /255, then (x - mean) / std.
 
@@ -63,8 +85,7 @@ class HRFeaturizer:
         self.extractor = extractor
         self.mean, self.std = mean, std
         self.batch_size = int(batch_size)
-        total = None if fusion_weights is None else float(sum(fusion_weights))
-        self.weights = None if fusion_weights is None else [w / total for w in fusion_weights]
+        self.weights = None if fusion_weights is None else relative_weights(fusion_weights)
 
     def network(self, rgb_images):
         """[B, D, h, w] float32 features of equally sized HxWx3 uint8 images, run in batches."""
@@ -82,18 +103,9 @@ class HRFeaturizer:
         for start in range(0, len(indexes), self.batch_size):
             chunk = indexes[start:start + self.batch_size]
             views = [crop_levels(image, index)[:len(weights)] for index in chunk]
-            fused = None
-            for level, weight in enumerate(weights):
-                if weight == 0:
-                    continue
-                features = self.network([np.ascontiguousarray(v[level]) for v in views])
-                if level > 0:  # every level's input has the tile's size, hence the tile's feature grid
-                    features = np.stack([context_features(f, index.low_resolution_indexes[level - 1],
-                                                          index.main_index, features.shape[2:])
-                                         for f, index in zip(features, chunk)])
-                scaled = features if weight == 1 else weight * features
-                fused = scaled if fused is None else fused + scaled
-            yield chunk, fused
+            levels = [None if weight == 0 else self.network([np.ascontiguousarray(v[level]) for v in views])
+                      for level, weight in enumerate(weights)]
+            yield chunk, fuse_levels(levels, chunk, weights)
 
     def thumbnail(self, image, size):
         """[1, D, h, w] features of the whole image resized (area averaging) to ``size`` = (w, h)."""

@@ -19,7 +19,6 @@ For one image:
 The same functions turn validation scores into maps for the thresholds, so offline and online agree.
 """
 import functools
-import json
 import os
 import time
 
@@ -30,7 +29,7 @@ from scipy.ndimage import gaussian_filter
 from src.errors import InputError
 from src.hr_detector import HRPatchCore
 from src.hr_features import HRFeaturizer
-from src.io_utils import write_json, write_text
+from src.io_utils import read_json, write_json, write_text
 from src.memory_bank import check_backbone_checkpoint
 from src.metrics import compute_imagewise_metrics, compute_pixelwise_metrics, format_table, mean_row
 from src.normalization import Thresholds
@@ -92,14 +91,7 @@ class HRModel:
         self.detectors, self.featurizers = detectors, featurizers
         self.image_size = tuple(meta["image_size"])
         self.settings = meta["inference"]
-        self.retrieve = any(task.center is not None for task in tasks)
-        self.task_generator = task_generator
-        if self.retrieve and task_generator is None:
-            spec = meta.get("task_generator") or {}
-            if spec.get("name") is not None:
-                self.task_generator = build_task_generator(spec["name"], **(spec.get("params") or {}))
-            else:
-                self.task_generator = RetrieveTaskGenerator(len(tasks), fusion_weights=meta["fusion_weights"])
+        self.task_generator = task_generator or routing_generator(meta, tasks)
 
     @classmethod
     def load(cls, checkpoint_root, pre_ckpt_path=None, task_generator=None, extractors=None):
@@ -126,22 +118,14 @@ class HRModel:
             hint = " (training did not finish: run it again to resume)" if os.path.isfile(
                 os.path.join(checkpoint_root, TASKS_FILE)) else " (train it first)"
             raise InputError(meta_path, f"no high-resolution model here{hint}")
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise InputError(meta_path, f"unreadable model file ({exc})") from None
+        meta = read_json(meta_path, "model file")
         if meta.get("format") != MODEL_FORMAT:
             raise InputError(meta_path, f"not a high-resolution model file (format {meta.get('format')!r})")
         return meta
 
     def assignment(self, image):
-        """[(task, [tiles])] for one image: the plan's, or each tile routed to its nearest centre."""
-        if not self.retrieve:
-            return [(task, task.indexes) for task in self.tasks]
-        routed = self.task_generator.route(HRSample(image), list(self.indexes), self.tasks)
-        return [(task, [index for index, chosen in zip(self.indexes, routed) if chosen is task])
-                for task in self.tasks]
+        """[(task, [tiles])] for one image (see :func:`assign_tiles`)."""
+        return assign_tiles(image, self.tasks, self.indexes, self.task_generator)
 
     def grids(self, image, assignment=None):
         """([(TileIndex, normalised grid)], normalised thumbnail grid or None) of one image."""
@@ -166,6 +150,26 @@ class HRModel:
         """(image score, [H, W] anomaly map) of an HxWx3 uint8 image of the model's size."""
         amap = self.anomaly_map(*self.grids(image))
         return image_score(amap, self.settings["image_score_window"]), amap
+
+
+def routing_generator(meta, tasks):
+    """The generator that routes the test tiles of a Retrieve model (tasks with centres) as training described
+    it in ``hr_model.json``; None when the task map is fixed."""
+    if all(task.center is None for task in tasks):
+        return None
+    spec = meta.get("task_generator") or {}
+    if spec.get("name") is not None:
+        return build_task_generator(spec["name"], **(spec.get("params") or {}))
+    return RetrieveTaskGenerator(len(tasks), fusion_weights=meta["fusion_weights"])
+
+
+def assign_tiles(image, tasks, indexes, task_generator=None):
+    """[(task, [tiles])] for one HxWx3 image: the plan's, or with a routing ``task_generator`` (Retrieve
+    models) each tile of ``indexes`` given to the task of its nearest centre."""
+    if all(task.center is None for task in tasks):
+        return [(task, task.indexes) for task in tasks]
+    routed = task_generator.route(HRSample(image), list(indexes), tasks)
+    return [(task, [index for index, chosen in zip(indexes, routed) if chosen is task]) for task in tasks]
 
 
 def load_detectors(checkpoint_root, meta):

@@ -50,13 +50,12 @@ from src.errors import InputError
 from src.hr_config import check_fusion_weights, check_thumbnail, check_val_config, thumbnail_patch_config
 from src.features import to_patch_rows
 from src.hr_detector import PROJECTION_DIM, HRPatchCore, estimate_fit_bytes
-from src.hr_inference import (MODEL_FILE, MODEL_FORMAT, TASKS_FILE, THUMBNAIL, HRModel, cell_labels,
+from src.hr_inference import (MODEL_FILE, MODEL_FORMAT, TASKS_FILE, THUMBNAIL, HRModel, assign_tiles, cell_labels,
                               check_image_size, compose_anomaly_map, evaluate_maps, image_score, make_featurizer,
                               run_inference)
 from src.io_utils import staged_folder, write_json
 from src.memory_bank import METADATA_FILE, sha256_of
 from src.normalization import ScoreNormalizer, choose_thresholds
-from src.samples import HRSample
 from src.sampling_methods.kcenter_greedy import project_features
 from src.synthesis import build_validation_set
 from src.tasks import RetrieveTaskGenerator, load_tasks, save_tasks
@@ -424,12 +423,10 @@ class HRTrainer:
         """{name: Job} for the tasks (and the thumbnail branch); Retrieve routes validation tiles here."""
         keep = set(train_positions)
         routed = {}
-        if self.task_generator is not None and any(task.center is not None for task in self.tasks):
+        if any(task.center is not None for task in self.tasks):
             for position, item in enumerate(items):
-                image = item.load()[0]
-                for index, task in zip(self.indexes, self.task_generator.route(HRSample(image), list(self.indexes),
-                                                                                self.tasks)):
-                    routed.setdefault(task.name, []).append((position, index))
+                for task, indexes in assign_tiles(item.load()[0], self.tasks, self.indexes, self.task_generator):
+                    routed.setdefault(task.name, []).extend((position, index) for index in indexes)
         jobs = {}
         for task in self.tasks:
             train = tuple((s, index) for s, index in task.training_tiles(len(samples)) if s in keep)
@@ -654,7 +651,9 @@ class HRTrainer:
 
     def _thresholds(self, run, val_config):
         """Image and pixel thresholds from the validation set's maps, built exactly as at inference."""
-        detectors = {name: self.detector_class.load(os.path.join(self.checkpoint_root, name)) for name in run.jobs}
+        # bank.json alone (normaliser): the indexes are not used here, and were just written or verified on resume.
+        detectors = {name: self.detector_class.load(os.path.join(self.checkpoint_root, name), index=False)
+                     for name in run.jobs}
         by_position = {(index.row, index.col): index for index in self.indexes}
         per_item = [([], None) for _ in run.validation]
         for name, detector in detectors.items():

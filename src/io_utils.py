@@ -1,9 +1,23 @@
-"""Atomic output: write files and folders under a temporary name in the same folder, then rename."""
+"""File input and output: JSON read with one-line errors; atomic output (files and folders are written under
+a temporary name in the same folder, then renamed)."""
 import contextlib
 import json
 import os
 import shutil
 import tempfile
+
+from src.errors import InputError
+
+
+def read_json(path, what):
+    """The parsed JSON file ``path``; an InputError naming it ``what`` when it is missing or unreadable."""
+    if not os.path.isfile(path):
+        raise InputError(path, f"{what} not found")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"unreadable {what} ({exc})") from None
 
 
 @contextlib.contextmanager

@@ -4,14 +4,13 @@ Scores follow the reference: a patch's score is the mean of its ``num_nn`` neare
 which for ``IndexFlatL2`` are squared Euclidean distances.
 """
 import hashlib
-import json
 import os
 
 import faiss
 import numpy as np
 
 from src.errors import InputError
-from src.io_utils import atomic_path, write_json
+from src.io_utils import atomic_path, read_json, write_json
 
 INDEX_FILE = "faiss.index"
 METADATA_FILE = "bank.json"
@@ -27,6 +26,8 @@ def sha256_of(path, chunk=1 << 20):
 
 
 class MemoryBank:
+    """``index``: a faiss ``IndexFlatL2`` of the bank's features; None when loaded with ``index=False``."""
+
     def __init__(self, index, metadata=None):
         self.index = index
         self.metadata = dict(metadata or {})
@@ -64,24 +65,27 @@ class MemoryBank:
         self.metadata = meta
 
     @classmethod
-    def load(cls, folder):
+    def load(cls, folder, index=True):
+        """The bank saved in ``folder``, its index verified against ``bank.json`` (sha256, size, dimension).
+
+        ``index=False`` reads ``bank.json`` alone, for callers that need only the metadata: reading and
+        hashing a large index costs seconds. Such a bank has no index and cannot score.
+        """
         meta_path = os.path.join(folder, METADATA_FILE)
         if not os.path.isfile(meta_path):
             raise InputError(meta_path, "memory bank metadata not found (train this category first)")
-        try:
-            with open(meta_path, "r", encoding="utf-8") as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise InputError(meta_path, f"unreadable metadata ({exc})") from None
+        meta = read_json(meta_path, "memory bank metadata")
+        if not index:
+            return cls(None, meta)
         index_path = os.path.join(folder, meta.get("index_file", INDEX_FILE))
         if not os.path.isfile(index_path):
             raise InputError(index_path, "memory bank index not found")
         if sha256_of(index_path) != meta.get("index_sha256"):
             raise InputError(index_path, "sha256 differs from bank.json: the index is corrupt or was replaced")
-        index = faiss.read_index(index_path)
-        if index.ntotal != meta.get("bank_size") or index.d != meta.get("dimension"):
+        faiss_index = faiss.read_index(index_path)
+        if faiss_index.ntotal != meta.get("bank_size") or faiss_index.d != meta.get("dimension"):
             raise InputError(index_path, "index shape differs from bank.json")
-        return cls(index, meta)
+        return cls(faiss_index, meta)
 
 
 def check_backbone_checkpoint(bank_metadata, ckpt_path, flag):
@@ -93,7 +97,8 @@ def check_backbone_checkpoint(bank_metadata, ckpt_path, flag):
     if given == expected:
         return
     if expected is None:
-        raise InputError(ckpt_path, f"the bank was trained with seeded random backbone weights; omit {flag}")
+        raise InputError(ckpt_path, f"backbone weights differ from the ones the bank was trained with (seeded random "
+                                    f"weights): omit {flag}")
     if given is None:
         raise InputError(flag, f"the bank was trained with the backbone checkpoint of sha256 {expected[:16]}...; "
                                f"pass it with {flag}")

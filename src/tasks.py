@@ -23,7 +23,6 @@ Tasks are plain objects saved as JSON (``tasks.json``) by :func:`save_tasks`; ta
 ``task_0, task_1, ...`` numbered in order of first appearance in the row-major plan.
 """
 import functools
-import json
 import os
 
 import cv2
@@ -34,7 +33,7 @@ from sklearn.preprocessing import normalize
 
 from src.errors import InputError
 from src.registry import build_named
-from src.io_utils import write_json
+from src.io_utils import read_json, write_json
 from src.tiling import MultiResolutionHRImageSpliter, TileIndex, crop_levels
 
 TASKS_FORMAT = "patchcore-ms/tasks"
@@ -398,13 +397,7 @@ def save_tasks(path, tasks, indexes):
 def load_tasks(path):
     """(tasks, indexes) from ``tasks.json``; indexes is the rebuilt plan when its parameters were saved."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"not a readable JSON file ({exc})") from None
+    data = read_json(path, "tasks file")
     if not isinstance(data, dict) or data.get("format") != TASKS_FORMAT:
         raise InputError(path, f"not a tasks file (expected \"format\": \"{TASKS_FORMAT}\")")
     if data.get("version") != TASKS_VERSION:

@@ -89,6 +89,7 @@ def test_memory_bank_scores_are_mean_squared_nn_distances(tmp_path):
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(InputError, match="sha256"):
         MemoryBank.load(str(tmp_path))
+    assert MemoryBank.load(str(tmp_path), index=False).metadata["seed"] == 3   # bank.json alone: index not read
 
 
 def test_anomaly_map_matches_reference_upsampling_and_smoothing():

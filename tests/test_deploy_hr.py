@@ -19,12 +19,14 @@ import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORY = "synthetic_leather"
-HR = ["--config", ROOT / "configs" / "hr_patchcore.yaml", "-o", "hr.patch_size=128", "-o", "hr.stride=96",
-      "-o", "percentage=0.1", "-o", "pretrain_embed_dimension=64", "-o", "target_embed_dimension=64",
-      "-o", "hr.task_generator=neighborhood",
-      "-o", "hr.task_generator_params={num_groups_width: 2, num_groups_height: 1}",
-      "-o", "hr.thumbnail={thumbnail_size: 64}",
-      "-o", "hr.val_config={anomaly_syn_fn: [RandomBox], val_sample_ratio: 0.25}", "--workers", "1"]
+HR_COMMON = ["--config", ROOT / "configs" / "hr_patchcore.yaml", "-o", "hr.patch_size=128", "-o", "hr.stride=96",
+             "-o", "percentage=0.1", "-o", "pretrain_embed_dimension=64", "-o", "target_embed_dimension=64",
+             "-o", "hr.thumbnail={thumbnail_size: 64}",
+             "-o", "hr.val_config={anomaly_syn_fn: [RandomBox], val_sample_ratio: 0.25}", "--workers", "1"]
+HR = HR_COMMON + ["-o", "hr.task_generator=neighborhood",
+                  "-o", "hr.task_generator_params={num_groups_width: 2, num_groups_height: 1}"]
+ROUTED_FUSED = HR_COMMON + ["-o", "hr.task_generator=retrieve", "-o", "hr.task_generator_params={cluster_number: 2}",
+                            "-o", "hr.ds_factors=[0, 1]", "-o", "hr.fusion_weights=[0.6, 0.4]"]
 JOBS = ("task_0", "task_1", "thumbnail")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro")
 
@@ -213,31 +215,87 @@ def test_python_scoring_of_runner_features_gives_the_same_scores(project, cpp_ru
         "process every input of the manifest?)"]
 
 
-def unexportable_variant(project, tmp_path, change):
-    """A copy of the trained model with hr_model.json or tasks.json edited as a model the runner cannot serve."""
-    folder = tmp_path / CATEGORY
-    shutil.copytree(project["category_dir"], folder, ignore=shutil.ignore_patterns("export", "eval"))
-    if change == "fusion":
-        meta = read_json(folder / "hr_model.json")
-        meta["fusion_weights"] = [0.5, 0.5]
-        (folder / "hr_model.json").write_text(json.dumps(meta))
-    else:  # the tasks a RetrieveTaskGenerator writes: a descriptor centre and member tiles per task
-        tasks = read_json(folder / "tasks.json")
-        for task in tasks["tasks"]:
-            task["center"] = [0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.05]
-            task["members"] = [[0, index["row"], index["col"]] for index in task["indexes"]]
-        (folder / "tasks.json").write_text(json.dumps(tasks))
-    return folder
+@pytest.fixture(scope="module")
+def routed_fused(project, runner):
+    """A RetrieveTaskGenerator model with multi-resolution fusion (ds_factors [0, 1]) on the same data: trained,
+    evaluated, exported and run through run_infer_cpp.sh."""
+    root = project["root"] / "routed_fused"
+    common = ["--dataset_path", project["data"], "--category", CATEGORY, "--output_dir", root]
+    for command in (python_command("train.py", *common, *ROUTED_FUSED), python_command("eval.py", *common),
+                    python_command("export.py", "--checkpoint_dir", root / CATEGORY)):
+        result = run(command)
+        assert result.returncode == 0, result.stderr
+    export = root / CATEGORY / "export"
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", export / "patchcore_128x128_lite.mindir",
+                  project["data"], "y", CATEGORY, "CPU", "0", root / "infer"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    work = root / "infer" / CATEGORY
+    return {"category_dir": root / CATEGORY, "export": export, "result": result, "work": work,
+            "inputs": work / "preprocess_Result"}
 
 
-@pytest.mark.parametrize("change, reason", [("fusion", "multi-resolution fusion"),
-                                            ("retrieve", "RetrieveTaskGenerator")])
-def test_export_refuses_models_the_runner_cannot_reproduce(project, tmp_path, change, reason):
-    folder = unexportable_variant(project, tmp_path, change)
-    result = run(python_command("export.py", "--checkpoint_dir", folder, "--output_dir", tmp_path / "export"))
-    assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
-    assert error_lines(result)[0].startswith(f"error: {folder}: {reason}")
-    assert not (tmp_path / "export").exists()
+def test_routed_and_fused_model_exports_and_reproduces_eval(project, routed_fused):
+    from src.hr_deploy import hr_jobs
+    from src.hr_features import relative_weights
+    from src.tasks import load_tasks
+
+    meta = read_json(routed_fused["export"] / "export.json")
+    hr = meta["hr"]
+    tasks, _ = load_tasks(routed_fused["category_dir"] / "tasks.json")
+    assert hr["routed"] and all(task.center is not None for task in tasks) and len(tasks) == 2
+    assert hr["fusion_weights"] == pytest.approx(relative_weights([0.6, 0.4]))
+    assert [job["runner_scores"] for job in hr_jobs(meta)] == [False, False, False]
+    # every tile of every image went to exactly one task folder, with its coarser view beside it
+    manifest = read_json(routed_fused["inputs"] / "manifest.json")
+    for item in manifest["items"]:
+        tiles = [entry for entry in item["inputs"] if entry["tile"] is not None]
+        positions = sorted((entry["tile"]["row"], entry["tile"]["col"]) for entry in tiles)
+        assert positions == [(row, col) for row in range(3) for col in range(3)]
+        for entry in tiles:
+            assert entry["file"].startswith(f"{entry['task']}/")
+            assert entry["context_files"] == [entry["file"].replace(".npy", "_l1.npy")]
+            assert (routed_fused["inputs"] / entry["context_files"][0]).is_file()
+    # the runner computed features only; postprocess.py fused and scored them as eval.py does
+    acc = read_json(routed_fused["work"] / f"acc_{CATEGORY}.json")
+    assert acc["score_source"] == "python"
+    assert not list((routed_fused["work"] / "result_Files").rglob("*_scores.npy"))
+    expected = read_json(routed_fused["category_dir"] / "eval" / "metrics.json")
+    assert acc["metrics"]["image_auroc"] == expected["image_auroc"]
+    for key in METRICS[1:]:
+        assert abs(acc["metrics"][key] - expected[key]) <= 1e-4, key
+    eval_scores = [s["image_score"] for s in read_json(routed_fused["category_dir"] / "eval" / "scores.json")]
+    np.testing.assert_allclose([s["image_score"] for s in acc["scores"]], eval_scores, rtol=1e-4, atol=0)
+    assert len(set(eval_scores)) == len(eval_scores)
+
+
+def test_a_task_without_routed_tiles_is_skipped(routed_fused, project, tmp_path):
+    """Every tile routed to task_1 (files and manifest moved): the runner skips the empty task_0 folder, and
+    postprocess.py scores the images without it."""
+    work = tmp_path / "out" / CATEGORY
+    inputs = work / "preprocess_Result"
+    shutil.copytree(routed_fused["inputs"], inputs)
+    manifest = read_json(inputs / "manifest.json")
+
+    def to_task_1(file):
+        moved = file.replace("task_0/", "task_1/")
+        (inputs / file).rename(inputs / moved)
+        return moved
+
+    for item in manifest["items"]:
+        for entry in item["inputs"]:
+            if entry["task"] == "task_0":
+                entry.update(task="task_1", file=to_task_1(entry["file"]),
+                             context_files=[to_task_1(file) for file in entry["context_files"]])
+    (inputs / "manifest.json").write_text(json.dumps(manifest))
+    assert not list((inputs / "task_0").iterdir())
+    mindir = routed_fused["export"] / "patchcore_128x128_lite.mindir"
+    result = run(["bash", ROOT / "scripts" / "run_infer_cpp.sh", mindir, project["data"], "n", CATEGORY, "CPU", "0",
+                  tmp_path / "out"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{inputs / 'task_0'}: no inputs (no tile was routed to this task), skipped" in result.stdout
+    acc = read_json(work / f"acc_{CATEGORY}.json")
+    assert acc["latency"]["runs"] == 2 and acc["latency"]["inputs"] == 5 * (9 * 2 + 1)
+    assert not (work / "result_Files" / "task_0").exists()
 
 
 def test_a_tile_of_the_wrong_shape_stops_the_runner_with_one_line(project, cpp_run, tmp_path):

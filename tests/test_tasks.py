@@ -218,7 +218,7 @@ def test_tasks_json_roundtrip(tmp_path, train_samples, plan):
 
 
 @pytest.mark.parametrize("content, fragment", [
-    ("{not json", "not a readable JSON file"),
+    ("{not json", "unreadable tasks file"),
     ('{"format": "other"}', "not a tasks file"),
     ('{"format": "patchcore-ms/tasks", "version": 99}', "unsupported tasks file version"),
     ('{"format": "patchcore-ms/tasks", "version": 1, "indexes": [], "tasks": [{"name": 3}]}', "a task needs"),

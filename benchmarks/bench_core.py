@@ -2,6 +2,17 @@
 
 Prints a table per part and writes benchmarks/results/core.json. Not a test: numbers, not assertions.
     .venv/bin/python benchmarks/bench_core.py [--quick] [--skip-coreset] [--skip-train]
+
+Feature throughput: MindSpore runs in this process, which imports ``src`` first and so runs with
+ONEDNN_MAX_CPU_ISA=AVX2 (MindSpore's bundled oneDNN needs it on AVX-512 CPUs, see the ISA part). PyTorch runs
+in child processes of its own whose environment has no ONEDNN_MAX_CPU_ISA and which never import ``src`` or
+mindspore: torch has its own oneDNN, which would otherwise inherit MindSpore's workaround (capped, torch was
+~8% slower at batch 8, which flattered MindSpore's ratio); so torch runs with its default ISA. Both sides get
+the same weights (a seeded torch reference with random BatchNorm statistics, through ``src.pthtockpt``) and the
+same input, and each torch child first checks that its output matches MindSpore's (max relative difference,
+printed and in the JSON), so that the same computation is timed. As in bench_infer.py, the two are measured in
+interleaved rounds (MindSpore in this process, then a fresh torch child), each call series after untimed
+warm-up calls, and images/s comes from the fastest call.
 """
 import argparse
 import json
@@ -14,11 +25,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-import src  # noqa: E402,F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
-from src.io_utils import write_json  # noqa: E402
+from benchmarks.bench_infer import PROTOCOL_PREFIX, relative_difference, timed_calls  # noqa: E402
 
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "core.json")
 PY = sys.executable
+MAX_REL_DIFF = 1e-3  # torch vs MindSpore output: float rounding (folded vs eager BatchNorm), not another network
 
 # One 224x224 WRN50+aggregation forward in a fresh process, so the ISA variable is read at load time.
 ONE_FORWARD = r"""
@@ -34,16 +45,6 @@ t = time.perf_counter(); ext(x).asnumpy(); print(time.perf_counter() - t)
 """
 
 
-def timed(fn, repeats):
-    fn()  # warm-up (graph compile, allocator)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def bench_isa():
     rows = {}
     for isa in ("ALL", "AVX2"):
@@ -55,65 +56,126 @@ def bench_isa():
     return {"seconds_isa_all": rows["ALL"], "seconds_isa_avx2": rows["AVX2"], "ratio": rows["ALL"] / rows["AVX2"]}
 
 
-def bench_throughput(batch_sizes, repeats):
+def run_torch_child(task, workdir, batch_size=0, repeats=0):
+    """This file as a torch child, without ONEDNN_MAX_CPU_ISA (torch's default ISA); its protocol line, parsed."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    command = [PY, __file__, "--torch-child", task, "--workdir", workdir, "--batch-size", str(batch_size),
+               "--repeats", str(repeats)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith(PROTOCOL_PREFIX)]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"torch child ({task}, batch {batch_size}) failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len(PROTOCOL_PREFIX):])
+
+
+def torch_child(task, workdir, batch_size, repeats):
+    """``weights``: write the reference weights; ``time``: check the output against MindSpore's, time the calls."""
     import numpy as np
-    import mindspore as ms
     import torch
     from torch_reference import TorchWideResNet50_2, literal_reference, randomize_batch_norm_stats
 
+    torch.set_num_threads(os.cpu_count() or 1)
+    pth = os.path.join(workdir, "wrn50.pth")
+    torch.manual_seed(0)
+    reference = TorchWideResNet50_2().eval()
+    if task == "weights":
+        randomize_batch_norm_stats(reference, 0)
+        torch.save(reference.state_dict(), pth)
+        print(PROTOCOL_PREFIX + json.dumps({"torch": torch.__version__}), flush=True)
+        return 0
+    reference.load_state_dict(torch.load(pth, weights_only=True))
+    with open(os.path.join(workdir, "patch.json"), "r", encoding="utf-8") as f:
+        patch = json.load(f)
+    taps = patch["layers_to_extract_from"]
+    stages = ["layer1", "layer2", "layer3", "layer4"]
+    stages = stages[:max(stages.index(tap) for tap in taps) + 1]  # up to the deepest tap, like MindSpore's backbone
+    folder = os.path.join(workdir, f"batch{batch_size}")
+    images = torch.from_numpy(np.load(os.path.join(folder, "input.npy")))
+
+    def torch_backbone():
+        with torch.no_grad():
+            x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
+            found = {}
+            for name in stages:
+                x = found[name] = getattr(reference, name)(x)
+            return found
+
+    def torch_forward():
+        with torch.no_grad():
+            found = torch_backbone()
+            return literal_reference([found[tap] for tap in taps], patch["merge_size"],
+                                     patch["pretrain_embed_dimension"], patch["target_embed_dimension"])
+
+    diff = relative_difference(torch_forward(), folder)
+    if not diff <= MAX_REL_DIFF:
+        raise SystemExit(f"torch output differs from MindSpore's: max relative difference {diff:.2e}")
+    print(PROTOCOL_PREFIX + json.dumps({"max_rel_diff": diff, "torch": timed_calls(torch_forward, repeats),
+                                        "torch_backbone": timed_calls(torch_backbone, repeats)}), flush=True)
+    return 0
+
+
+def bench_throughput(batch_sizes, rounds, repeats):
+    import numpy as np
+    import mindspore as ms
+
     from src.config import load_config
+    from src.features import to_patch_rows
     from src.patchcore import build_extractor
     from src.pthtockpt import convert
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    reference = TorchWideResNet50_2().eval()
-    randomize_batch_norm_stats(reference, 0)
     patch = load_config()["patch"]
-    with tempfile.TemporaryDirectory() as tmp:  # the same weights on both sides, through the converter
-        pth = os.path.join(tmp, "wrn50.pth")
-        torch.save({k: v for k, v in reference.state_dict().items() if not k.startswith(("layer4", "fc"))}, pth)
-        ckpt = convert(pth, "wideresnet50", os.path.join(tmp, "wrn50.ckpt"), layers=["layer2", "layer3"])
+    results = []
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench_core_") as tmp:
+        torch_version = run_torch_child("weights", tmp)["torch"]  # the same weights on both sides, via the converter
+        ckpt = convert(os.path.join(tmp, "wrn50.pth"), "wideresnet50", os.path.join(tmp, "wrn50.ckpt"),
+                       layers=patch["layers_to_extract_from"])
+        with open(os.path.join(tmp, "patch.json"), "w", encoding="utf-8") as f:
+            json.dump(patch, f)
         ms.set_context(mode=ms.GRAPH_MODE)
         extractor, _ = build_extractor(patch, ckpt, 0)
-    results = []
-    for bs in batch_sizes:
-        images = np.random.default_rng(0).standard_normal((bs, 3, 224, 224)).astype(np.float32)
-        ms_images, torch_images = ms.Tensor(images), torch.from_numpy(images)
+        for bs in batch_sizes:
+            images = np.random.default_rng(0).standard_normal((bs, 3, 224, 224)).astype(np.float32)
+            ms_images = ms.Tensor(images)
+            folder = os.path.join(tmp, f"batch{bs}")
+            os.mkdir(folder)
+            np.save(os.path.join(folder, "input.npy"), images)
+            np.save(os.path.join(folder, "reference.npy"), to_patch_rows(extractor(ms_images).asnumpy())[0])
 
-        def torch_backbone():
-            # Up to layer3, like the MindSpore backbone (reference.taps would run layer4 as well).
-            with torch.no_grad():
-                x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(torch_images))))
-                taps = {}
-                for name in ("layer1", "layer2", "layer3"):
-                    x = taps[name] = getattr(reference, name)(x)
-                return taps
+            def mindspore_forward():
+                return extractor(ms_images).asnumpy()
 
-        def torch_forward():
-            with torch.no_grad():
-                taps = torch_backbone()
-                return literal_reference([taps["layer2"], taps["layer3"]], 3, 1024, 1024)
+            def mindspore_backbone():
+                return [t.asnumpy() for t in extractor.backbone(ms_images)]
 
-        row = {"batch_size": bs,
-               "mindspore_images_per_s": bs / timed(lambda: extractor(ms_images).asnumpy(), repeats),
-               "mindspore_backbone_images_per_s": bs / timed(lambda: [t.asnumpy() for t in
-                                                                      extractor.backbone(ms_images)], repeats),
-               "torch_images_per_s": bs / timed(torch_forward, repeats),
-               "torch_backbone_images_per_s": bs / timed(torch_backbone, repeats)}
-        row["ratio"] = row["mindspore_images_per_s"] / row["torch_images_per_s"]
-        row["backbone_ratio"] = row["mindspore_backbone_images_per_s"] / row["torch_backbone_images_per_s"]
-        results.append(row)
-    print("\n[throughput] WRN50-2 layer2+layer3 + PatchCore aggregation, 224x224, images/s (best of "
-          f"{repeats}); MindSpore with BatchNorm folded (build_extractor), torch {torch.__version__} eager "
-          "with BatchNorm, up to layer3, with the reference's unfold/pool aggregation")
+            times = {"mindspore": [], "mindspore_backbone": [], "torch": [], "torch_backbone": []}
+            diffs = []
+            for _ in range(rounds):
+                times["mindspore"] += timed_calls(mindspore_forward, repeats)
+                times["mindspore_backbone"] += timed_calls(mindspore_backbone, repeats)
+                child = run_torch_child("time", tmp, bs, repeats)
+                times["torch"] += child["torch"]
+                times["torch_backbone"] += child["torch_backbone"]
+                diffs.append(child["max_rel_diff"])
+            row = {"batch_size": bs, **{f"{name}_images_per_s": 1000.0 * bs / min(t) for name, t in times.items()}}
+            row["ratio"] = row["mindspore_images_per_s"] / row["torch_images_per_s"]
+            row["backbone_ratio"] = row["mindspore_backbone_images_per_s"] / row["torch_backbone_images_per_s"]
+            row["torch_max_rel_diff"] = max(diffs)
+            results.append(row)
+    load_after = os.getloadavg()[0]
+    print("\n[throughput] WRN50-2 layer2+layer3 + PatchCore aggregation, 224x224, images/s (fastest of "
+          f"{rounds} x {repeats} calls, interleaved rounds); MindSpore with BatchNorm folded (build_extractor), "
+          f"torch {torch_version} eager with BatchNorm, up to layer3, with the reference's unfold/pool aggregation, "
+          "in its own process with its default oneDNN ISA")
     print(f"{'batch':>5} | {'MindSpore':>9} | {'PyTorch':>8} | {'ratio':>5} | {'MS backbone':>11} | "
           f"{'PT backbone':>11} | {'ratio':>5}")
     for r in results:
         print(f"{r['batch_size']:>5} | {r['mindspore_images_per_s']:>9.2f} | {r['torch_images_per_s']:>8.2f} | "
               f"{r['ratio']:>5.2f} | {r['mindspore_backbone_images_per_s']:>11.2f} | "
               f"{r['torch_backbone_images_per_s']:>11.2f} | {r['backbone_ratio']:>5.2f}")
-    return results
+    print(f"torch output vs MindSpore's: max relative difference {max(r['torch_max_rel_diff'] for r in results):.1e}; "
+          f"1-minute load average before/after: {load_before:.2f} / {load_after:.2f} on {os.cpu_count()} cores")
+    return results, {"before": load_before, "after": load_after}
 
 
 def bench_coreset(n):
@@ -149,16 +211,28 @@ def main():
     parser.add_argument("--skip-coreset", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--json", default=DEFAULT_JSON)
+    parser.add_argument("--torch-child", choices=["weights", "time"], help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.torch_child:
+        return torch_child(args.torch_child, args.workdir, args.batch_size, args.repeats)
+
+    # Importing src sets ONEDNN_MAX_CPU_ISA=AVX2 here, before mindspore loads; the torch children never import it.
+    from src.io_utils import write_json
+
     report = {"cpu_count": os.cpu_count(), "onednn_isa": bench_isa()}
-    report["throughput"] = bench_throughput([1, 4] if args.quick else [1, 8], 2 if args.quick else 3)
+    report["throughput"], report["throughput_load_average_1min"] = bench_throughput(
+        [1, 4] if args.quick else [1, 8], 1 if args.quick else 3, 2 if args.quick else 3)
     if not args.skip_coreset:
         report["coreset"] = bench_coreset(20_000 if args.quick else 200_000)
     if not args.skip_train:
         report["train"] = bench_train(20 if args.quick else 250)
     write_json(args.json, report)
     print(f"\nwritten {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

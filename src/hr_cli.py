@@ -57,7 +57,7 @@ def train_hr(args, config, listed):
         log_root=os.path.join(folder, "logs"), vis_root=None, indexes=plan, pre_ckpt_path=args.pre_ckpt_path,
         seed=args.seed, task_generator=generator, task_generator_spec=spec,
         image_score_window=hr["image_score_window"], full_config=config, device_target=args.device_target,
-        device_id=args.device_id)
+        device_id=args.device_id, category=args.category)
     trainer.train(samples, workers=args.workers or hr["workers"], val_config=hr["val_config"])
     return 0
 

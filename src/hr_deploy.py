@@ -97,9 +97,9 @@ def export_plan(checkpoint_dir):
                 "image_score_window": inference["image_score_window"],
                 "eval_resize": eval_settings(meta, [])["eval_resize"], "thresholds": meta.get("thresholds")}}
 
-    # hr_model.json does not name the category: train.py writes the model to OUTPUT_DIR/CATEGORY.
-    return ExportPlan(os.path.basename(os.path.abspath(checkpoint_dir)), meta, meta["config"], inputs, copies,
-                      describe)
+    # Models trained before hr_model.json named the category live in OUTPUT_DIR/CATEGORY (train.py).
+    category = meta.get("category") or os.path.basename(os.path.abspath(checkpoint_dir))
+    return ExportPlan(category, meta, meta["config"], inputs, copies, describe)
 
 
 def hr_jobs(meta):

@@ -302,13 +302,15 @@ class HRTrainer:
     ds_factor of a multi-resolution plan; ``pre_ckpt_path``: backbone weights (None: seeded random);
     ``task_generator``: for Retrieve tasks, the generator used (routes test tiles; default: a
     RetrieveTaskGenerator with the default descriptor); ``image_score_window``: moving-average window in
-    pixels (default: the backbone's feature stride). ``gpu_ids`` arguments are accepted and ignored (CPU).
+    pixels (default: the backbone's feature stride); ``category``: the product category, recorded in
+    ``hr_model.json`` (default: the name of ``checkpoint_root``). ``gpu_ids`` arguments are accepted and
+    ignored (CPU).
     """
 
     def __init__(self, batch_size=4, tasks=None, detector_class=HRPatchCore, config=None, fusion_weights=None,
                  checkpoint_root="saved_models", log_root="logs", vis_root="vis", indexes=None, pre_ckpt_path=None,
                  seed=0, task_generator=None, task_generator_spec=None, image_score_window=None, vis_size=1024,
-                 device_target="CPU", device_id=0, full_config=None):
+                 device_target="CPU", device_id=0, full_config=None, category=None):
         if not tasks:
             raise InputError("tasks", "no tasks: build them with a task generator's create_tasks")
         self.tasks = list(tasks)
@@ -325,6 +327,7 @@ class HRTrainer:
         self.config = _merge_config(config)
         self.full_config = full_config
         self.checkpoint_root, self.log_root, self.vis_root = checkpoint_root, log_root, vis_root
+        self.category = category or os.path.basename(os.path.abspath(checkpoint_root))
         self.pre_ckpt_path, self.seed = pre_ckpt_path, int(seed)
         if any(task.center is not None for task in self.tasks) and task_generator is None:
             task_generator = RetrieveTaskGenerator(len(self.tasks), fusion_weights=self.fusion_weights, seed=self.seed)
@@ -473,7 +476,7 @@ class HRTrainer:
         import faiss
         import mindspore as ms
         return {
-            "format": MODEL_FORMAT, "version": 1,
+            "format": MODEL_FORMAT, "version": 1, "category": self.category,
             "image_size": list(self.image_size), "seed": self.seed,
             "pretrained": self.pre_ckpt_path is not None,
             "backbone_checkpoint_sha256": sha256_of(self.pre_ckpt_path) if self.pre_ckpt_path else None,

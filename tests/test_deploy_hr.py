@@ -99,6 +99,7 @@ def test_export_holds_a_model_per_input_size_the_task_map_and_every_sha256(proje
     export = project["export"]
     meta = read_json(export / "export.json")
     model = read_json(project["category_dir"] / "hr_model.json")
+    assert model["category"] == meta["category"] == CATEGORY
     models = {tuple(m["roles"]): m for m in meta["models"]}
     assert set(models) == {("tile",), ("thumbnail",)}
     assert models[("tile",)]["input_shape"] == [1, 3, 128, 128] and models[("tile",)]["feature_grid"] == [16, 16]

@@ -179,13 +179,12 @@ def anomaly_maps(meta, export_dir, result_path, items):
         for entry in item["inputs"]:
             entries[entry["task"]].append(entry)
     jobs = [job for job in hr_jobs(meta) if entries[job["name"]]]  # a routed task may have received no tile
-    # Only bank.json against export.json: HRPatchCore.load checks each index against bank.json's sha256 (the
-    # same digest), so the indexes are hashed once.
+    # Only bank.json against export.json: HRPatchCore.load checks an index it reads against bank.json's sha256
+    # (the same digest), so an index is hashed once.
     verify_files(export_dir, meta, [job["bank_metadata"] for job in jobs])
     grids, sources = {}, []
     for job in jobs:
-        folder, job_entries = job_path(result_path, job), entries[job["name"]]
-        detector = HRPatchCore.load(job_path(export_dir, job))
+        folder, job_entries, bank_dir = job_path(result_path, job), entries[job["name"]], job_path(export_dir, job)
 
         def features(entry, folder=folder, job=job):
             """The runner's [1, D, h, w] features of one input; a fused tile's levels fused as HRFeaturizer does."""
@@ -196,10 +195,14 @@ def anomaly_maps(meta, export_dir, result_path, items):
                       for file, weight in zip(files, weights)]
             return fuse_levels(levels, [TileIndex.from_dict(entry["tile"])], weights)
 
-        # Python scoring (fused tiles, or the runner run without --bank_path) with the task's bank.
-        raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in job_entries], job,
-                                  lambda d=detector, es=job_entries, f=features: [d.patch_scores(f(e))[0] for e in es])
-        grids[job["name"]] = iter(detector.normalize(np.stack(raw)))
+        def python_scores(bank_dir=bank_dir, job_entries=job_entries, features=features):
+            """Fused tiles, or the runner run without --bank_path: scored with the task's bank."""
+            detector = HRPatchCore.load(bank_dir)
+            return [detector.patch_scores(features(entry))[0] for entry in job_entries]
+
+        raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in job_entries], job, python_scores)
+        # The normaliser is in bank.json: the index is read only when Python scores.
+        grids[job["name"]] = iter(HRPatchCore.load(bank_dir, index=False).normalize(np.stack(raw)))
         sources.append(source)
     scores, maps = [], []
     for item, _ in items:

@@ -75,15 +75,14 @@ def torch_child(task, workdir, batch_size, repeats):
     from torch_reference import TorchWideResNet50_2, literal_reference, randomize_batch_norm_stats
 
     torch.set_num_threads(os.cpu_count() or 1)
-    pth = os.path.join(workdir, "wrn50.pth")
+    # Seeded, so every child builds the same weights; the output check below confirms it.
     torch.manual_seed(0)
     reference = TorchWideResNet50_2().eval()
+    randomize_batch_norm_stats(reference, 0)
     if task == "weights":
-        randomize_batch_norm_stats(reference, 0)
-        torch.save(reference.state_dict(), pth)
+        torch.save(reference.state_dict(), os.path.join(workdir, "wrn50.pth"))
         print(PROTOCOL_PREFIX + json.dumps({"torch": torch.__version__}), flush=True)
         return 0
-    reference.load_state_dict(torch.load(pth, weights_only=True))
     with open(os.path.join(workdir, "patch.json"), "r", encoding="utf-8") as f:
         patch = json.load(f)
     taps = patch["layers_to_extract_from"]

@@ -2,9 +2,11 @@
 
 Reads both torch serialization formats: the zip archive of torch >= 1.6 (``<name>/data.pkl`` plus one
 ``<name>/data/<key>`` entry per storage) and the older "legacy" stream (magic number, protocol, system
-info, the state-dict pickle, the storage keys, then each storage's bytes). The pickles go through an
-unpickler that only resolves the tensor-rebuild function, the storage types and ``OrderedDict``;
-anything else stops the conversion before it can run.
+info, the state-dict pickle, the storage keys, then each storage's bytes). The pickles are read by
+``StateDictUnpickler``, an interpreter of the pickle opcodes that carry data (numbers, strings, tuples,
+lists, dicts, memo, persistent ids; protocols 2-5) written here rather than Python's ``pickle`` module: it calls
+nothing but the tensor-rebuild stand-in and ``OrderedDict``, resolves no other global, and stops at the
+first opcode or global outside that set, so a .pth file cannot run code through it.
 
 Names map one to one (BatchNorm weight/bias/running_mean/running_var -> gamma/beta/moving_mean/
 moving_variance); every backbone parameter must be present with its exact shape. Entries the backbone
@@ -24,9 +26,6 @@ import collections  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
-# Only for RestrictedUnpickler below, which resolves nothing but torch's tensor-rebuild function, its storage
-# types and OrderedDict: a .pth file cannot run code through it (tests/test_pthtockpt.py).
-import pickle  # noqa: E402
 import struct  # noqa: E402
 import zipfile  # noqa: E402
 
@@ -73,21 +72,48 @@ class TensorRef:
     stride: tuple
 
 
+class UnpicklingError(ValueError):
+    """A pickle that is malformed or holds something a state dict does not."""
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                     metadata=None):
     """Stands in for ``torch._utils._rebuild_tensor_v2``: records where the tensor's values are."""
     if not isinstance(storage, StorageRef):
-        raise pickle.UnpicklingError("tensor without a storage")
+        raise UnpicklingError("tensor without a storage")
     return TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals a torch state dict needs; ``storage_ref(saved_id)`` handles storages."""
+# What a REDUCE opcode may call: the two callables ``find_class`` resolves.
+CALLABLES = (collections.OrderedDict, _rebuild_tensor)
+
+
+def _integer(data, signed=True):
+    return int.from_bytes(data, "little", signed=signed)
+
+
+# Opcodes of pickle protocols 2-5 (torch writes 2) that push a value; the others are handled in load().
+CONSTANTS = {b"N": None, b"\x88": True, b"\x89": False}                   # NONE, NEWTRUE, NEWFALSE
+FIXED_INTEGERS = {b"J": (4, True), b"K": (1, False), b"M": (2, False)}  # BININT, BININT1, BININT2: (bytes, signed)
+# Opcodes whose value is a run of bytes after a little-endian length: (length bytes, decoder).
+SIZED = {b"X": (4, lambda b: b.decode("utf-8", "surrogatepass")),      # BINUNICODE
+         b"\x8c": (1, lambda b: b.decode("utf-8", "surrogatepass")),   # SHORT_BINUNICODE
+         b"\x8d": (8, lambda b: b.decode("utf-8", "surrogatepass")),   # BINUNICODE8
+         b"T": (4, lambda b: b.decode("latin-1")),                      # BINSTRING (a Python 2 str)
+         b"U": (1, lambda b: b.decode("latin-1")),                      # SHORT_BINSTRING
+         b"B": (4, bytes), b"C": (1, bytes), b"\x8e": (8, bytes),       # BINBYTES, SHORT_BINBYTES, BINBYTES8
+         b"\x8a": (1, _integer), b"\x8b": (4, _integer)}                # LONG1, LONG4
+MEMO_KEY_BYTES = {b"q": 1, b"r": 4, b"h": 1, b"j": 4}  # BINPUT, LONG_BINPUT, BINGET, LONG_BINGET
+
+
+class StateDictUnpickler:
+    """Reads one pickle (``load``) from the binary file ``file``: protocols 2-5, limited to the opcodes that
+    build data; ``find_class`` resolves only the globals of a torch state dict and ``storage_ref(saved_id)``
+    turns a persistent id into a StorageRef."""
 
     def __init__(self, file, path, storage_ref=None):
-        super().__init__(file)
-        self.path = path
-        self.storage_ref = storage_ref
+        self.file, self.path, self.storage_ref = file, path, storage_ref
+        self.memo = {}
 
     def find_class(self, module, name):
         if (module, name) == ("collections", "OrderedDict"):
@@ -103,16 +129,116 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise InputError(self.path, f"unexpected pickle content: persistent id {str(saved_id)[:60]}")
         return self.storage_ref(saved_id)
 
+    def _read(self, n):
+        data = self.file.read(n)
+        if len(data) != n:
+            raise EOFError("pickle ends early")
+        return data
+
+    def _line(self):
+        line = self.file.readline()
+        if not line.endswith(b"\n"):
+            raise EOFError("pickle ends early")
+        return line[:-1].decode("utf-8")
+
+    def load(self):
+        stack, marks, read = [], [], self._read
+
+        def pop(count=1):
+            if len(stack) < count:
+                raise UnpicklingError("stack underflow")
+            items = stack[len(stack) - count:]
+            del stack[len(stack) - count:]
+            return items
+
+        def since_mark():
+            if not marks:
+                raise UnpicklingError("no mark on the stack")
+            return pop(len(stack) - marks.pop())
+
+        def top(kind, opcode):
+            if not stack or not isinstance(stack[-1], kind):
+                raise UnpicklingError(f"{opcode} on something that is not a {kind.__name__}")
+            return stack[-1]
+
+        while True:
+            code = read(1)
+            if code == b".":  # STOP
+                if len(stack) != 1 or marks:
+                    raise UnpicklingError("stack not empty at the end of the pickle")
+                return stack.pop()
+            if code in CONSTANTS:
+                stack.append(CONSTANTS[code])
+            elif code in FIXED_INTEGERS:
+                size, signed = FIXED_INTEGERS[code]
+                stack.append(_integer(read(size), signed))
+            elif code in SIZED:
+                size, decode = SIZED[code]
+                stack.append(decode(read(_integer(read(size), signed=False))))
+            elif code in MEMO_KEY_BYTES:
+                key = _integer(read(MEMO_KEY_BYTES[code]), signed=False)
+                if code in (b"q", b"r"):
+                    self.memo[key] = top(object, "PUT")
+                else:
+                    stack.append(self.memo[key])
+            elif code == b"\x94":  # MEMOIZE
+                self.memo[len(self.memo)] = top(object, "MEMOIZE")
+            elif code == b"\x80":  # PROTO
+                if not 2 <= read(1)[0] <= 5:
+                    raise UnpicklingError("unsupported pickle protocol")
+            elif code == b"\x95":  # FRAME: its length; the frame's opcodes follow inline
+                read(8)
+            elif code == b"(":  # MARK
+                marks.append(len(stack))
+            elif code == b")":  # EMPTY_TUPLE
+                stack.append(())
+            elif code in (b"\x85", b"\x86", b"\x87"):  # TUPLE1, TUPLE2, TUPLE3
+                stack.append(tuple(pop(code[0] - 0x84)))
+            elif code == b"t":  # TUPLE
+                stack.append(tuple(since_mark()))
+            elif code == b"]":  # EMPTY_LIST
+                stack.append([])
+            elif code in (b"a", b"e"):  # APPEND, APPENDS
+                items = pop() if code == b"a" else since_mark()
+                top(list, "APPEND").extend(items)
+            elif code == b"}":  # EMPTY_DICT
+                stack.append({})
+            elif code in (b"s", b"u"):  # SETITEM, SETITEMS
+                items = pop(2) if code == b"s" else since_mark()
+                if len(items) % 2:
+                    raise UnpicklingError("SETITEMS with a key but no value")
+                top(dict, "SETITEMS").update(zip(items[::2], items[1::2]))
+            elif code == b"c":  # GLOBAL
+                module = self._line()
+                stack.append(self.find_class(module, self._line()))
+            elif code == b"\x93":  # STACK_GLOBAL
+                module, name = pop(2)
+                stack.append(self.find_class(module, name))
+            elif code == b"Q":  # BINPERSID
+                stack.append(self.persistent_load(*pop()))
+            elif code == b"R":  # REDUCE
+                function, args = pop(2)
+                if function not in CALLABLES or not isinstance(args, tuple):
+                    raise UnpicklingError("REDUCE of something other than a tensor or an OrderedDict")
+                stack.append(function(*args))
+            elif code == b"b":  # BUILD: an OrderedDict's attributes (torch's _metadata), not needed
+                pop()
+                top(dict, "BUILD")
+            elif code == b"0":  # POP
+                pop()
+            else:
+                raise UnpicklingError(f"pickle opcode {code!r} is not part of a state dict")
+
 
 def _storage_dtype(storage_type, byteorder):
     if not isinstance(storage_type, StorageType):
-        raise pickle.UnpicklingError("storage without a storage type")
+        raise UnpicklingError("storage without a storage type")
     return np.dtype(STORAGE_DTYPES[storage_type.name]).newbyteorder(byteorder)
 
 
 def _count(value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise pickle.UnpicklingError(f"bad storage size or offset {value!r}")
+        raise UnpicklingError(f"bad storage size or offset {value!r}")
     return value
 
 
@@ -153,7 +279,7 @@ def _read_zip(archive, path):
 
     def storage_ref(saved_id):
         if len(saved_id) != 5:
-            raise pickle.UnpicklingError(f"storage id of length {len(saved_id)}")
+            raise UnpicklingError(f"storage id of length {len(saved_id)}")
         _, storage_type, key, _location, numel = saved_id
         return StorageRef(str(key), _storage_dtype(storage_type, byteorder), _count(numel))
 
@@ -168,12 +294,12 @@ def _read_zip(archive, path):
         return np.frombuffer(raw, ref.dtype, count=ref.numel)
 
     with archive.open(pickles[0]) as f:
-        obj = RestrictedUnpickler(f, path, storage_ref).load()
+        obj = StateDictUnpickler(f, path, storage_ref).load()
     return _state_dict_arrays(obj, storage_data, path)
 
 
 def _read_legacy(f, path):
-    header = RestrictedUnpickler(f, path)
+    header = StateDictUnpickler(f, path)
     if header.load() != LEGACY_MAGIC:
         raise InputError(path, "not a torch checkpoint (neither a zip archive nor the legacy format)")
     if header.load() != LEGACY_PROTOCOL:
@@ -185,7 +311,7 @@ def _read_legacy(f, path):
 
     def storage_ref(saved_id):
         if len(saved_id) != 6:
-            raise pickle.UnpicklingError(f"storage id of length {len(saved_id)}")
+            raise UnpicklingError(f"storage id of length {len(saved_id)}")
         _, storage_type, key, _location, numel, view = saved_id
         root = roots.setdefault(str(key), StorageRef(str(key), _storage_dtype(storage_type, "<"), _count(numel)))
         if view is None:
@@ -193,8 +319,8 @@ def _read_legacy(f, path):
         _view_key, offset, view_numel = view
         return StorageRef(root.key, root.dtype, _count(view_numel), _count(offset))
 
-    obj = RestrictedUnpickler(f, path, storage_ref).load()
-    keys = RestrictedUnpickler(f, path).load()
+    obj = StateDictUnpickler(f, path, storage_ref).load()
+    keys = StateDictUnpickler(f, path).load()
     if not isinstance(keys, list) or set(map(str, keys)) != set(roots):
         raise InputError(path, "legacy torch checkpoint: storage list does not match the tensors")
     data = {}
@@ -223,7 +349,7 @@ def read_torch_state_dict(pth_path):
             return _read_legacy(f, path)
     except InputError:
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError,
+    except (UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError,
             IndexError, KeyError, MemoryError, OSError) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(path, f"not a readable torch checkpoint: {detail}") from None

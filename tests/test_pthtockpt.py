@@ -35,8 +35,9 @@ def run_python(args, tmp_path, block_torch=False):
                           timeout=120)
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_reads_tensors_exactly_as_torch_does(tmp_path, legacy):
+@pytest.mark.parametrize("legacy, protocol", [(False, 2), (True, 2), (False, 4)],
+                         ids=["zip", "legacy", "zip-protocol4"])
+def test_reads_tensors_exactly_as_torch_does(tmp_path, legacy, protocol):
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(6, 5, generator=gen)
     state = collections.OrderedDict([
@@ -52,7 +53,7 @@ def test_reads_tensors_exactly_as_torch_does(tmp_path, legacy):
         ("empty", torch.zeros(0, 3)),
     ])
     path = tmp_path / "state.pth"
-    torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+    torch.save(state, path, _use_new_zipfile_serialization=not legacy, pickle_protocol=protocol)
     assert zipfile.is_zipfile(path) is not legacy
 
     arrays = read_torch_state_dict(path)
@@ -230,3 +231,15 @@ def test_script_cli_converts_with_torch_unimportable(tmp_path):
     assert set(loaded) == set(parameter_shapes("mobilenet_v2"))
     for name, param in loaded.items():
         np.testing.assert_array_equal(param.asnumpy(), state[torch_name(name)])
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"\x80\x02)\x81.", r"pickle opcode b'\\x81' is not part of a state dict"),   # NEWOBJ
+    (b"\x80\x02}(X\x01\x00\x00\x00a", "pickle ends early"),                        # cut short
+    (b"\x80\x02\x86.", "stack underflow"),                                        # TUPLE2 of nothing
+])
+def test_pickles_outside_the_state_dict_subset_are_refused(tmp_path, data, problem):
+    path = tmp_path / "odd.pth"
+    write_zip_checkpoint(path, data)
+    with pytest.raises(InputError, match=f"not a readable torch checkpoint: {problem}"):
+        read_torch_state_dict(path)

@@ -25,7 +25,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-from benchmarks.bench_infer import PROTOCOL_PREFIX, relative_difference, timed_calls  # noqa: E402
+from benchmarks.bench_infer import (PROTOCOL_PREFIX, make_tap_maps, relative_difference, timed_calls,  # noqa: E402
+                                    torch_stages)
 
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "core.json")
 PY = sys.executable
@@ -72,12 +73,13 @@ def torch_child(task, workdir, batch_size, repeats):
     """``weights``: write the reference weights; ``time``: check the output against MindSpore's, time the calls."""
     import numpy as np
     import torch
-    from torch_reference import TorchWideResNet50_2, literal_reference, randomize_batch_norm_stats
+    from torch_reference import literal_reference, randomize_batch_norm_stats
 
     torch.set_num_threads(os.cpu_count() or 1)
     # Seeded, so every child builds the same weights; the output check below confirms it.
     torch.manual_seed(0)
-    reference = TorchWideResNet50_2().eval()
+    reference, stages = torch_stages("wideresnet50")
+    reference.eval()
     randomize_batch_norm_stats(reference, 0)
     if task == "weights":
         torch.save(reference.state_dict(), os.path.join(workdir, "wrn50.pth"))
@@ -85,25 +87,18 @@ def torch_child(task, workdir, batch_size, repeats):
         return 0
     with open(os.path.join(workdir, "patch.json"), "r", encoding="utf-8") as f:
         patch = json.load(f)
-    taps = patch["layers_to_extract_from"]
-    stages = ["layer1", "layer2", "layer3", "layer4"]
-    stages = stages[:max(stages.index(tap) for tap in taps) + 1]  # up to the deepest tap, like MindSpore's backbone
+    tap_maps = make_tap_maps(stages, patch["layers_to_extract_from"])
     folder = os.path.join(workdir, f"batch{batch_size}")
     images = torch.from_numpy(np.load(os.path.join(folder, "input.npy")))
 
     def torch_backbone():
         with torch.no_grad():
-            x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))
-            found = {}
-            for name in stages:
-                x = found[name] = getattr(reference, name)(x)
-            return found
+            return tap_maps(images)
 
     def torch_forward():
         with torch.no_grad():
-            found = torch_backbone()
-            return literal_reference([found[tap] for tap in taps], patch["merge_size"],
-                                     patch["pretrain_embed_dimension"], patch["target_embed_dimension"])
+            return literal_reference(tap_maps(images), patch["merge_size"], patch["pretrain_embed_dimension"],
+                                     patch["target_embed_dimension"])
 
     diff = relative_difference(torch_forward(), folder)
     if not diff <= MAX_REL_DIFF:
@@ -119,6 +114,7 @@ def bench_throughput(batch_sizes, rounds, repeats):
 
     from src.config import load_config
     from src.features import to_patch_rows
+    from src.io_utils import write_json
     from src.patchcore import build_extractor
     from src.pthtockpt import convert
 
@@ -129,8 +125,7 @@ def bench_throughput(batch_sizes, rounds, repeats):
         torch_version = run_torch_child("weights", tmp)["torch"]  # the same weights on both sides, via the converter
         ckpt = convert(os.path.join(tmp, "wrn50.pth"), "wideresnet50", os.path.join(tmp, "wrn50.ckpt"),
                        layers=patch["layers_to_extract_from"])
-        with open(os.path.join(tmp, "patch.json"), "w", encoding="utf-8") as f:
-            json.dump(patch, f)
+        write_json(os.path.join(tmp, "patch.json"), patch)
         ms.set_context(mode=ms.GRAPH_MODE)
         extractor, _ = build_extractor(patch, ckpt, 0)
         for bs in batch_sizes:

@@ -17,7 +17,6 @@ Prints the rows side by side and writes them to ``--json``.
         --data_root demo_output/hr/data                                       # reuse a trained, evaluated model
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 import src  # noqa: E402,F401  (environment set-up first)
-from src.io_utils import write_json  # noqa: E402
+from src.io_utils import read_json, write_json  # noqa: E402
 from src.metrics import format_table  # noqa: E402
 
 COLUMNS = ["model", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro", "train_s", "eval_s"]
@@ -64,10 +63,10 @@ def tiled_row(args, data_root):
                                                                                   "hr_patchcore.yaml")])
         print(stdout.strip().splitlines()[-1])
         timings["eval_s"], _ = run_cli("eval.py", [*common, "-o", f"eval_resize={args.eval_resize}"])
-    model = json.loads((folder / "hr_model.json").read_text())
-    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    model = read_json(folder / "hr_model.json", "high-resolution model")
+    metrics = read_json(folder / "eval" / "metrics.json", "evaluation metrics")
     hr = model["config"]["hr"]
-    evaluation = json.loads((folder / "eval" / "results.json").read_text())
+    evaluation = read_json(folder / "eval" / "results.json", "evaluation results")
     return dict(model=f"tiled {hr['patch_size']}px, {hr['task_generator']}", **metrics,
                 train_s=timings.get("train_s", model["seconds"]),
                 eval_s=timings.get("eval_s", evaluation["seconds"])), model
@@ -75,7 +74,7 @@ def tiled_row(args, data_root):
 
 def cpp_row(acc_path):
     """The exported tiled model's row from postprocess.py's acc_<CATEGORY>.json."""
-    acc = json.loads(Path(acc_path).read_text())
+    acc = read_json(acc_path, "C++ runner results")
     latency = acc.get("latency")
     runner_s = None if not latency else (latency["model_load_ms"] + latency["total_ms"]) / 1000
     return dict(model="tiled, exported, C++ runner", **acc["metrics"], train_s=None, eval_s=runner_s)
@@ -89,7 +88,7 @@ def downscaled_row(args, data_root, patch_config, data):
     from src.cli import set_device
     from src.dataset import list_test_samples, list_train_samples
     from src.hr_features import network_input
-    from src.hr_inference import default_evaluators
+    from src.hr_inference import default_evaluators, evaluate_maps
     from src.patchcore import build_extractor, fit, predict
     from src.samples import HRSample
     set_device("CPU", 0)
@@ -117,9 +116,7 @@ def downscaled_row(args, data_root, patch_config, data):
         maps.append(cv2.resize(amap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR))
         masks.append(mask)
     labels = np.asarray([sample.label for sample in samples])
-    metrics = {}
-    for evaluator in default_evaluators(args.eval_resize):
-        metrics.update(evaluator(np.asarray(scores), labels, maps, masks))
+    metrics = evaluate_maps(default_evaluators(args.eval_resize), np.asarray(scores), labels, maps, masks)
     return dict(model=f"whole image at {side}x{side}", **metrics, train_s=train_s,
                 eval_s=time.perf_counter() - started), len(bank)
 
@@ -152,9 +149,10 @@ def main():
                         for row in rows], COLUMNS))
     memory = model.get("memory") or {}
     if memory:
+        largest = memory["largest_job_estimate"]
         print(f"tiled model training: peak RSS {memory['peak_rss_bytes'] / 2**20:.0f} MiB, estimate "
               f"{memory['estimate_bytes'] / 2**20:.0f} MiB (projected features + bank of the largest task: "
-              f"{(memory['largest_job_estimate']['projected_features'] + memory['largest_job_estimate']['bank']) / 2**20:.0f} MiB)")
+              f"{(largest['projected_features'] + largest['bank']) / 2**20:.0f} MiB)")
     write_json(args.json, {"rows": rows, "data_root": str(data_root), "category": args.category,
                            "eval_resize": args.eval_resize, "downscaled_bank_size": plain_bank,
                            "tiled_memory": memory, "tiled_jobs": model["jobs"]})

@@ -140,6 +140,20 @@ def torch_stages(backbone):
     return net, [(f"features.{i}", block) for i, block in enumerate(net.features)]
 
 
+def make_tap_maps(stages, taps):
+    """x -> [the output of each of ``taps``], running ``stages`` ([(name, module)] in network order) only up to
+    the deepest tap, as MindSpore's backbone does."""
+    stages = stages[:max(i for i, (name, _) in enumerate(stages) if name in taps) + 1]
+
+    def tap_maps(x):
+        found = {}
+        for name, stage in stages:
+            x = found[name] = stage(x)
+        return [found[tap] for tap in taps]
+
+    return tap_maps
+
+
 def torch_child(backbone, size, workdir, threads):
     import torch
     import torch.nn.functional as F
@@ -156,8 +170,7 @@ def torch_child(backbone, size, workdir, threads):
         raise SystemExit(f"MindSpore parameters without a torch counterpart: {unknown[:3]}")
     net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
     net.eval()
-    taps = spec["layers"]
-    last = max(i for i, (name, _) in enumerate(stages) if name in taps)
+    tap_maps = make_tap_maps(stages, spec["layers"])
 
     def aggregate(x, kernel, groups, channel_sum):
         out = F.conv2d(x, kernel, padding=kernel.shape[-1] // 2, groups=groups)
@@ -165,12 +178,6 @@ def torch_child(backbone, size, workdir, threads):
             b, c, h, w = out.shape
             out = out.reshape(b, c // channel_sum, channel_sum, h, w).sum(dim=2)
         return out
-
-    def tap_maps(x):
-        found = {}
-        for name, stage in stages[:last + 1]:
-            x = found[name] = stage(x)
-        return [found[tap] for tap in taps]
 
     def forward(x):
         features = [aggregate(layer, kernel, groups, channel_sum) for layer, kernel, groups, channel_sum

@@ -45,4 +45,5 @@ echo "== 5/5 the same PatchCore on the whole image at 224x224, side by side"
 $py benchmarks/bench_hr.py --hr_model "$out/models/$category" --data_root "$out/data" --category "$category" \
   --pre_ckpt_path "$ckpt" --cpp_acc "$out/infer/$category/acc_$category.json" --json "$out/bench_hr.json"
 
-echo "high-resolution demo finished in $(( $(date +%s) - start )) s; results: $out/models/$category/eval/, $out/bench_hr.json"
+echo "high-resolution demo finished in $(( $(date +%s) - start )) s;" \
+  "results: $out/models/$category/eval/, $out/bench_hr.json"

@@ -28,10 +28,9 @@ def _fold_pair(conv, bn):
     scale = gamma / np.sqrt(var + float(bn.eps))
     weight = conv.weight.asnumpy().astype(np.float64) * scale[:, None, None, None]
     bias = beta - mean * scale
-    if conv.has_bias:
-        bias = bias + conv.bias.asnumpy().astype(np.float64) * scale
     conv.weight.set_data(ms.Tensor(weight.astype(np.float32)))
     if conv.has_bias:
+        bias = bias + conv.bias.asnumpy().astype(np.float64) * scale
         conv.bias.set_data(ms.Tensor(bias.astype(np.float32)))
     else:
         name = conv.weight.name.rsplit(".", 1)[0] + ".bias" if "." in conv.weight.name else "bias"

@@ -8,6 +8,7 @@ import os
 import sys
 
 from src import cli
+from src.config import apply_overrides
 from src.dataset import list_test_samples
 from src.errors import InputError
 from src.hr_inference import MODEL_FILE, TASKS_FILE, HRModel, default_evaluators, run_inference
@@ -64,12 +65,11 @@ def train_hr(args, config, listed):
 
 def eval_settings(meta, overrides):
     """eval_resize and vis_size: from the training config, or ``-o`` overrides."""
-    from src.config import apply_overrides
     for item in overrides:
         if item.split("=", 1)[0].strip() not in EVAL_OVERRIDABLE:
             raise InputError(f"-o {item}", "in high-resolution mode only eval_resize and vis_size can change "
                                            "after training")
-    hr = dict((meta.get("config") or {}).get("hr") or {"eval_resize": 512, "vis_size": 1024})
+    hr = (meta.get("config") or {}).get("hr") or {}
     settings = {"hr": {"eval_resize": hr.get("eval_resize", 512), "vis_size": hr.get("vis_size", 1024)}}
     apply_overrides(settings, overrides)
     return settings["hr"]

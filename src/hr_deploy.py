@@ -169,11 +169,34 @@ def file_stem(file):
     return os.path.splitext(os.path.basename(file))[0]
 
 
+def input_features(folder, entry, job, weights):
+    """The runner's [1, D, h, w] features of one input; a fused tile's levels fused as HRFeaturizer does."""
+    if "context_files" not in entry:
+        return runner_features(folder, file_stem(entry["file"]), job)
+    files = [entry["file"]] + entry["context_files"]
+    levels = [None if weight == 0 else runner_features(folder, file_stem(file), job)
+              for file, weight in zip(files, weights)]
+    return fuse_levels(levels, [TileIndex.from_dict(entry["tile"])], weights)
+
+
+def job_grids(job, entries, export_dir, result_path, weights):
+    """(normalised [h, w] score grid per input of ``entries``, "cpp"|"python") of one scoring job."""
+    folder, bank_dir = job_path(result_path, job), job_path(export_dir, job)
+
+    def python_scores():
+        """Fused tiles, or the runner run without --bank_path: scored with the task's bank."""
+        detector = HRPatchCore.load(bank_dir)
+        return [detector.patch_scores(input_features(folder, entry, job, weights))[0] for entry in entries]
+
+    raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in entries], job, python_scores)
+    # The normaliser is in bank.json: the index is read only when Python scores.
+    return HRPatchCore.load(bank_dir, index=False).normalize(np.stack(raw)), source
+
+
 def anomaly_maps(meta, export_dir, result_path, items):
     """(image scores, [H, W] maps, "cpp"|"python") from the runner's outputs: per-tile score grids -> the
     task's normaliser -> compose_anomaly_map -> image_score, as HRModel.predict does."""
     hr = meta["hr"]
-    weights = hr.get("fusion_weights")
     entries = {job["name"]: [] for job in hr_jobs(meta)}
     for item, _ in items:
         for entry in item["inputs"]:
@@ -184,25 +207,8 @@ def anomaly_maps(meta, export_dir, result_path, items):
     verify_files(export_dir, meta, [job["bank_metadata"] for job in jobs])
     grids, sources = {}, []
     for job in jobs:
-        folder, job_entries, bank_dir = job_path(result_path, job), entries[job["name"]], job_path(export_dir, job)
-
-        def features(entry, folder=folder, job=job):
-            """The runner's [1, D, h, w] features of one input; a fused tile's levels fused as HRFeaturizer does."""
-            if "context_files" not in entry:
-                return runner_features(folder, file_stem(entry["file"]), job)
-            files = [entry["file"]] + entry["context_files"]
-            levels = [None if weight == 0 else runner_features(folder, file_stem(file), job)
-                      for file, weight in zip(files, weights)]
-            return fuse_levels(levels, [TileIndex.from_dict(entry["tile"])], weights)
-
-        def python_scores(bank_dir=bank_dir, job_entries=job_entries, features=features):
-            """Fused tiles, or the runner run without --bank_path: scored with the task's bank."""
-            detector = HRPatchCore.load(bank_dir)
-            return [detector.patch_scores(features(entry))[0] for entry in job_entries]
-
-        raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in job_entries], job, python_scores)
-        # The normaliser is in bank.json: the index is read only when Python scores.
-        grids[job["name"]] = iter(HRPatchCore.load(bank_dir, index=False).normalize(np.stack(raw)))
+        job_scores, source = job_grids(job, entries[job["name"]], export_dir, result_path, hr.get("fusion_weights"))
+        grids[job["name"]] = iter(job_scores)
         sources.append(source)
     scores, maps = [], []
     for item, _ in items:

@@ -47,8 +47,8 @@ import psutil
 from src.cli import LOG_FORMAT
 from src.config import load_config, validate
 from src.errors import InputError
-from src.hr_config import check_fusion_weights, check_thumbnail, check_val_config, thumbnail_patch_config
 from src.features import to_patch_rows
+from src.hr_config import check_fusion_weights, check_thumbnail, check_val_config, thumbnail_patch_config
 from src.hr_detector import PROJECTION_DIM, HRPatchCore, estimate_fit_bytes
 from src.hr_inference import (MODEL_FILE, MODEL_FORMAT, TASKS_FILE, THUMBNAIL, HRModel, assign_tiles, cell_labels,
                               check_image_size, compose_anomaly_map, evaluate_maps, image_score, make_featurizer,
@@ -189,7 +189,8 @@ def score_validation(run, job, detector, featurizer, stage, log):
     thumbnail_size = run.meta["inference"]["thumbnail_size"]
     for position, indexes in _grouped(job.val_views):
         image, mask = run.validation[position].load()
-        scored = [g for f in view_features(featurizer, image, indexes, thumbnail_size) for g in detector.patch_scores(f)]
+        scored = [grid for features in view_features(featurizer, image, indexes, thumbnail_size)
+                  for grid in detector.patch_scores(features)]
         for index, grid in zip(indexes, scored):
             grids.append(grid)
             items.append(position)
@@ -360,8 +361,8 @@ class HRTrainer:
         jobs = self._jobs(samples, train_positions, items, thumbnail)
 
         self._set_device()
-        grids, runtime = self._probe(jobs, thumbnail)
         meta = self._model_meta(thumbnail, samples, items, val_config)
+        grids, runtime = self._probe(jobs, meta)
         run_identity = {"version": FINGERPRINT_VERSION, "samples": [sample_identity(s) for s in samples],
                         "validation": [item.describe() | {"synthesizer_config": _synthesizer_config(item)}
                                        for item in items],
@@ -450,10 +451,9 @@ class HRTrainer:
                                   tuple((position, None) for position in range(len(items))))
         return jobs
 
-    def _probe(self, jobs, thumbnail):
+    def _probe(self, jobs, meta):
         """Feature grid of every job and the runtime's resident memory (MindSpore, model, library buffers),
         measured after running one batch of blank tiles (and a blank thumbnail) through each network."""
-        meta = {"seed": self.seed, "data": self._data(), "batch_size": self.batch_size}
         first = self.indexes[0].main_index
         tile = np.zeros((first.height, first.width, 3), np.uint8)
         measured, grids = {}, {}
@@ -461,16 +461,13 @@ class HRTrainer:
             key = (json.dumps(job.patch_config, sort_keys=True), job.is_thumbnail)
             if key not in measured:
                 featurizer = make_featurizer(job.patch_config, meta, self.pre_ckpt_path, self._extractors, None)
-                features = (featurizer.thumbnail(tile, thumbnail["thumbnail_size"]) if job.is_thumbnail
+                features = (featurizer.thumbnail(tile, meta["inference"]["thumbnail_size"]) if job.is_thumbnail
                             else featurizer.network([tile] * self.batch_size))
                 measured[key] = tuple(int(v) for v in features.shape[2:])
                 # the projection's matrix product makes BLAS allocate its per-thread buffers: count them too
                 project_features(to_patch_rows(features)[0], PROJECTION_DIM, np.random.default_rng(0))
             grids[name] = measured[key]
         return grids, psutil.Process().memory_info().rss
-
-    def _data(self):
-        return {"mean": list(self.config["data"]["mean"]), "std": list(self.config["data"]["std"])}
 
     def _model_meta(self, thumbnail, samples, items, val_config):
         import faiss
@@ -480,7 +477,8 @@ class HRTrainer:
             "image_size": list(self.image_size), "seed": self.seed,
             "pretrained": self.pre_ckpt_path is not None,
             "backbone_checkpoint_sha256": sha256_of(self.pre_ckpt_path) if self.pre_ckpt_path else None,
-            "data": self._data(), "batch_size": self.batch_size, "fusion_weights": self.fusion_weights,
+            "data": {"mean": list(self.config["data"]["mean"]), "std": list(self.config["data"]["std"])},
+            "batch_size": self.batch_size, "fusion_weights": self.fusion_weights,
             "inference": {"gaussian_sigma": float(self.config["postprocess"]["gaussian_sigma"]),
                           "image_score_window": int(self.image_score_window),
                           "thumbnail_size": None if thumbnail is None else thumbnail["thumbnail_size"],

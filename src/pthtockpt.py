@@ -350,7 +350,7 @@ def read_torch_state_dict(pth_path):
     except InputError:
         raise
     except (UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, MemoryError, OSError) as exc:
+            IndexError, KeyError, MemoryError, OverflowError, OSError) as exc:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(path, f"not a readable torch checkpoint: {detail}") from None
 

@@ -32,8 +32,8 @@ from sklearn.metrics import pairwise_distances_argmin
 from sklearn.preprocessing import normalize
 
 from src.errors import InputError
-from src.registry import build_named
 from src.io_utils import read_json, write_json
+from src.registry import build_named
 from src.tiling import MultiResolutionHRImageSpliter, TileIndex, crop_levels
 
 TASKS_FORMAT = "patchcore-ms/tasks"

@@ -2,23 +2,23 @@
 
 Writes OUTPUT_DIR (default CHECKPOINT_DIR/export/), replacing it as a whole: for each input size the model
 uses, patchcore_<H>x<W>.mindir (MindSpore 2.x, loadable with mindspore.load) and patchcore_<H>x<W>_lite.mindir
-(MINDIR v1 for MindSpore Lite and ascend310_infer/patchcore_infer); a copy of the memory bank (faiss.index,
-bank.json); and export.json (input shape and preprocessing, feature grid, scoring settings, sha256 of every file).
-A high-resolution model (hr_model.json) gets a model for its tile size and one for its thumbnail size, and
-one bank folder per task (task_<k>/, thumbnail/); see src/hr_deploy.py.
+(MINDIR v1 for MindSpore Lite and ascend310_infer/patchcore_infer): one for the tile size (224 for a 224-pixel
+model) and one for the thumbnail size; a copy of every task's bank (task_<k>/, thumbnail/), model.json and
+tasks.json; and export.json (view and normalisation, input shapes, feature grids, tasks, scoring settings,
+sha256 of every file); see src/deploy/export.py.
 """
 import argparse
 import os
 
 import src  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
-from src import cli
+from src.app import cli
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint_dir", required=True,
-                        help="a trained category: OUTPUT_DIR/CATEGORY of train.py (bank.json, faiss.index; "
-                             "or hr_model.json, tasks.json, task_<k>/)")
+                        help="a trained category: OUTPUT_DIR/CATEGORY of train.py (model.json, tasks.json, "
+                             "task_<k>/)")
     parser.add_argument("--ckpt_file", default=None,
                         help="backbone .ckpt the bank was trained with (omit for a bank of random weights)")
     parser.add_argument("--file_format", default="MINDIR", choices=["MINDIR"])
@@ -30,7 +30,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from src.deploy import export_checkpoint
+    from src.deploy.export import export_checkpoint
 
     cli.setup_logging()
     output_dir = args.output_dir or os.path.join(args.checkpoint_dir, "export")

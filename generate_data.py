@@ -5,8 +5,8 @@ python generate_data.py --output_path data --category synthetic_leather --textur
 import argparse
 
 import src  # noqa: F401
-from src.cli import run
-from src.synthetic import DEFECT_TYPES, TEXTURES, generate_category, parse_image_size
+from src.app.cli import run
+from src.data.synthetic import DEFECT_TYPES, TEXTURES, generate_category, parse_image_size
 
 
 def main():

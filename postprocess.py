@@ -2,16 +2,16 @@
 
 Patch scores come from <stem>_scores.npy (the runner scored with --bank_path) or, when no input has one,
 from the patch features <stem>_0.npy and the exported memory bank, in Python with faiss. Image scores,
-maps and metrics use the functions eval.py uses, so the numbers are comparable one to one; for a
-high-resolution export the tile grids of every task folder go through the task's normaliser and are
-stitched (with the thumbnail's) by src/hr_inference.py, as eval.py does (see src/hr_deploy.py).
+maps and metrics use the functions eval.py uses, so the numbers are comparable one to one: the tile grids of
+every task folder go through the task's normaliser and are stitched (with the thumbnail's) as eval.py does
+(see src/deploy/outputs.py).
 """
 import argparse
 import os
 
 import src  # noqa: F401  (same environment set-up as every entry point)
-from src import cli
-from src.report import COLUMNS
+from src.app import cli
+from src.evaluation.report import COLUMNS
 
 
 def parse_args():
@@ -45,11 +45,12 @@ def timing_text(latency, images, source):
 
 def main():
     args = parse_args()
-    from src.deploy import (EXPORT_FILE, evaluate_plain, is_hr_export, load_export, load_manifest, read_latency,
-                            scoring_jobs)
-    from src.errors import InputError
-    from src.io_utils import write_json, write_text
-    from src.metrics import format_table
+    from src.deploy.export import EXPORT_FILE
+    from src.deploy.outputs import evaluate
+    from src.deploy.package import load_export, load_manifest, read_latency, scoring_jobs
+    from src.utils.errors import InputError
+    from src.utils.io import write_json, write_text
+    from src.evaluation.metrics import format_table
 
     meta = load_export(args.export_dir)
     manifest, items = load_manifest(args.manifest)
@@ -63,15 +64,11 @@ def main():
                                         "run preprocess.py again")
     if not os.path.isdir(args.result_path):
         raise InputError(args.result_path, "result folder not found")
-    if is_hr_export(meta):
-        from src.hr_deploy import evaluate
-    else:
-        evaluate = evaluate_plain
     scores, metrics, source = evaluate(meta, args.export_dir, args.result_path, items)
 
     line = acc_line(metrics)
     table = format_table([dict(clsname=args.category, **metrics)], COLUMNS)
-    latency = read_latency(args.result_path, scoring_jobs(meta, args.export_dir))
+    latency = read_latency(args.result_path, scoring_jobs(meta))
     details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
                + timing_text(latency, len(items), source))
     log_path = os.path.join(args.output_dir, f"acc_{args.category}.log")

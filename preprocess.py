@@ -1,8 +1,7 @@
 """Turn a category's test images into inputs of an exported model: float32 NCHW .npy files + manifest.json.
 
-Plain model: one file per image through the training Transform (src/dataset.py) built from the settings in
-EXPORT_DIR/export.json. High-resolution model: every image's tiles, in one folder per task (task_<k>/), and its
-thumbnail (thumbnail/), normalised by the function training uses (src/hr_features.py; see src/hr_deploy.py).
+Every image is seen through the model's view (EXPORT_DIR/export.json), cut into its tiles, one folder per task
+(task_<k>/), plus its thumbnail (thumbnail/), normalised by the function training uses (see src/deploy/inputs.py).
 OUTPUT_PATH is replaced as a whole; file names sort in test-list order, and manifest.json maps each file to
 its image, defect type, label and mask (and for tiles: task and tile box).
 """
@@ -13,7 +12,7 @@ import os
 from tqdm import tqdm
 
 import src  # noqa: F401  (same environment set-up as every entry point)
-from src import cli
+from src.app import cli
 
 
 def parse_args():
@@ -27,15 +26,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from src.dataset import list_test_samples
-    from src.deploy import FORMAT_VERSION, MANIFEST_FILE, is_hr_export, load_export, write_plain_inputs
-    from src.io_utils import staged_folder, write_json
+    from src.data.mvtec import list_test_samples
+    from src.deploy.export import FORMAT_VERSION
+    from src.deploy.inputs import write_inputs
+    from src.deploy.package import MANIFEST_FILE, load_export
+    from src.utils.io import staged_folder, write_json
 
     meta = load_export(args.export_dir)
-    if is_hr_export(meta):
-        from src.hr_deploy import write_inputs
-    else:
-        write_inputs = write_plain_inputs
     samples = list_test_samples(args.dataset_path, args.category)
     dataset_path = os.path.abspath(args.dataset_path)
     progress = functools.partial(tqdm, desc="preprocess", unit="img", disable=None)

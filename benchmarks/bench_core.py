@@ -8,7 +8,7 @@ ONEDNN_MAX_CPU_ISA=AVX2 (MindSpore's bundled oneDNN needs it on AVX-512 CPUs, se
 in child processes of its own whose environment has no ONEDNN_MAX_CPU_ISA and which never import ``src`` or
 mindspore: torch has its own oneDNN, which would otherwise inherit MindSpore's workaround (capped, torch was
 ~8% slower at batch 8, which flattered MindSpore's ratio); so torch runs with its default ISA. Both sides get
-the same weights (a seeded torch reference with random BatchNorm statistics, through ``src.pthtockpt``) and the
+the same weights (a seeded torch reference with random BatchNorm statistics, through ``src.backbones.torch_checkpoint``) and the
 same input, and each torch child first checks that its output matches MindSpore's (max relative difference,
 printed and in the JSON), so that the same computation is timed. As in bench_infer.py, the two are measured in
 interleaved rounds (MindSpore in this process, then a fresh torch child), each call series after untimed
@@ -36,10 +36,10 @@ MAX_REL_DIFF = 1e-3  # torch vs MindSpore output: float rounding (folded vs eage
 ONE_FORWARD = r"""
 import sys, time; sys.path.insert(0, sys.argv[1])
 import src, numpy as np, mindspore as ms
-from src.config import load_config
-from src.patchcore import build_extractor
+from src.config.loader import load_config
+from src.patchcore.extractor import build_extractor
 ms.set_context(mode=ms.GRAPH_MODE)
-ext, _ = build_extractor(load_config()["patch"], None, 0)
+ext, _ = build_extractor(load_config().patch.to_dict(), None, 0)
 x = ms.Tensor(np.zeros((1, 3, 224, 224), np.float32))
 ext(x).asnumpy()
 t = time.perf_counter(); ext(x).asnumpy(); print(time.perf_counter() - t)
@@ -112,13 +112,13 @@ def bench_throughput(batch_sizes, rounds, repeats):
     import numpy as np
     import mindspore as ms
 
-    from src.config import load_config
-    from src.features import to_patch_rows
-    from src.io_utils import write_json
-    from src.patchcore import build_extractor
-    from src.pthtockpt import convert
+    from src.config.loader import load_config
+    from src.patchcore.aggregation import to_patch_rows
+    from src.utils.io import write_json
+    from src.patchcore.extractor import build_extractor
+    from src.backbones.torch_checkpoint import convert
 
-    patch = load_config()["patch"]
+    patch = load_config().patch.to_dict()
     results = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_core_") as tmp:
@@ -181,7 +181,7 @@ def bench_coreset(n):
 
 
 def bench_train(num_images):
-    from src.synthetic import generate_category
+    from src.data.synthetic import generate_category
     with tempfile.TemporaryDirectory() as tmp:
         generate_category(os.path.join(tmp, "data"), category="bench", texture="leather", image_size=(256, 256),
                           n_train=num_images, n_test_good=1, n_test_defect_per_type=1,
@@ -192,7 +192,7 @@ def bench_train(num_images):
                        check=True, capture_output=True, timeout=3600)
         seconds = time.perf_counter() - t
         with open(os.path.join(tmp, "out", "bench", "train_result.json"), "r", encoding="utf-8") as f:
-            result = json.load(f)
+            result = json.load(f)["jobs"]["task_0"]
     print(f"\n[end-to-end] train.py on a generated {num_images}-image 224x224 category (10% coreset): "
           f"{seconds:.1f} s wall (features {result['feature_seconds']:.1f} s, coreset "
           f"{result['coreset_seconds']:.1f} s, {result['num_patches']} patches -> {result['bank_size']})")
@@ -214,7 +214,7 @@ def main():
         return torch_child(args.torch_child, args.workdir, args.batch_size, args.repeats)
 
     # Importing src sets ONEDNN_MAX_CPU_ISA=AVX2 here, before mindspore loads; the torch children never import it.
-    from src.io_utils import write_json
+    from src.utils.io import write_json
 
     report = {"cpu_count": os.cpu_count(), "onednn_isa": bench_isa()}
     report["throughput"], report["throughput_load_average_1min"] = bench_throughput(

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import src  # noqa: E402,F401  (environment set-up first)
-from src.io_utils import write_json  # noqa: E402
-from src.sampling_methods.kcenter_greedy import (ApproximateGreedyCoresetSampler, estimate_peak_bytes,  # noqa: E402
+from src.utils.io import write_json  # noqa: E402
+from src.patchcore.sampling.kcenter_greedy import (ApproximateGreedyCoresetSampler, estimate_peak_bytes,  # noqa: E402
                                                  greedy_coreset_plain, project_features)
-from src.sampling_methods.sampling_def import coreset_size  # noqa: E402
+from src.patchcore.sampling.sampling_def import coreset_size  # noqa: E402
 
 MIB = 2 ** 20
 ESTIMATE_TOLERANCE = 0.15

@@ -30,15 +30,15 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 import src  # noqa: E402,F401  (environment set-up first)
-from src.io_utils import read_json, write_json  # noqa: E402
-from src.metrics import format_table  # noqa: E402
+from src.utils.io import read_json, write_json  # noqa: E402
+from src.evaluation.metrics import format_table  # noqa: E402
 
 COLUMNS = ["model", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro", "train_s", "eval_s"]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "hr.json"
 
 
 def generate(data_root, category, size, seed):
-    from src.synthetic import generate_category
+    from src.data.synthetic import generate_category
     if not (Path(data_root) / category).is_dir():
         generate_category(str(data_root), category=category, texture="leather", image_size=(size, size), n_train=10,
                           n_test_good=5, n_test_defect_per_type=1, seed=seed, min_defect_px=3, max_defect_px=80)
@@ -63,7 +63,7 @@ def tiled_row(args, data_root):
                                                                                   "hr_patchcore.yaml")])
         print(stdout.strip().splitlines()[-1])
         timings["eval_s"], _ = run_cli("eval.py", [*common, "-o", f"eval_resize={args.eval_resize}"])
-    model = read_json(folder / "hr_model.json", "high-resolution model")
+    model = read_json(folder / "model.json", "model")
     metrics = read_json(folder / "eval" / "metrics.json", "evaluation metrics")
     hr = model["config"]["hr"]
     evaluation = read_json(folder / "eval" / "results.json", "evaluation results")
@@ -81,44 +81,47 @@ def cpp_row(acc_path):
 
 
 def downscaled_row(args, data_root, patch_config, data):
-    """Train and evaluate the plain PatchCore on whole images resized to ``args.size`` x ``args.size``.
+    """Train and evaluate the same PatchCore on whole images resized to ``args.size`` x ``args.size``: a one-tile
+    model of the ``Resize`` view (no tiles, no thumbnail, the maximum patch score), in a temporary folder.
 
     ``patch_config`` and ``data`` (input mean and std): the tiled model's, so only the input size differs.
     """
-    from src.cli import set_device
-    from src.dataset import list_test_samples, list_train_samples
-    from src.hr_features import network_input
-    from src.hr_inference import default_evaluators, evaluate_maps
-    from src.patchcore import build_extractor, fit, predict
-    from src.samples import HRSample
+    import tempfile
+
+    from src.app.cli import set_device
+    from src.data.mvtec import list_test_samples, list_train_samples
+    from src.data.sample import Resize
+    from src.evaluation.evaluate import default_evaluators, evaluate_maps
+    from src.inference.model import Model
+    from src.tiling.plan import MultiResolutionHRImageSpliter
+    from src.tiling.tasks import A2OTaskGenerator
+    from src.training.trainer import HRTrainer
     set_device("CPU", 0)
-    import mindspore as ms
-    ms.set_seed(args.seed)
     side = args.size
-
-    def load(sample):
-        small = cv2.resize(HRSample(sample.image_path).load_image(), (side, side), interpolation=cv2.INTER_AREA)
-        return network_input([small], data["mean"], data["std"])[0]
-
-    config = dict(patch_config, percentage=args.plain_percentage)
-    started = time.perf_counter()
-    extractor, _ = build_extractor(config, args.pre_ckpt_path, args.seed)
-    bank, _ = fit(extractor, load, list_train_samples(str(data_root), args.category), config, 4, args.seed)
-    train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    samples = list_test_samples(str(data_root), args.category)
-    scores, maps, masks = [], [], []
-    for sample, score, amap in predict(extractor, bank, load, samples, int(config["anomaly_scorer_num_nn"]),
-                                       (side, side), 4.0, 4):
-        hr = HRSample(sample.image_path, sample.mask_path, label=sample.label)
-        mask = hr.load_mask()
-        scores.append(score)
-        maps.append(cv2.resize(amap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR))
-        masks.append(mask)
+    view = Resize((side, side))
+    train = [sample.with_view(view) for sample in list_train_samples(str(data_root), args.category)]
+    plan = MultiResolutionHRImageSpliter((side, side), side)
+    config = {"patch": dict(patch_config, percentage=args.plain_percentage),
+              "data": {"mean": data["mean"], "std": data["std"], "batch_size": 4}}
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        trainer = HRTrainer(batch_size=4, tasks=A2OTaskGenerator().create_tasks(train, plan), config=config,
+                            checkpoint_root=folder, log_root=os.path.join(folder, "logs"), vis_root=None,
+                            indexes=plan, pre_ckpt_path=args.pre_ckpt_path, seed=args.seed, image_score="grid_max")
+        plain_bank = trainer.train(train)["jobs"]["task_0"]["bank_size"]
+        train_s = time.perf_counter() - started
+        started = time.perf_counter()
+        samples = list_test_samples(str(data_root), args.category)
+        scores, maps, masks = [], [], []
+        for sample, score, amap in Model.load(folder, args.pre_ckpt_path).predict_samples(samples):
+            mask = sample.with_view(None).load_mask()   # full resolution: the map is upsampled to it
+            scores.append(score)
+            maps.append(cv2.resize(amap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR))
+            masks.append(mask)
     labels = np.asarray([sample.label for sample in samples])
     metrics = evaluate_maps(default_evaluators(args.eval_resize), np.asarray(scores), labels, maps, masks)
     return dict(model=f"whole image at {side}x{side}", **metrics, train_s=train_s,
-                eval_s=time.perf_counter() - started), len(bank)
+                eval_s=time.perf_counter() - started), plain_bank
 
 
 def main():

@@ -3,9 +3,9 @@
 For each backbone (WideResNet50-2 layer2+layer3, MobileNetV2 features.6+features.13, both with the PatchCore
 local aggregation) and input size (224x224 and the 512x512 tile), one image per call:
 
-* MindSpore: ``src.patchcore.build_extractor`` in GRAPH_MODE (BatchNorm folded into the convolutions,
+* MindSpore: ``src.patchcore.extractor.build_extractor`` in GRAPH_MODE (BatchNorm folded into the convolutions,
   as for train/eval/export), ``net(x).asnumpy()``.
-* C++: the same network exported (``mindspore.export`` + ``src.mindir_compat``) and run by
+* C++: the same network exported (``mindspore.export`` + ``src.deploy.mindir_v1``) and run by
   ascend310_infer/build/patchcore_infer on copies of the input; latency.json's per-input predict time.
 * PyTorch: tests/torch_reference.py's architectures (eager, with their BatchNorm layers) run up to the
   deepest tap, with the MindSpore weights copied in before folding and the aggregation as the same
@@ -91,17 +91,17 @@ def mindspore_child(backbone, size, workdir, max_inputs):
     import src  # noqa: F401  (oneDNN ISA before mindspore loads)
     import mindspore as ms
 
-    from src.config import load_config
-    from src.folding import fold_batchnorm
-    from src.mindir_compat import convert_mindir_to_v1
-    from src.model import DEFAULT_LAYERS
-    from src.patchcore import build_extractor
-    from src.pthtockpt import torch_name
+    from src.config.loader import load_config
+    from src.backbones.folding import fold_batchnorm
+    from src.deploy.mindir_v1 import convert_mindir_to_v1
+    from src.backbones.networks import DEFAULT_LAYERS
+    from src.patchcore.extractor import build_extractor
+    from src.backbones.torch_checkpoint import torch_name
 
     ms.set_context(mode=ms.GRAPH_MODE)
     layers = DEFAULT_LAYERS[backbone]
     patch = load_config(overrides=[f"backbone_name={backbone}",
-                                   f"layers_to_extract_from=[{','.join(layers)}]"])["patch"]
+                                   f"layers_to_extract_from=[{','.join(layers)}]"]).patch.to_dict()
     extractor, _ = build_extractor(patch, seed=0, fold_bn=False)
     # Inside the extractor, parameter names carry the cell prefix "backbone.". torch gets the unfolded
     # parameters: its baseline is the eager model with BatchNorm layers.
@@ -334,7 +334,7 @@ def main():
           "target: \"torch ref agg\", the same torch backbone with the authors' unfold / adaptive-pool aggregation "
           f"(tests/torch_reference.py literal_reference). 1-minute load average before/after: "
           f"{load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores.")
-    from src.io_utils import write_json
+    from src.utils.io import write_json
     write_json(args.json, {
         "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats, "warmup": WARMUP,
         "targets": TARGETS,

@@ -22,5 +22,5 @@ for c in "${present[@]}"; do
     failed+=("$c")
   fi
 done
-PYTHONPATH="$here/.." "$here/../.venv/bin/python" -m src.report "$output_dir" "${present[@]}" || exit 2
+PYTHONPATH="$here/.." "$here/../.venv/bin/python" -m src.evaluation.report "$output_dir" "${present[@]}" || exit 2
 if [[ ${#failed[@]} -gt 0 ]]; then echo "error: failed categories: ${failed[*]}" >&2; exit 1; fi

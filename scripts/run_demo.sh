@@ -41,7 +41,7 @@ $py train.py --dataset_path "$data" --category "$category" --output_dir "$out/ra
 $py eval.py --dataset_path "$data" --category "$category" --output_dir "$out/random" --seed 0
 
 echo "== 6/6 report: pretrained vs random features on the same data"
-$py -m src.report --json "$out/comparison.json" --compare \
+$py -m src.evaluation.report --json "$out/comparison.json" --compare \
   "mobilenet_v2 (ImageNet)=$out/pretrained/$category/eval/metrics.json" \
   "mobilenet_v2 (ImageNet), C++ runner=$out/infer/$category/acc_$category.json" \
   "wideresnet50 (random)=$out/random/$category/eval/metrics.json"

@@ -49,7 +49,7 @@ mkdir -p "$work"
 # Checks the models and banks against export.json (sha256) before anything runs. One runner job per line:
 # a plain export has one; a high-resolution export one per task folder and one for the thumbnail, each with
 # its own bank, so every patch score is computed in C++ (except for fused tiles).
-jobs="$(cd "$root" && "$PYTHON" -m src.deploy runner_jobs "$export_dir/$(basename "$mindir")" "$inputs" "$results" \
+jobs="$(cd "$root" && "$PYTHON" -m src.app.runner_jobs "$export_dir/$(basename "$mindir")" "$inputs" "$results" \
     "$save_features")" || exit 2
 mapfile -t jobs <<< "$jobs"
 

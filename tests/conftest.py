@@ -1,12 +1,151 @@
-"""Fixtures shared by several test files."""
+"""Fixtures and helpers shared by several test files (tests/unit and tests/integration).
+
+The helpers are plain functions: ``from conftest import ROOT, run_cli, ...`` (pytest puts tests/ on sys.path
+when it loads this file, and pytest.ini lists it in ``pythonpath`` too). Heavy packages (mindspore, numpy,
+src.*) are imported inside the functions that need them, so that loading this file stays cheap.
+"""
+import contextlib
+import hashlib
+import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-RUNNER_DIR = Path(__file__).resolve().parents[1] / "ascend310_infer"
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER_DIR = ROOT / "ascend310_infer"
+
+
+# ------------------------------------------------------------------------------------------ subprocesses
+
+
+def run_cli(script, *args, **kwargs):
+    """``python <ROOT>/<script> args...`` from the repository root, output captured as text."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, **kwargs)
+
+
+def python_command(script, *args):
+    """The argument list of ``python <ROOT>/<script> args...`` (arguments as strings)."""
+    return [sys.executable, str(ROOT / script), *map(str, args)]
+
+
+def run_command(command, **env):
+    """A command (program and arguments, str or paths) from the repository root; ``env`` is added to the
+    environment, with PYTHON set to this interpreter (the shell scripts run it)."""
+    return subprocess.run(list(map(str, command)), capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env=dict(os.environ, PYTHON=sys.executable, **env))
+
+
+# ------------------------------------------------------------------------------------------ command results
+
+
+def one_error_line(result):
+    """The single stderr line starting with ``error:`` of a command that exited with status 2."""
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def assert_one_line_error(result, needle):
+    """Exit status 2 and a single ``error:`` line on stderr, which contains ``needle``."""
+    assert needle in one_error_line(result), result.stderr
+
+
+def error_lines(result):
+    """The stderr lines containing ``error:`` anywhere (also when a program prefixes its messages)."""
+    return [line for line in result.stderr.strip().splitlines() if "error:" in line]
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def digest(path):
+    """sha256 hex digest of a file."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def read_rgb(path):
+    """An image file as RGB (any bit depth), as cv2 reads it unchanged."""
+    import cv2
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1]
+
+
+def leftovers(folder):
+    """Names of staging folders (``.partial-``, ``.old-``) left in ``folder``."""
+    return [name for name in os.listdir(folder) if ".partial-" in name or ".old-" in name]
+
+
+# ------------------------------------------------------------------------------------------ backbones
+
+
+@contextlib.contextmanager
+def context_mode(mode):
+    """MindSpore's execution mode set to ``mode`` for the block."""
+    import mindspore as ms
+    previous = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
+
+
+def assert_parity(net, torch_taps, layers, image):
+    """In PyNative and graph mode, every requested output matches torch to 1e-4 of its largest value."""
+    import mindspore as ms
+    import numpy as np
+    for mode in (ms.PYNATIVE_MODE, ms.GRAPH_MODE):
+        with context_mode(mode):
+            outputs = net(ms.Tensor(image))
+        assert len(outputs) == len(layers)
+        for layer, output in zip(layers, outputs):
+            expected = torch_taps[layer].numpy()
+            actual = output.asnumpy()
+            assert actual.shape == expected.shape, layer
+            scale = float(np.abs(expected).max())
+            assert scale > 0
+            assert float(np.abs(actual - expected).max()) <= 1e-4 * scale, (layer, mode)
+
+
+# ------------------------------------------------------------------------------------------ torch checkpoints
+
+
+def os_system_pickle(marker):
+    """Protocol-0 pickle that would run ``touch marker`` if any unpickler resolved ``os.system``."""
+    return b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR."
+
+
+def write_zip_checkpoint(path, data_pkl, storages=None):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/version", "3\n")
+        for key, raw in (storages or {}).items():
+            archive.writestr(f"archive/data/{key}", raw)
+
+
+def random_state_dict(backbone_name, layers, seed):
+    """numpy {torch key: array} for the backbone, BatchNorm statistics included, plus torch-only extras."""
+    import numpy as np
+    from src.backbones.networks import parameter_shapes
+    from src.backbones.torch_checkpoint import torch_name
+    rng = np.random.default_rng(seed)
+    state = {torch_name(name): rng.standard_normal(shape).astype(np.float32)
+             for name, shape in parameter_shapes(backbone_name, layers).items()}
+    state["features.0.1.num_batches_tracked"] = np.array(9, np.int64)
+    state["classifier.1.weight"] = rng.standard_normal((10, 1280)).astype(np.float32)
+    return state
+
+
+# ------------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,41 @@
+"""What every entry point shares: arguments, logging, MindSpore context and error reporting."""
+import argparse
+import sys
+
+from src.utils.errors import InputError
+from src.utils.device import set_device  # noqa: F401
+from src.utils.logs import logger, logging_to, setup_logging  # noqa: F401  (the entry points' logging)
+
+PRETRAINED_HINT = ("WARNING: no --pre_ckpt_path given: the backbone uses seeded RANDOM weights, so detection is "
+                   "near chance on real defects. Convert torchvision's wide_resnet50_2-95faca4d.pth with "
+                   "'python src/pthtockpt.py --pth_path ...' (or run scripts/get_mobilenet_weights.sh for "
+                   "mobilenet_v2) and pass the .ckpt.")
+
+
+def base_parser(description):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--dataset_path", required=True, help="folder holding MVTec-layout categories")
+    parser.add_argument("--category", required=True, help="category folder name, e.g. screw")
+    parser.add_argument("--output_dir", default="output", help="where <category>/ is written (default: output)")
+    parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    parser.add_argument("--device_id", type=int, default=0)
+    parser.add_argument("--pre_ckpt_path", default=None, help="backbone .ckpt (src/pthtockpt.py); "
+                                                                  "omitted: seeded random weights")
+    parser.add_argument("--config", default=None, help="YAML config (default: configs/patchcore.yaml)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds init, projection, coreset start")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. -o percentage=0.01 (repeatable)")
+    return parser
+
+
+def run(main):
+    """Run ``main()``; bad input becomes one line on stderr and exit code 2."""
+    try:
+        code = main()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,76 @@
+"""Configuration files: a YAML file of sections over the defaults of ``configs/patchcore.yaml``, then ``-o key=value``
+overrides; the result is parsed once into a typed ``Config`` (``src/config/schema.py``)."""
+import os
+
+import yaml
+
+from src.config.schema import Config
+from src.utils.errors import InputError
+
+DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                   "configs", "patchcore.yaml")
+
+
+def _read_yaml(path):
+    if not os.path.isfile(path):
+        raise InputError(path, "config file not found")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"invalid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "a config file must hold a mapping of sections")
+    return data
+
+
+def _merge(base, update, source):
+    for key, value in update.items():
+        if key not in base:
+            raise InputError(source, f"unknown config entry '{key}'")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise InputError(source, f"config entry '{key}' must be a mapping")
+            _merge(base[key], value, source)
+        else:
+            base[key] = value
+
+
+def _find_key(config, dotted):
+    """Resolve ``section.key`` or a leaf name that is unique across sections."""
+    if "." in dotted:
+        section, key = dotted.split(".", 1)
+        if section in config and isinstance(config[section], dict) and key in config[section]:
+            return config[section], key
+    else:
+        owners = [sec for sec in config.values() if isinstance(sec, dict) and dotted in sec]
+        if len(owners) == 1:
+            return owners[0], dotted
+        if len(owners) > 1:
+            raise InputError(f"-o {dotted}", "ambiguous config entry: write it as section.key")
+    raise InputError(f"-o {dotted}", "unknown config entry")
+
+
+def apply_overrides(config, overrides):
+    """Apply ``key=value`` strings; values are parsed as YAML (``0.01``, ``[layer2, layer3]``, ``true``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise InputError(f"-o {item}", "an override must look like key=value")
+        dotted, raw = item.split("=", 1)
+        section, key = _find_key(config, dotted.strip())
+        try:
+            section[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise InputError(f"-o {item}", "value is not valid YAML") from None
+    return config
+
+
+def load_config(path=None, overrides=None):
+    """Defaults, then the user's file (if any), then overrides; parsed and validated once into a ``Config``."""
+    config = _read_yaml(DEFAULT_CONFIG_PATH)
+    if path:
+        _merge(config, _read_yaml(path), path)
+    apply_overrides(config, overrides)
+    if not config["hr"]["enabled"]:
+        del config["hr"]  # plain mode: the config (and bank.json) look exactly as without the section
+    return Config.from_dict(config, path or DEFAULT_CONFIG_PATH)

@@ -1,0 +1,135 @@
+"""The configuration as typed objects, parsed and validated once (``Config.from_dict``).
+
+The YAML keys are HiAD's and the reference's (``configs/patchcore.yaml`` documents every entry); ``-o key=value``
+overrides apply to the raw mapping before it is parsed (``src/config/loader.py``). ``Config.to_dict()`` gives the
+validated mapping back, as stored in ``model.json``.
+"""
+from dataclasses import dataclass, field
+
+from src.config.hr import check_thumbnail, check_val_config, validate_hr
+from src.data.sample import as_width_height
+from src.tiling.plan import check_fusion_weights
+from src.utils.errors import InputError
+
+SECTIONS = ("patch", "data", "postprocess")
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """The ``patch`` section: the network, its aggregation and the memory bank."""
+    backbone_name: str
+    layers_to_extract_from: tuple
+    merge_size: int
+    percentage: float
+    pretrain_embed_dimension: int
+    target_embed_dimension: int
+    sampler: str
+    anomaly_scorer_num_nn: int
+
+    @classmethod
+    def from_dict(cls, patch, source):
+        if not 0 < float(patch["percentage"]) <= 1:
+            raise InputError(source, "percentage must be in (0, 1]")
+        if int(patch["merge_size"]) < 1 or int(patch["merge_size"]) % 2 == 0:
+            raise InputError(source, "merge_size must be a positive odd number")
+        for key in ("pretrain_embed_dimension", "target_embed_dimension", "anomaly_scorer_num_nn"):
+            if int(patch[key]) < 1:
+                raise InputError(source, f"{key} must be a positive integer")
+        if not patch["layers_to_extract_from"]:
+            raise InputError(source, "layers_to_extract_from must name at least one layer")
+        return cls(**{**patch, "layers_to_extract_from": tuple(patch["layers_to_extract_from"])})
+
+    def to_dict(self):
+        """The section as the detectors, extractors and bank files take it."""
+        return {"backbone_name": self.backbone_name, "layers_to_extract_from": list(self.layers_to_extract_from),
+                "merge_size": self.merge_size, "percentage": self.percentage,
+                "pretrain_embed_dimension": self.pretrain_embed_dimension,
+                "target_embed_dimension": self.target_embed_dimension, "sampler": self.sampler,
+                "anomaly_scorer_num_nn": self.anomaly_scorer_num_nn}
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The ``data`` section: the 224-pixel model's view, the input normalisation and the batch size."""
+    resize: int
+    imagesize: int
+    mean: tuple
+    std: tuple
+    batch_size: int
+
+    @classmethod
+    def from_dict(cls, data, source):
+        if int(data["imagesize"]) > int(data["resize"]):
+            raise InputError(source, "imagesize (the centre crop) cannot exceed resize")
+        if len(data["mean"]) != 3 or len(data["std"]) != 3 or min(data["std"]) <= 0:
+            raise InputError(source, "mean and std need three values each, std > 0")
+        if int(data["batch_size"]) < 1:
+            raise InputError(source, "batch_size must be a positive integer")
+        return cls(int(data["resize"]), int(data["imagesize"]), tuple(data["mean"]), tuple(data["std"]),
+                   int(data["batch_size"]))
+
+
+@dataclass(frozen=True)
+class ThumbnailSettings:
+    """``hr.thumbnail``: the whole image at ``size`` = (w, h) with a bank of its own, merged by ``merge``;
+    ``patch`` holds the patch entries it sets differently from the tiles."""
+    size: tuple
+    merge: str
+    patch: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    """The ``hr`` section (high-resolution mode), validated against the rest of the config."""
+    image_size: tuple
+    patch_size: tuple
+    stride: tuple
+    ds_factors: tuple
+    fusion_weights: tuple
+    task_generator: str
+    task_generator_params: dict
+    workers: int
+    thumbnail: ThumbnailSettings
+    val_config: dict
+    image_score_window: int
+    eval_resize: int
+    vis_size: int
+
+    @classmethod
+    def from_dict(cls, hr, source):
+        def size(value, name):
+            return None if value is None else as_width_height(value, name)
+        thumbnail = check_thumbnail(hr["thumbnail"], hr["val_config"] is not None)
+        weights = check_fusion_weights(hr["fusion_weights"], hr["ds_factors"])
+        return cls(size(hr["image_size"], "hr.image_size"), as_width_height(hr["patch_size"], "hr.patch_size"),
+                   size(hr["stride"], "hr.stride"), None if hr["ds_factors"] is None else tuple(hr["ds_factors"]),
+                   None if weights is None else tuple(weights), hr["task_generator"],
+                   dict(hr["task_generator_params"] or {}), hr["workers"],
+                   None if thumbnail is None else ThumbnailSettings(
+                       tuple(thumbnail["thumbnail_size"]), thumbnail["merge"],
+                       {k: v for k, v in thumbnail.items() if k not in ("thumbnail_size", "merge")}),
+                   check_val_config(hr["val_config"]), hr["image_score_window"], hr["eval_resize"], hr["vis_size"])
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated config. ``hr`` is None for the 224-pixel model."""
+    patch: PatchSettings
+    data: DataSettings
+    postprocess: dict
+    hr: TilingSettings
+    raw: dict   # the validated mapping (model.json's "config")
+
+    @classmethod
+    def from_dict(cls, raw, source):
+        """Parse and validate ``raw`` (sections patch, data, postprocess and optional hr); InputError on ``source``."""
+        patch = PatchSettings.from_dict(raw["patch"], source)
+        data = DataSettings.from_dict(raw["data"], source)
+        hr = None
+        if "hr" in raw:
+            validate_hr(raw, source)
+            hr = TilingSettings.from_dict(raw["hr"], source)
+        return cls(patch, data, dict(raw["postprocess"]), hr, raw)
+
+    def to_dict(self):
+        return self.raw

@@ -1,0 +1,90 @@
+"""postprocess.py's work: the C++ runner's outputs -> score grids -> maps, image scores and metrics.
+
+Each task folder's score grids (the runner's ``<stem>_scores.npy``, or its features scored here with the task's
+bank) go through the task's normaliser and are composed with ``src.patchcore.scoring`` exactly as
+``Model.predict`` composes them, so the numbers are eval.py's. Fused tiles: the runner only computes the
+features of every level, fused here with ``fuse_levels`` and scored in Python.
+"""
+import os
+
+import numpy as np
+
+from src.data.sample import view_from_dict
+from src.deploy.package import job_path, one_source, runner_features, score_grids, scoring_jobs, verify_files
+from src.evaluation.evaluate import default_evaluators, evaluate_maps
+from src.patchcore.detector import PatchCoreDetector
+from src.patchcore.featurizer import fuse_levels
+from src.patchcore.scoring import ImageScore, compose_anomaly_map
+from src.tiling.plan import TileIndex
+
+
+def file_stem(file):
+    return os.path.splitext(os.path.basename(file))[0]
+
+
+def input_features(folder, entry, job, weights):
+    """The runner's [1, D, h, w] features of one input; a fused tile's levels fused as the Featurizer does."""
+    if "context_files" not in entry:
+        return runner_features(folder, file_stem(entry["file"]), job)
+    files = [entry["file"]] + entry["context_files"]
+    levels = [None if weight == 0 else runner_features(folder, file_stem(file), job)
+              for file, weight in zip(files, weights)]
+    return fuse_levels(levels, [TileIndex.from_dict(entry["tile"])], weights)
+
+
+def job_grids(job, entries, export_dir, result_path, weights):
+    """(normalised [h, w] score grid per input of ``entries``, "cpp"|"python") of one scoring job."""
+    folder, bank_dir = job_path(result_path, job), job_path(export_dir, job)
+
+    def python_scores():
+        """Fused tiles, or the runner run without --bank_path: scored with the task's bank."""
+        detector = PatchCoreDetector.load(bank_dir)
+        return [detector.patch_scores(input_features(folder, entry, job, weights))[0] for entry in entries]
+
+    raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in entries], job, python_scores)
+    # The normaliser is in bank.json: the index is read only when Python scores.
+    return PatchCoreDetector.load(bank_dir, index=False).normalize(np.stack(raw)), source
+
+
+def anomaly_maps(meta, export_dir, result_path, items):
+    """(image scores, [H, W] maps, "cpp"|"python") from the runner's outputs: per-tile score grids -> the
+    task's normaliser -> compose_anomaly_map -> the image-score policy, as Model.predict does."""
+    hr = meta["hr"]
+    image_score = ImageScore.from_dict(hr["image_score"])
+    entries = {job["name"]: [] for job in scoring_jobs(meta)}
+    for item, _ in items:
+        for entry in item["inputs"]:
+            entries[entry["task"]].append(entry)
+    jobs = [job for job in scoring_jobs(meta) if entries[job["name"]]]  # a routed task may have received no tile
+    # Only bank.json against export.json: PatchCoreDetector.load checks an index it reads against bank.json's sha256
+    # (the same digest), so an index is hashed once.
+    verify_files(export_dir, meta, [job["bank_metadata"] for job in jobs])
+    grids, sources = {}, []
+    for job in jobs:
+        job_scores, source = job_grids(job, entries[job["name"]], export_dir, result_path, hr.get("fusion_weights"))
+        grids[job["name"]] = iter(job_scores)
+        sources.append(source)
+    scores, maps = [], []
+    for item, _ in items:
+        tile_grids, thumbnail = [], None
+        for entry in item["inputs"]:
+            grid = next(grids[entry["task"]])
+            if entry["tile"] is None:
+                thumbnail = grid
+            else:
+                tile_grids.append((TileIndex.from_dict(entry["tile"]), grid))
+        amap = compose_anomaly_map(tile_grids, tuple(hr["image_size"]), thumbnail, hr["thumbnail_merge"],
+                                   hr["gaussian_sigma"])
+        grids_of_image = [grid for _, grid in tile_grids] + ([] if thumbnail is None else [thumbnail])
+        scores.append(image_score(amap, grids_of_image))
+        maps.append(amap)
+    return np.asarray(scores, np.float64), maps, one_source(sources, result_path)
+
+
+def evaluate(meta, export_dir, result_path, items):
+    """(image scores, metrics, score source) with eval.py's evaluators (pixel metrics at eval_resize)."""
+    scores, maps, source = anomaly_maps(meta, export_dir, result_path, items)
+    view = view_from_dict(meta["preprocess"]["view"])
+    masks = [sample.with_view(view).load_mask() for _, sample in items]
+    labels = np.asarray([sample.label for _, sample in items])
+    return scores, evaluate_maps(default_evaluators(meta["hr"]["eval_resize"]), scores, labels, maps, masks), source

@@ -1,0 +1,176 @@
+"""A trained model, loaded for scoring: ``model.json`` + ``tasks.json`` + one verified bank per task.
+
+Every trained model folder, tiled or not, has the same layout: ``model.json`` (the manifest: format version,
+config, the image view, tile plan and tasks file, every bank's fingerprint and sha256, normalisers via the
+banks, image-score policy, thresholds, backbone checkpoint sha256, versions), ``tasks.json`` (the plan and
+which task scores which tile), ``task_<k>/`` (``faiss.index`` + ``bank.json``) and, with a thumbnail branch,
+``thumbnail/``. A 224-pixel model is the one-tile case: a ``ResizeCrop`` view, one tile covering it, one task,
+no thumbnail and the ``grid_max`` image score.
+
+For one image (``src/patchcore/scoring.py``): tiles go to their task (fixed by the plan, or for Retrieve
+tasks to the nearest cluster centre), each task's bank gives a patch-score grid through the task's
+normaliser, the grids are composed into one full-resolution map and the image score follows the model's
+policy. Images are batched ``batch_size`` network inputs at a time across images.
+"""
+import os
+
+
+from src.data.sample import view_from_dict
+from src.patchcore.detector import PatchCoreDetector
+from src.patchcore.extractor import build_extractor, check_backbone_checkpoint, extractor_key
+from src.patchcore.featurizer import Featurizer
+from src.patchcore.scoring import ImageScore, compose_anomaly_map
+from src.tiling.plan import WholeImage
+from src.tiling.tasks import assign_tiles, load_tasks, routing_generator
+from src.utils.errors import InputError
+from src.utils.io import read_json
+
+MODEL_FILE = "model.json"
+MODEL_FORMAT = "patchcore-ms/model"
+MODEL_VERSION = 2
+TASKS_FILE = "tasks.json"
+THUMBNAIL = "thumbnail"
+# What models written before model.json left in their folder.
+LEGACY_FILES = ("hr_model.json", "bank.json")
+
+
+def is_model_folder(folder):
+    """True when ``folder`` holds a trained (or partly trained) model of any version."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in (MODEL_FILE, TASKS_FILE) + LEGACY_FILES)
+
+
+class Model:
+    """A trained model, loaded for scoring. Build it with :meth:`load`."""
+
+    def __init__(self, meta, tasks, indexes, detectors, featurizers, task_generator=None):
+        self.meta, self.tasks, self.indexes = meta, tasks, indexes
+        self.detectors, self.featurizers = detectors, featurizers
+        self.view = view_from_dict(meta["view"])
+        self.image_size = tuple(meta["image_size"])
+        self.settings = meta["inference"]
+        self.image_score = ImageScore.from_dict(meta["image_score"])
+        self.batch_size = int(meta["batch_size"])
+        self.task_generator = task_generator or routing_generator(meta.get("task_generator"), tasks,
+                                                                  meta["fusion_weights"])
+
+    @classmethod
+    def load(cls, checkpoint_root, pre_ckpt_path=None, task_generator=None, extractors=None):
+        """Read ``model.json``, ``tasks.json`` and every verified bank; build the feature extractors.
+
+        ``pre_ckpt_path`` must be the backbone the model was trained with (checked by sha256).
+        ``extractors``: an optional {patch-config key: extractor} cache shared with the caller.
+        """
+        meta = cls.read_meta(checkpoint_root)
+        check_backbone_checkpoint(meta, pre_ckpt_path)
+        tasks, indexes = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
+        detectors = load_detectors(checkpoint_root, meta)
+        extractors = {} if extractors is None else extractors
+        return cls(meta, tasks, indexes, detectors, make_featurizers(detectors, meta, pre_ckpt_path, extractors),
+                   task_generator)
+
+    @staticmethod
+    def read_meta(checkpoint_root):
+        """The contents of ``model.json`` (an InputError when training has not finished or the folder holds
+        a model of an older version)."""
+        meta_path = os.path.join(checkpoint_root, MODEL_FILE)
+        if not os.path.isfile(meta_path):
+            legacy = [name for name in LEGACY_FILES if os.path.isfile(os.path.join(checkpoint_root, name))]
+            if legacy:
+                raise InputError(os.path.join(checkpoint_root, legacy[0]), "a model of an older version (before "
+                                 f"{MODEL_FILE}): retrain it with train.py")
+            hint = " (training did not finish: run it again to resume)" if os.path.isfile(
+                os.path.join(checkpoint_root, TASKS_FILE)) else " (train it first)"
+            raise InputError(meta_path, f"no trained model here{hint}")
+        meta = read_json(meta_path, "model file")
+        if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_VERSION:
+            raise InputError(meta_path, f"not a model file of version {MODEL_VERSION} (format "
+                                        f"{meta.get('format')!r}, version {meta.get('version')!r}): retrain it")
+        return meta
+
+    def prepare(self, sample):
+        """``sample`` seen through the model's view (a sample with a view of its own is kept as it is)."""
+        return sample if sample.view is not None else sample.with_view(self.view)
+
+    def assignment(self, image):
+        """[(task, [tiles])] for one image (see :func:`src.tiling.tasks.assign_tiles`)."""
+        return assign_tiles(image, self.tasks, self.indexes, self.task_generator)
+
+    def grids(self, images):
+        """Per image: ([(TileIndex, normalised grid)], normalised thumbnail grid or None)."""
+        for image in images:
+            check_image_size(image, self.image_size)
+        per_image = [([], None) for _ in images]
+        views = {}
+        for position, image in enumerate(images):
+            for task, tiles in self.assignment(image):
+                views.setdefault(task.name, []).extend((position, image, tile) for tile in tiles)
+        for name, entries in views.items():
+            for (position, _, tile), grid in zip(entries, self._scores(name, [(i, t) for _, i, t in entries])):
+                per_image[position][0].append((tile, grid))
+        if THUMBNAIL in self.detectors:
+            whole = WholeImage(tuple(self.settings["thumbnail_size"]))
+            for position, grid in enumerate(self._scores(THUMBNAIL, [(image, whole) for image in images])):
+                per_image[position] = (per_image[position][0], grid)
+        return per_image
+
+    def _scores(self, name, views):
+        detector, featurizer = self.detectors[name], self.featurizers[name]
+        for features in featurizer.view_batches(views):
+            yield from detector.normalize(detector.patch_scores(features))
+
+    def anomaly_map(self, tile_grids, thumbnail_grid):
+        return compose_anomaly_map(tile_grids, self.image_size, thumbnail_grid, self.settings["thumbnail_merge"],
+                                   self.settings["gaussian_sigma"])
+
+    def predict_images(self, images):
+        """[(image score, [H, W] anomaly map)] of HxWx3 uint8 images of the model's size."""
+        results = []
+        for tile_grids, thumbnail in self.grids(images):
+            amap = self.anomaly_map(tile_grids, thumbnail)
+            grids = [grid for _, grid in tile_grids] + ([] if thumbnail is None else [thumbnail])
+            results.append((self.image_score(amap, grids), amap))
+        return results
+
+    def predict(self, image):
+        """(image score, [H, W] anomaly map) of one HxWx3 uint8 image of the model's size."""
+        return self.predict_images([image])[0]
+
+    def predict_samples(self, samples):
+        """Yield (sample, image score, map) for ``samples`` (seen through the model's view), ``batch_size``
+        images at a time."""
+        samples = [self.prepare(sample) for sample in samples]
+        for start in range(0, len(samples), self.batch_size):
+            chunk = samples[start:start + self.batch_size]
+            for sample, (score, amap) in zip(chunk, self.predict_images([s.load_image() for s in chunk])):
+                yield sample, score, amap
+
+
+def load_detectors(checkpoint_root, meta):
+    """{job name: PatchCoreDetector} of every bank in ``model.json``'s jobs, each verified (sha256, fingerprint)."""
+    detectors = {name: PatchCoreDetector.load(os.path.join(checkpoint_root, name)) for name in meta["jobs"]}
+    for name, detector in detectors.items():
+        if detector.metadata.get("fingerprint") != meta["jobs"][name]["fingerprint"]:
+            raise InputError(os.path.join(checkpoint_root, name), "bank belongs to another training run")
+    return detectors
+
+
+def check_image_size(image, image_size):
+    if (image.shape[1], image.shape[0]) != tuple(image_size):
+        raise InputError(f"image is {image.shape[1]}x{image.shape[0]} but the model's tile plan is for "
+                         f"{image_size[0]}x{image_size[1]}: give Sample(image_size=...)")
+
+
+def make_featurizers(detectors, meta, pre_ckpt_path, extractors):
+    """{job: Featurizer} for ``detectors``: the tasks' with the model's fusion weights, the thumbnail's without."""
+    return {name: make_featurizer(detector.patch_config, meta, pre_ckpt_path, extractors,
+                                  meta["fusion_weights"] if name != THUMBNAIL else None)
+            for name, detector in detectors.items()}
+
+
+def make_featurizer(patch_config, meta, pre_ckpt_path, extractors, fusion_weights):
+    """A Featurizer; extractors with the same architecture are built once and shared via ``extractors``."""
+    key = extractor_key(patch_config)
+    if key not in extractors:
+        extractors[key] = build_extractor(patch_config, pre_ckpt_path, meta["seed"])[0]
+    data = meta["data"]
+    return Featurizer(extractors[key], data["mean"], data["std"], meta["batch_size"], fusion_weights)

@@ -1,0 +1,201 @@
+"""PatchCore for one task (HiAD's detector for a group of tiles): fit a memory bank from features, score patches.
+
+``fit`` takes the task's features as a stream of batches and keeps them in one of two ways, chosen by size:
+- up to ``IN_MEMORY_BYTES`` of full-dimensional rows: in one preallocated array, then the sampler's
+  ``run(features)`` (the reference's order of work: project, draw the start points, select);
+- more: every batch is projected to ``PROJECTION_DIM`` dimensions at once into one preallocated array, and the
+  full rows are appended to a float32 spill file; the greedy then selects on the projected rows (in place),
+  and the chosen rows are read back from the spill file with explicit seeks and reads (sorted, consecutive
+  rows in one read), never by mapping the whole file. Peak memory is the projected features plus the
+  sampler's working memory (or, later, the bank), plus one batch: see :func:`estimate_fit_bytes`.
+Both draw from one generator seeded with ``seed``: the projection's weights, then the greedy's start points,
+so the two ways select the same coreset.
+
+The memory bank is ``faiss.index`` + ``bank.json`` (``src/patchcore/memory_bank.py``, sha256-verified on load);
+``bank.json`` also holds the task's score normaliser when a validation set was used.
+"""
+import itertools
+import time
+
+import numpy as np
+
+from src.utils.errors import InputError
+from src.patchcore.aggregation import to_patch_rows
+from src.patchcore.memory_bank import MemoryBank
+from src.patchcore.normalization import ScoreNormalizer
+from src.patchcore.sampling import ApproximateGreedyCoresetSampler, build_sampler
+from src.patchcore.sampling.kcenter_greedy import (estimate_peak_bytes, greedy_coreset_indices, project_rows,
+                                                 projection_weights)
+from src.patchcore.sampling.sampling_def import coreset_size
+
+PROJECTION_DIM = 128
+IN_MEMORY_BYTES = 512 * 2 ** 20
+FLOAT32 = 4
+
+
+def read_rows(path, indices, dim):
+    """Rows ``indices`` (any order, no repeats) of a float32 [N, dim] row-major file, in that order."""
+    indices = np.asarray(indices, np.int64)
+    order = np.argsort(indices, kind="stable")
+    ordered = indices[order]
+    rows = np.empty((len(indices), dim), np.float32)
+    run_starts = np.flatnonzero(np.diff(ordered, prepend=-2) != 1)   # runs of consecutive row numbers
+    run_ends = np.append(run_starts[1:], len(ordered))
+    with open(path, "rb") as f:
+        for start, end in zip(run_starts.tolist(), run_ends.tolist()):
+            f.seek(int(ordered[start]) * dim * FLOAT32)
+            block = np.fromfile(f, np.float32, count=(end - start) * dim)
+            if block.size != (end - start) * dim:
+                raise RuntimeError(f"{path}: spill file ends before row {int(ordered[end - 1])}")
+            rows[order[start:end]] = block.reshape(end - start, dim)
+    return rows
+
+
+def keeps_in_memory(num_patches, dim):
+    """True when ``fit`` keeps the full features in memory (module doc)."""
+    return num_patches * dim * FLOAT32 <= IN_MEMORY_BYTES
+
+
+def estimate_fit_bytes(num_patches, dim, patch_config):
+    """Bytes :meth:`PatchCoreDetector.fit` holds at its peak beyond the runtime and one batch, by component."""
+    percentage = float(patch_config["percentage"])
+    projected_dim = min(dim, PROJECTION_DIM)
+    sampler = build_sampler(patch_config["sampler"], percentage)
+    bank = coreset_size(num_patches, percentage) * dim * FLOAT32
+    if keeps_in_memory(num_patches, dim):
+        features = num_patches * dim * FLOAT32
+        selection = features + sampler.estimate_peak_bytes(num_patches, dim)
+        return {"features": features, "projected_features": num_patches * projected_dim * FLOAT32,
+                "selection": selection, "bank": bank, "peak": max(selection, features + 2 * bank)}
+    if isinstance(sampler, ApproximateGreedyCoresetSampler) and percentage < 1:
+        # the greedy reorders our projected array in place: the estimate's "projected copy" is that array
+        # itself, its temporary is the column slice being reordered.
+        selection = estimate_peak_bytes(num_patches, projected_dim, percentage, PROJECTION_DIM, pruned=True)
+    else:
+        selection = num_patches * projected_dim * FLOAT32 + sampler.estimate_peak_bytes(num_patches, projected_dim)
+    return {"features": 0, "projected_features": num_patches * projected_dim * FLOAT32, "selection": selection,
+            "bank": bank, "peak": max(selection, 2 * bank)}   # bank rows + faiss's copy of them
+
+
+def _rows(feature_batches):
+    """[N, D] patch rows of every [B, D, h, w] batch."""
+    for features in feature_batches:
+        yield to_patch_rows(features)[0]
+
+
+def _fill(batches, num_patches, keep):
+    """``keep(start row, rows)`` for every batch of rows; exactly ``num_patches`` rows in all."""
+    filled = 0
+    for rows in batches:
+        if filled + len(rows) > num_patches:
+            raise RuntimeError(f"more than the announced {num_patches} patches")
+        keep(filled, rows)
+        filled += len(rows)
+    if filled != num_patches:
+        raise RuntimeError(f"{filled} patches extracted, {num_patches} announced")
+
+
+class PatchCoreDetector:
+    """PatchCore for one task: ``fit``, ``patch_scores``, ``normalize``, ``save``/``load``.
+
+    ``patch_config``: the patch section (``percentage``, ``sampler``, ``anomaly_scorer_num_nn``, ...).
+    ``normalizer``: a ScoreNormalizer fitted on validation scores (None: scores stay raw).
+    """
+
+    def __init__(self, patch_config, seed=0):
+        self.patch_config = dict(patch_config)
+        self.seed = int(seed)
+        self.bank = None
+        self.normalizer = None
+
+    def fit(self, feature_batches, num_patches, spill_path):
+        """Build the bank from ``feature_batches`` ([B, D, h, w] arrays) holding ``num_patches`` patches in all.
+
+        ``spill_path``: where full rows go if they are too many to keep in memory (module doc); the caller
+        removes the file if it was written. Returns statistics.
+        """
+        started = time.perf_counter()
+        batches = _rows(feature_batches)
+        first = next(batches)
+        dim = first.shape[1]
+        batches = itertools.chain([first], batches)
+        sampler = build_sampler(self.patch_config["sampler"], float(self.patch_config["percentage"]), self.seed)
+        spilled = not keeps_in_memory(num_patches, dim)
+        if not spilled:
+            features = np.empty((num_patches, dim), np.float32)
+
+            def keep(start, rows):
+                features[start:start + len(rows)] = rows
+            _fill(batches, num_patches, keep)
+            extracted = time.perf_counter()
+            coreset, _ = sampler.run(features)
+            del features
+        else:
+            coreset, extracted = self._fit_spilled(batches, num_patches, dim, sampler, spill_path)
+        self.bank = MemoryBank.from_features(coreset)
+        return {"num_patches": int(num_patches), "dimension": int(dim), "bank_size": len(self.bank),
+                "spilled": spilled, "feature_seconds": round(extracted - started, 3),
+                "coreset_seconds": round(time.perf_counter() - extracted, 3)}
+
+    def _fit_spilled(self, batches, num_patches, dim, sampler, spill_path):
+        """(The coreset rows, selected on projected rows held in memory and read back from the spill file,
+        the time the last batch was written)."""
+        rng = np.random.default_rng(self.seed)
+        weights = projection_weights(dim, PROJECTION_DIM, rng)
+        projected = np.empty((num_patches, min(dim, PROJECTION_DIM)), np.float32)
+        with open(spill_path, "wb") as spill:
+            def keep(start, rows):
+                if weights is None:
+                    projected[start:start + len(rows)] = rows
+                else:
+                    project_rows(rows, weights, out=projected[start:start + len(rows)])
+                rows.tofile(spill)
+            _fill(batches, num_patches, keep)
+        extracted = time.perf_counter()
+        if isinstance(sampler, ApproximateGreedyCoresetSampler) and sampler.percentage < 1:
+            # ``projected`` is ours: the greedy reorders it in place (no copy)
+            indices = greedy_coreset_indices(projected, sampler.percentage, rng, sampler.num_starting_points)
+        else:
+            indices = sampler.run(projected)[1]
+        del projected
+        return read_rows(spill_path, indices, dim), extracted
+
+    def patch_scores(self, features):
+        """[B, D, h, w] features -> [B, h, w] raw patch scores (mean squared distance to the nearest entries)."""
+        rows, (h, w) = to_patch_rows(features)
+        scores = self.bank.patch_scores(rows, int(self.patch_config["anomaly_scorer_num_nn"]))
+        return scores.reshape(len(features), h, w).astype(np.float32)
+
+    def normalize(self, scores):
+        """Scores through the task's normaliser (unchanged without one)."""
+        return scores if self.normalizer is None else self.normalizer.transform(np.asarray(scores, np.float32))
+
+    def save(self, folder, metadata):
+        """Write ``faiss.index`` and ``bank.json`` (``metadata`` + the normaliser) into ``folder``."""
+        self.bank.metadata = dict(metadata, patch_config=self.patch_config, seed=self.seed,
+                                  normalizer=None if self.normalizer is None else self.normalizer.to_dict())
+        self.bank.save(folder)
+
+    @classmethod
+    def load(cls, folder, index=True):
+        """A saved detector; the index is verified against the sha256 in ``bank.json``.
+
+        ``index=False`` reads ``bank.json`` alone: metadata and normaliser, enough for ``normalize`` but not
+        for ``patch_scores``.
+        """
+        bank = MemoryBank.load(folder, index)
+        meta = bank.metadata
+        if "patch_config" not in meta:
+            raise InputError(folder, "bank.json is not a high-resolution task bank (no patch_config)")
+        detector = cls(meta["patch_config"], meta["seed"])
+        detector.bank = bank
+        if meta.get("normalizer") is not None:
+            detector.normalizer = ScoreNormalizer.from_dict(meta["normalizer"])
+        return detector
+
+    @property
+    def metadata(self):
+        return {} if self.bank is None else self.bank.metadata
+
+
+HRPatchCore = PatchCoreDetector  # HiAD's name for the detector class

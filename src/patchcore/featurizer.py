@@ -1,0 +1,109 @@
+"""Patch features of views of an image: tiles (optionally fused with coarser context) and the whole image.
+
+Tiles are fed to the network at their full resolution, so one feature cell covers as many image pixels as
+the backbone's stride. With a multi-resolution plan (``ds_factors``), a tile's coarser region (2**k times
+larger, resized to the tile's size) is run through the same network; the part of its feature map that lies
+over the tile is cut out and bilinearly resized to the tile's own feature grid, and the levels are combined
+as ``sum_k w_k f_k / sum_k w_k`` (``fusion_weights``; dividing by the sum keeps the features' scale, so
+``[1, 1]`` and ``[0.5, 0.5]`` are the same model).
+"""
+import itertools
+
+import numpy as np
+
+
+def interpolation_matrix(out_len, in_len, start, length):
+    """[out_len, in_len] float32 bilinear weights resampling the window [start, start + length) of an axis
+    of ``in_len`` cells to ``out_len`` cells (half-pixel centres, edge values repeated)."""
+    centres = np.clip(start + (np.arange(out_len) + 0.5) * (length / out_len) - 0.5, 0, in_len - 1)
+    left = np.floor(centres).astype(np.int64)
+    right = np.minimum(left + 1, in_len - 1)
+    fraction = (centres - left).astype(np.float32)
+    matrix = np.zeros((out_len, in_len), np.float32)
+    np.add.at(matrix, (np.arange(out_len), left), 1 - fraction)
+    np.add.at(matrix, (np.arange(out_len), right), fraction)
+    return matrix
+
+
+def context_features(features, region, tile, grid):
+    """The part of ``features`` [D, gh, gw] (computed on ``region``, a Box) lying over ``tile`` (a Box inside
+    it), resized to ``grid`` = (h, w): [D, h, w] float32."""
+    _, gh, gw = features.shape
+    rows = interpolation_matrix(grid[0], gh, (tile.y - region.y) * gh / region.height, tile.height * gh / region.height)
+    cols = interpolation_matrix(grid[1], gw, (tile.x - region.x) * gw / region.width, tile.width * gw / region.width)
+    return np.matmul(np.matmul(rows, features), cols.T)
+
+
+def relative_weights(fusion_weights):
+    """``fusion_weights`` divided by their sum."""
+    total = float(sum(fusion_weights))
+    return [w / total for w in fusion_weights]
+
+
+def fuse_levels(level_features, indexes, weights):
+    """``sum_k w_k f_k`` of the tiles ``indexes``: ``level_features[k]`` is [B, D, h, w] computed on level k's
+    views (None where ``weights[k]`` is 0), every view at the tile's size; levels above 0 are cut to the
+    tile's region of their view first. [B, D, h, w] float32."""
+    fused = None
+    for level, (features, weight) in enumerate(zip(level_features, weights)):
+        if weight == 0:
+            continue
+        if level > 0:  # every level's input has the tile's size, hence the tile's feature grid
+            features = np.stack([context_features(f, index.low_resolution_indexes[level - 1], index.main_index,
+                                                  features.shape[2:]) for f, index in zip(features, indexes)])
+        scaled = features if weight == 1 else weight * features
+        fused = scaled if fused is None else fused + scaled
+    return fused
+
+
+def network_input(rgb_images, mean, std):
+    """[B, 3, H, W] float32 network input of equally sized HxWx3 uint8 RGB images: /255, then (x - mean) / std.
+
+    The one definition of the input normalisation: training and inference (Featurizer) and the files
+    preprocess.py writes for the C++ runner all go through it, so the deployed model sees the same numbers.
+    """
+    mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    chunk = np.stack(rgb_images).astype(np.float32)
+    return (chunk.transpose(0, 3, 1, 2) / np.float32(255) - mean) / std
+
+
+class Featurizer:
+    """Backbone features of tiles and thumbnails, ``batch_size`` network inputs at a time.
+
+    ``extractor``: a PatchFeatureExtractor (images [B, 3, H, W] -> [B, D, h, w]); ``mean``/``std``: the
+    input normalisation; ``fusion_weights``: one weight per resolution of the plan, or None (tile only).
+    """
+
+    def __init__(self, extractor, mean, std, batch_size, fusion_weights=None):
+        self.extractor = extractor
+        self.mean, self.std = mean, std
+        self.batch_size = int(batch_size)
+        self.weights = None if fusion_weights is None else relative_weights(fusion_weights)
+
+    def network(self, rgb_images):
+        """[B, D, h, w] float32 features of equally sized HxWx3 uint8 images, run in batches."""
+        import mindspore as ms
+        outputs = []
+        for start in range(0, len(rgb_images), self.batch_size):
+            chunk = network_input(rgb_images[start:start + self.batch_size], self.mean, self.std)
+            outputs.append(self.extractor(ms.Tensor(chunk)).asnumpy())
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def view_batches(self, views):
+        """Yield [B, D, h, w] features of ``views``, ``batch_size`` at a time across images: ``views`` is an
+        iterable of (HxWx3 image, view), a view being a TileIndex or a WholeImage (``src/tiling/plan.py``)."""
+        weights = self.weights or [1.0]
+        batch = []
+        for view in itertools.chain(views, [None]):
+            if view is not None:
+                batch.append(view)
+            if batch and (len(batch) == self.batch_size or view is None):
+                yield self._features(batch, weights)
+                batch = []
+
+    def _features(self, batch, weights):
+        levels = [view.views(image)[:len(weights)] for image, view in batch]
+        features = [None if weight == 0 else self.network([np.ascontiguousarray(v[level]) for v in levels])
+                    for level, weight in enumerate(weights)]
+        return fuse_levels(features, [view for _, view in batch], weights)

@@ -1,0 +1,213 @@
+"""Training jobs: one memory bank each (a task's, or the thumbnail branch's), and how one is trained.
+
+A ``Job`` names its patch config and its views (which tiles of which training images; validation views
+likewise); a ``TrainingRun`` is everything a worker needs to train jobs (plain data: it is sent to spawned
+processes). ``run_jobs`` trains named jobs one after the other in this process, reporting each result; the
+runners (``src/training/runner.py``) decide where that happens. A job's folder is written through a staging
+folder and appears only when complete; its ``bank.json`` records the job's fingerprint (everything the bank
+depends on), so a rerun keeps the banks that verify (:func:`is_complete`).
+"""
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import resource
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from src.inference.model import make_featurizer
+from src.patchcore.memory_bank import METADATA_FILE, sha256_of
+from src.patchcore.normalization import ScoreNormalizer
+from src.patchcore.scoring import cell_labels
+from src.tiling.plan import WholeImage
+from src.utils.errors import InputError
+from src.utils.io import staged_folder
+from src.utils.logs import file_logging
+
+task_logger = logging.getLogger("patchcore.task")  # per-task files only, never the console
+VALIDATION_FILE = "validation.npz"
+SPILL_FILE = "features.f32"
+MIB = 2 ** 20
+FINGERPRINT_VERSION = 2
+
+
+def sha256_json(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def sample_identity(sample):
+    """What a training image's bank contribution depends on: its content and the size it is read at."""
+    content = sha256_of(sample.image_path) if sample.image_path else hashlib.sha256(sample.image.tobytes()).hexdigest()
+    return {"sha256": content, "image_size": sample.image_size}
+
+
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@dataclass(frozen=True)
+class Job:
+    """One bank to train: a task's, or the thumbnail branch's (named ``thumbnail``).
+
+    ``train_views``/``val_views``: ((position in the training samples / validation items, view), ...) where a
+    view is a TileIndex, or a WholeImage (thumbnail); ``fusion_weights``: the levels its views are fused from
+    (None: the view alone).
+    """
+    name: str
+    patch_config: dict
+    train_views: tuple
+    val_views: tuple
+    fusion_weights: list = None
+
+    @property
+    def input_size(self):
+        """(w, h) of the network inputs (every view of a job has the same)."""
+        return self.train_views[0][1].input_size
+
+    def describe(self):
+        def view(entry):
+            return [entry[0], entry[1].to_dict()]
+        return {"name": self.name, "patch_config": self.patch_config, "fusion_weights": self.fusion_weights,
+                "train_views": [view(v) for v in self.train_views], "val_views": [view(v) for v in self.val_views]}
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Everything a worker needs (sent to spawned processes, so plain data only)."""
+    jobs: dict
+    samples: list
+    validation: list
+    grids: dict             # job name -> feature grid (h, w)
+    fingerprints: dict      # job name -> fingerprint
+    checkpoint_root: str
+    log_root: str
+    seed: int
+    pre_ckpt_path: str
+    meta: dict              # data normalisation, batch size, fusion weights, thumbnail size (as in model.json)
+    detector_class: type
+    device: tuple
+
+
+def _grouped(views):
+    """[(position, [indexes])] in order of first appearance."""
+    groups = {}
+    for position, index in views:
+        groups.setdefault(position, []).append(index)
+    return list(groups.items())
+
+
+def job_views(images, groups):
+    """(image, view) of every view of ``groups`` ([(position, [views])]); ``images(position)`` loads one image
+    when its first view is needed."""
+    for position, indexes in groups:
+        image = images(position)
+        for index in indexes:
+            yield image, index
+
+
+def _view_mask(mask, view):
+    if isinstance(view, WholeImage):
+        return mask
+    box = view.main_index
+    return mask[box.y:box.y + box.height, box.x:box.x + box.width]
+
+
+def train_job(run, job, featurizer, log):
+    """Train one job's bank into ``checkpoint_root/<job>`` (through a staging folder). Returns statistics."""
+    started = time.perf_counter()
+    grid = run.grids[job.name]
+
+    groups = _grouped(job.train_views)
+    done = iter(range(1, len(groups) + 1))
+
+    def image(position):
+        log.info("features: image %d of %d", next(done), len(groups))
+        return run.samples[position].load_image()
+
+    detector = run.detector_class(job.patch_config, run.seed)
+    with staged_folder(os.path.join(run.checkpoint_root, job.name)) as stage:
+        spill = os.path.join(stage, SPILL_FILE)
+        stats = detector.fit(featurizer.view_batches(job_views(image, groups)),
+                             len(job.train_views) * grid[0] * grid[1], spill)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(spill)
+        log.info("bank: %d of %d patches (dimension %d) in %.1f s; process peak RSS so far %.0f MiB",
+                 stats["bank_size"], stats["num_patches"], stats["dimension"], time.perf_counter() - started,
+                 peak_rss() / MIB)
+        metadata = {"job": job.name, "fingerprint": run.fingerprints[job.name]}
+        if job.val_views:
+            metadata["validation_sha256"] = score_validation(run, job, detector, featurizer, stage, log)
+        detector.save(stage, metadata)
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    return stats
+
+
+def score_validation(run, job, detector, featurizer, stage, log):
+    """Raw validation grids -> ``validation.npz``; fit the job's normaliser on them. Returns the file's sha256."""
+    grids, items, rows, cols, anomalous = [], [], [], [], []
+    for position, indexes in _grouped(job.val_views):
+        image, mask = run.validation[position].load()
+        scored = [grid for features in featurizer.view_batches([(image, index) for index in indexes])
+                  for grid in detector.patch_scores(features)]
+        for index, grid in zip(indexes, scored):
+            grids.append(grid)
+            items.append(position)
+            rows.append(getattr(index, "row", -1))   # -1: the whole image
+            cols.append(getattr(index, "col", -1))
+            anomalous.append(cell_labels(_view_mask(mask, index), grid.shape))
+    grids, anomalous = np.stack(grids), np.stack(anomalous)
+    detector.normalizer = ScoreNormalizer.fit(grids[~anomalous], anomalous_scores=grids[anomalous])
+    log.info("normaliser from %d normal and %d anomalous validation cells: %s", int((~anomalous).sum()),
+             int(anomalous.sum()), detector.normalizer.to_dict())
+    path = os.path.join(stage, VALIDATION_FILE)
+    np.savez(path, grids=grids, items=np.asarray(items), rows=np.asarray(rows), cols=np.asarray(cols))
+    return sha256_of(path)
+
+
+def run_jobs(run, names, report, extractors=None):
+    """Train ``names`` one after the other, stopping at the first failure. ``report(kind, name, payload)``
+    receives ("done", name, stats), ("error", name, message) for bad input, ("crash", name, message) else."""
+    extractors = {} if extractors is None else extractors
+    for name in names:
+        job = run.jobs[name]
+        with file_logging(task_logger, os.path.join(run.log_root, f"{name}.log")) as log:
+            try:
+                featurizer = make_featurizer(job.patch_config, run.meta, run.pre_ckpt_path, extractors,
+                                             job.fusion_weights)
+                report("done", name, train_job(run, job, featurizer, log))
+            except InputError as exc:
+                log.error("%s", exc)
+                report("error", name, str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 -- a worker cannot raise into the main process
+                log.error("%s", traceback.format_exc())
+                report("crash", name, f"{type(exc).__name__}: {exc} (traceback in "
+                                      f"{os.path.join(run.log_root, name + '.log')})")
+                return
+
+
+def is_complete(folder, fingerprint, detector_class, warn):
+    """The job's ``folder`` holds a bank that verifies (sha256) and was trained with this exact fingerprint;
+    ``warn(message)`` hears why a bank that exists is retrained."""
+    if not os.path.isfile(os.path.join(folder, METADATA_FILE)):
+        return False
+    try:
+        detector = detector_class.load(folder)
+    except InputError as exc:
+        warn(f"{os.path.basename(folder)}: retraining ({exc})")
+        return False
+    meta = detector.metadata
+    if meta.get("fingerprint") != fingerprint:
+        return False
+    validation = os.path.join(folder, VALIDATION_FILE)
+    expected = meta.get("validation_sha256")
+    return expected is None or (os.path.isfile(validation) and sha256_of(validation) == expected)
+
+
+def synthesizer_config(item):
+    config = getattr(item.synthesizer, "config", None)
+    return config() if callable(config) else None

@@ -1,0 +1,72 @@
+"""What a training job costs: its memory estimate (printed before training, with the measured peak after) and
+its work (pixels through the network), used to spread jobs over workers."""
+import logging
+import os
+
+import psutil
+
+from src.patchcore.detector import PROJECTION_DIM, estimate_fit_bytes
+from src.training.jobs import MIB
+
+
+def job_estimate(job, grid, batch_size, image_size):
+    """Bytes the job adds to the runtime: the fit's peak (``estimate_fit_bytes``) plus what one batch leaves
+    resident while features stream in: per input, the features, their patch rows and the framework's copy
+    (x levels with fusion), the input and its normalisation temporaries; plus the decoded image."""
+    dim = int(job.patch_config["target_embed_dimension"])
+    estimate = estimate_fit_bytes(len(job.train_views) * grid[0] * grid[1], dim, job.patch_config)
+    width, height = job.input_size
+    levels = 1 if job.fusion_weights is None else 1 + len(job.fusion_weights)
+    batch = batch_size * (3 * levels * dim * grid[0] * grid[1] + 3 * 3 * width * height) * 4 \
+        + image_size[0] * image_size[1] * 3
+    return dict(estimate, batch=batch, total=estimate["peak"] + batch)
+
+
+def report_memory(estimates, runtime, workers, say):
+    """Print the memory estimate of the largest job to train; choose the worker count. Returns it."""
+    if not estimates:
+        return 0
+    largest = max(estimates, key=lambda n: estimates[n]["total"])
+    e = estimates[largest]
+    per_worker = runtime + e["total"]
+    available = psutil.virtual_memory().available
+    chosen = workers or int(min(len(estimates), os.cpu_count() or 1, max(1, available // per_worker)))
+    patches = e["projected_features"] // (4 * PROJECTION_DIM)
+    held, what = (e["features"], f"features {e['features'] / MIB:.0f} MiB ({patches} patches, kept in memory)") \
+        if e["features"] else (e["projected_features"], f"projected features {e['projected_features'] / MIB:.0f} MiB "
+                                                         f"({patches} patches x {PROJECTION_DIM}, full rows spilled)")
+    say("Memory estimate for %s, the largest of %d jobs to train: %s + coreset selection working memory %.0f MiB "
+        "(then bank %.0f MiB) + one batch %.0f MiB + runtime (MindSpore and model; measured) %.0f MiB = %.0f MiB per "
+        "worker; %.0f MiB available -> %d worker(s)%s", largest, len(estimates), what, (e["peak"] - held) / MIB,
+        e["bank"] / MIB, e["batch"] / MIB, runtime / MIB, per_worker / MIB, available / MIB, chosen,
+        "" if workers is None else " (as requested)")
+    if chosen * per_worker > available:
+        say("Warning: %d workers need about %.0f MiB, more than the %.0f MiB available", chosen,
+            chosen * per_worker / MIB, available / MIB, level=logging.WARNING)
+    return chosen
+
+
+def report_peak(estimates, runtime, peaks, say):
+    """Print the measured peak RSS next to the estimate; returns both for model.json."""
+    if not estimates:
+        return None
+    largest = max(estimates, key=lambda n: estimates[n]["total"])
+    e = estimates[largest]
+    estimate = runtime + e["total"]
+    peak = max(peaks)
+    held = e["features"] or e["projected_features"]   # what the fit keeps: all rows, or their projection
+    data = held + e["bank"]
+    say("Peak RSS %.0f MiB (largest of %d processes) = runtime %.0f MiB (MindSpore, model, one batch; measured "
+        "before training) + training %.0f MiB (%.2f x %s's %s + bank, %.0f MiB); estimate %.0f MiB "
+        "(peak/estimate %.2f)", peak / MIB, len(peaks), runtime / MIB, (peak - runtime) / MIB,
+        (peak - runtime) / data, largest, "features" if e["features"] else "projected features", data / MIB,
+        estimate / MIB, peak / estimate)
+    return {"peak_rss_bytes": peak, "estimate_bytes": estimate, "runtime_bytes": runtime, "largest_job": largest,
+            "largest_job_estimate": e, "training_bytes_over_kept_features_and_bank": (peak - runtime) / data}
+
+
+def job_cost(job):
+    """Estimated work: pixels through the network (each fusion level counts)."""
+    width, height = job.input_size
+    levels = 1 if job.fusion_weights is None else sum(w > 0 for w in job.fusion_weights)
+    return float((len(job.train_views) + len(job.val_views)) * levels * width * height)

@@ -11,7 +11,7 @@ import os
 
 import src  # noqa: F401  (same environment set-up as every entry point)
 from src.app import cli
-from src.evaluation.report import COLUMNS
+from src.evaluation.report import columns_of
 
 
 def parse_args():
@@ -67,7 +67,8 @@ def main():
     scores, metrics, source = evaluate(meta, args.export_dir, args.result_path, items)
 
     line = acc_line(metrics)
-    table = format_table([dict(clsname=args.category, **metrics)], COLUMNS)
+    row = dict(clsname=args.category, **metrics)
+    table = format_table([row], columns_of([row]))
     latency = read_latency(args.result_path, scoring_jobs(meta))
     details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
                + timing_text(latency, len(items), source))

@@ -11,7 +11,15 @@ def main():
     parser = cli.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes for the banks (default: as many as fit in memory)")
+    parser.add_argument("--val_dir", default=None, help="real labelled validation images for the thresholds: good/ "
+                                                        "and one folder per defect type")
+    parser.add_argument("--val_mask_dir", default=None, help="with --val_dir: their masks (<type>/<stem>_mask.png)")
+    parser.add_argument("--check_dataset", action="store_true",
+                        help="only check the dataset: OUTPUT_DIR/CATEGORY/check_dataset/, exit 0 or 2")
     args = parser.parse_args()
+    if args.check_dataset:
+        from src.app.check import check
+        return check(args)
     from src.app.train import train
     from src.config.loader import load_config
     return train(args, load_config(args.config, args.override))

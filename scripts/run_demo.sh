@@ -4,6 +4,7 @@
 # test set; for contrast, train and evaluate with seeded-random WideResNet50 features; print the tables.
 # Then the high-resolution demo (scripts/run_demo_hr.sh): 2048x2048 images with defects a few pixels wide,
 # tiled PatchCore (also exported and run by the C++ runner) vs the same PatchCore on the whole image at 224x224.
+# Last, predict.py inspects a few test images with both models: score, OK/NG, regions, one JSON line each.
 # Everything lands in demo_output/ (git-ignored); the whole run is logged to demo_output/demo.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,4 +48,12 @@ $py -m src.evaluation.report --json "$out/comparison.json" --compare \
   "wideresnet50 (random)=$out/random/$category/eval/metrics.json"
 echo "== high resolution (scripts/run_demo_hr.sh)"
 bash scripts/run_demo_hr.sh "$out/hr"
-echo "demo finished in $(( $(date +%s) - start )) s; pictures: $out/pretrained/$category/eval/vis/, $out/hr/models/"
+echo "== inspect new images (predict.py): score, OK/NG at the model's threshold, regions, one JSON line each"
+$py predict.py --model_dir "$out/pretrained/$category" --output_dir "$out/predict" --print \
+  --input "$data/$category/test/good/000.png" "$data/$category/test/good/001.png" \
+  "$data/$category/test/scratch/000.png" "$data/$category/test/stain/000.png"
+hr_test="$out/hr/data/synthetic_leather_2k/test"
+$py predict.py --model_dir "$out/hr/models/synthetic_leather_2k" --output_dir "$out/hr/predict" --print \
+  --input "$hr_test/good/000.png" "$hr_test/scratch/000.png" "$hr_test/stain/000.png"
+echo "demo finished in $(( $(date +%s) - start )) s; pictures: $out/pretrained/$category/eval/vis/, $out/hr/models/," \
+  "$out/predict/, $out/hr/predict/"

@@ -63,6 +63,14 @@ def error_lines(result):
 # ------------------------------------------------------------------------------------------ files
 
 
+def small_category(root, n_train, category="synthetic_leather"):
+    """A generated 72x72 leather category under ``root`` (3 good and 2 + 2 defective test images); ``root``."""
+    from src.data.synthetic import generate_category
+    generate_category(str(root), category=category, texture="leather", image_size=(72, 72), n_train=n_train,
+                      n_test_good=3, n_test_defect_per_type=2, defect_types=("scratch", "stain"), seed=0)
+    return root
+
+
 def digest(path):
     """sha256 hex digest of a file."""
     with open(path, "rb") as f:

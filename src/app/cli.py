@@ -1,5 +1,6 @@
 """What every entry point shares: arguments, logging, MindSpore context and error reporting."""
 import argparse
+import os
 import sys
 
 from src.utils.errors import InputError
@@ -14,8 +15,15 @@ PRETRAINED_HINT = ("WARNING: no --pre_ckpt_path given: the backbone uses seeded 
 
 def base_parser(description):
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--dataset_path", required=True, help="folder holding MVTec-layout categories")
-    parser.add_argument("--category", required=True, help="category folder name, e.g. screw")
+    parser.add_argument("--dataset_path", default=None, help="folder holding MVTec-layout categories")
+    parser.add_argument("--category", required=True, help="category folder name, e.g. screw (with --train_dir or "
+                                                           "--test_dir: the model's name)")
+    parser.add_argument("--train_dir", default=None, help="instead of the MVTec layout: a folder of good images "
+                                                          "(searched recursively)")
+    parser.add_argument("--test_dir", default=None, help="instead of the MVTec layout: good/ and one folder per "
+                                                         "defect type")
+    parser.add_argument("--mask_dir", default=None, help="with --test_dir: <type>/<stem>_mask.png (or <stem>.png) "
+                                                         "masks; without, image metrics only")
     parser.add_argument("--output_dir", default="output", help="where <category>/ is written (default: output)")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     parser.add_argument("--device_id", type=int, default=0)
@@ -26,6 +34,35 @@ def base_parser(description):
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, e.g. -o percentage=0.01 (repeatable)")
     return parser
+
+
+def training_samples(args):
+    """The training images the arguments name: ``--train_dir``, or the MVTec layout's train/good."""
+    from src.data.folders import folder_train_samples
+    from src.data.mvtec import list_train_samples
+    if args.train_dir:
+        return folder_train_samples(args.train_dir)
+    if not args.dataset_path:
+        raise InputError("--dataset_path", "give --dataset_path (MVTec layout) or --train_dir")
+    return list_train_samples(args.dataset_path, args.category)
+
+
+def test_samples(args):
+    """The labelled test images the arguments name: ``--test_dir`` (+ ``--mask_dir``), or the MVTec layout's."""
+    from src.data.folders import folder_test_samples
+    from src.data.mvtec import list_test_samples
+    if args.test_dir:
+        return folder_test_samples(args.test_dir, args.mask_dir)
+    if args.mask_dir:
+        raise InputError("--mask_dir", "goes with --test_dir")
+    if not args.dataset_path:
+        raise InputError("--dataset_path", "give --dataset_path (MVTec layout) or --test_dir")
+    return list_test_samples(args.dataset_path, args.category)
+
+
+def sample_root(args, samples):
+    """The folder paths in result files are relative to: the dataset or the given folder."""
+    return args.dataset_path or os.path.commonpath([os.path.dirname(s.image_path) for s in samples])
 
 
 def run(main):

@@ -8,8 +8,7 @@ import sys
 
 from src.app import cli
 from src.config.loader import apply_overrides
-from src.data.mvtec import list_test_samples
-from src.evaluation.evaluate import default_evaluators, evaluation_size, run_inference
+from src.evaluation.evaluate import default_evaluators, evaluation_size, run_inference, with_decisions
 from src.inference.model import Model
 from src.utils.errors import InputError
 from src.utils.io import staged_folder, write_json, write_text
@@ -57,7 +56,8 @@ def evaluate(args):
     if args.seed != meta["seed"] and meta["backbone_checkpoint_sha256"] is None:
         raise InputError("--seed", f"the model was trained with random weights of seed {meta['seed']}")
     settings = eval_settings(meta, args.override)
-    listed = list_test_samples(args.dataset_path, args.category)
+    listed = cli.test_samples(args)
+    root = cli.sample_root(args, listed)
     cli.set_device(args.device_target, args.device_id)
     model = Model.load(folder, args.pre_ckpt_path)
     apply_settings(model, settings)
@@ -68,12 +68,14 @@ def evaluate(args):
                 print(cli.PRETRAINED_HINT, file=sys.stderr)
             cli.logger.info("evaluating %s: %d test images, %d tasks, image size %dx%d", args.category, len(listed),
                             len(model.tasks), *model.image_size)
-            results = run_inference(model, listed, default_evaluators(settings["eval_resize"]), clsname=args.category,
+            evaluators = with_decisions(default_evaluators(settings["eval_resize"]), meta.get("thresholds"),
+                                        [sample.defect_type for sample in listed], settings["eval_resize"])
+            results = run_inference(model, listed, evaluators, clsname=args.category,
                                     names=names, results_root=stage, vis_root=os.path.join(stage, "vis"),
                                     vis_size=settings["vis_size"], log=cli.logger)
             write_json(os.path.join(stage, "metrics.json"), dict(category=args.category, **results["metrics"]))
             write_json(os.path.join(stage, "scores.json"), [
-                {"path": os.path.relpath(s.image_path, args.dataset_path), "defect_type": s.defect_type,
+                {"path": os.path.relpath(s.image_path, root), "defect_type": s.defect_type,
                  "label": int(s.label), "image_score": image["image_score"],
                  **{k: v for k, v in image.items() if k == "predicted_anomalous"}}
                 for s, image in zip(listed, results["images"])])

@@ -11,7 +11,7 @@ from src.tiling.tasks import build_task_generator
 from src.data.sample import as_width_height
 from src.tiling.plan import MultiResolutionHRImageSpliter, check_fusion_weights
 
-VAL_CONFIG_KEYS = {"anomaly_syn_fn", "val_sample_ratio", "max_patch_number", "anomaly_ratio"}
+VAL_CONFIG_KEYS = {"anomaly_syn_fn", "val_sample_ratio", "val_images", "max_patch_number", "anomaly_ratio"}
 THUMBNAIL_MERGES = ("max", "mean")
 # Patch-section keys the thumbnail branch may set differently from the tile branch.
 THUMBNAIL_PATCH_KEYS = {"backbone_name", "layers_to_extract_from", "merge_size", "percentage",
@@ -65,13 +65,21 @@ def check_val_config(val_config):
     for spec in synthesizers if isinstance(synthesizers, (list, tuple)) else [synthesizers]:
         as_synthesizer(spec)
     ratio = val_config.get("val_sample_ratio", 0.2)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise InputError("val_config.val_sample_ratio", f"must be in (0, 1), got {ratio!r}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise InputError("val_config.val_sample_ratio", f"must be in [0, 1), got {ratio!r}")
     anomaly_ratio = val_config.get("anomaly_ratio", 0.5)
     if isinstance(anomaly_ratio, bool) or not isinstance(anomaly_ratio, (int, float)) or not 0 <= anomaly_ratio <= 1:
         raise InputError("val_config.anomaly_ratio", f"must be in [0, 1], got {anomaly_ratio!r}")
     _positive_int_or_none(val_config.get("max_patch_number"), "val_config.max_patch_number")
+    _positive_int_or_none(val_config.get("val_images"), "val_config.val_images")
     return val_config
+
+
+def effective_val_config(config):
+    """The validation settings a config trains with: ``hr.val_config`` when a tiled config sets it (HiAD's
+    place), else the top-level ``val_config`` (None: no validation images, no thresholds)."""
+    hr = config.get("hr") or {}
+    return hr.get("val_config") if hr.get("val_config") is not None else config.get("val_config")
 
 
 def validate_hr(config, source):
@@ -90,7 +98,7 @@ def validate_hr(config, source):
         if not isinstance(params, dict):
             raise InputError("hr.task_generator_params", f"must be a mapping, got {params!r}")
         build_task_generator(hr["task_generator"], **params)
-        check_thumbnail(hr["thumbnail"], hr["val_config"] is not None)
+        check_thumbnail(hr["thumbnail"], effective_val_config(config) is not None)
         check_val_config(hr["val_config"])
         for key in ("workers", "image_score_window", "eval_resize", "vis_size"):
             _positive_int_or_none(hr[key], f"hr.{key}")

@@ -37,7 +37,9 @@ def _merge(base, update, source):
 
 
 def _find_key(config, dotted):
-    """Resolve ``section.key`` or a leaf name that is unique across sections."""
+    """Resolve ``section.key``, a whole section (``val_config=null``) or a leaf name that is unique across sections."""
+    if dotted in config:
+        return config, dotted
     if "." in dotted:
         section, key = dotted.split(".", 1)
         if section in config and isinstance(config[section], dict) and key in config[section]:

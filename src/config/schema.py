@@ -6,7 +6,8 @@ validated mapping back, as stored in ``model.json``.
 """
 from dataclasses import dataclass, field
 
-from src.config.hr import check_thumbnail, check_val_config, validate_hr
+from src.config.hr import check_thumbnail, check_val_config, effective_val_config, validate_hr
+from src.patchcore.normalization import parse_threshold_policy
 from src.data.sample import as_width_height
 from src.tiling.plan import check_fusion_weights
 from src.utils.errors import InputError
@@ -90,7 +91,6 @@ class TilingSettings:
     task_generator_params: dict
     workers: int
     thumbnail: ThumbnailSettings
-    val_config: dict
     image_score_window: int
     eval_resize: int
     vis_size: int
@@ -99,7 +99,7 @@ class TilingSettings:
     def from_dict(cls, hr, source):
         def size(value, name):
             return None if value is None else as_width_height(value, name)
-        thumbnail = check_thumbnail(hr["thumbnail"], hr["val_config"] is not None)
+        thumbnail = check_thumbnail(hr["thumbnail"], True)   # validate_hr checked it has a val_config
         weights = check_fusion_weights(hr["fusion_weights"], hr["ds_factors"])
         return cls(size(hr["image_size"], "hr.image_size"), as_width_height(hr["patch_size"], "hr.patch_size"),
                    size(hr["stride"], "hr.stride"), None if hr["ds_factors"] is None else tuple(hr["ds_factors"]),
@@ -108,16 +108,20 @@ class TilingSettings:
                    None if thumbnail is None else ThumbnailSettings(
                        tuple(thumbnail["thumbnail_size"]), thumbnail["merge"],
                        {k: v for k, v in thumbnail.items() if k not in ("thumbnail_size", "merge")}),
-                   check_val_config(hr["val_config"]), hr["image_score_window"], hr["eval_resize"], hr["vis_size"])
+                   hr["image_score_window"], hr["eval_resize"], hr["vis_size"])
 
 
 @dataclass(frozen=True)
 class Config:
-    """A whole validated config. ``hr`` is None for the 224-pixel model."""
+    """A whole validated config. ``hr`` is None for the 224-pixel model; ``val_config`` is the validation the
+    model trains with (``hr.val_config`` or the top-level one; None: none); ``threshold`` the image-threshold
+    policy (``postprocess.threshold``)."""
     patch: PatchSettings
     data: DataSettings
     postprocess: dict
     hr: TilingSettings
+    val_config: dict
+    threshold: str
     raw: dict   # the validated mapping (model.json's "config")
 
     @classmethod
@@ -129,7 +133,13 @@ class Config:
         if "hr" in raw:
             validate_hr(raw, source)
             hr = TilingSettings.from_dict(raw["hr"], source)
-        return cls(patch, data, dict(raw["postprocess"]), hr, raw)
+        try:
+            val_config = check_val_config(effective_val_config(raw))
+            threshold = raw["postprocess"].get("threshold", "f1")
+            parse_threshold_policy(threshold)
+        except InputError as exc:
+            raise InputError(source, str(exc)) from None
+        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, raw)
 
     def to_dict(self):
         return self.raw

@@ -27,13 +27,16 @@ from PIL import Image, UnidentifiedImageError
 
 from src.utils.errors import InputError
 
+# A truncated file is reported once, as an InputError naming it, not also by OpenCV's own warning on stderr.
+cv2.setLogLevel(2)  # 2: errors only (OpenCV LOG_LEVEL_ERROR)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_NAME = "<array>"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PIL_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
 
 
-def _read_raw(path):
+def raw_pixels(path):
     """Decoded pixels as stored: HxW or HxWxC (C=2/3/4, colour in BGR order for OpenCV), uint8/uint16/..."""
     if not os.path.isfile(path):
         raise InputError(path, "file not found")
@@ -72,7 +75,7 @@ def _raw_to_rgb(raw, name):
     raise InputError(name, f"unsupported image with {pixels.shape[2]} channels")
 
 
-def _raw_to_binary(raw):
+def binary_pixels(raw):
     """Defect wherever any colour channel is non-zero (alpha ignored), on the raw values."""
     if raw.ndim == 3:
         raw = raw[..., 0] if raw.shape[2] <= 2 else raw[..., :3].max(axis=2)
@@ -124,6 +127,11 @@ class Resize:
     def mask(self, binary):
         return _resize(binary, self.size, cv2.INTER_NEAREST)
 
+    def to_original(self, box, original_size):
+        """A box [x, y, w, h] of the viewed image in the stored image's pixels (rounded outward)."""
+        sx, sy = original_size[0] / self.size[0], original_size[1] / self.size[1]
+        return _scaled_box(box, sx, sy, 0, 0)
+
     def to_dict(self):
         return {"name": "resize", "size": list(self.size)}
 
@@ -143,14 +151,22 @@ class ResizeCrop:
     def output_size(self, original_size):
         return self.crop, self.crop
 
+    def _resized_size(self, width, height):
+        return (self.resize, max(1, round(height * self.resize / width))) if width <= height else \
+            (max(1, round(width * self.resize / height)), self.resize)
+
     def _apply(self, pixels, resample):
         img = Image.fromarray(pixels)
-        w, h = img.size
-        new = (self.resize, max(1, round(h * self.resize / w))) if w <= h else \
-            (max(1, round(w * self.resize / h)), self.resize)
+        new = self._resized_size(*img.size)
         img = img.resize(new, resample)
         left, top = (new[0] - self.crop) // 2, (new[1] - self.crop) // 2
         return np.asarray(img.crop((left, top, left + self.crop, top + self.crop)))
+
+    def to_original(self, box, original_size):
+        """A box [x, y, w, h] of the viewed (resized, cropped) image in the stored image's pixels."""
+        new = self._resized_size(*original_size)
+        left, top = (new[0] - self.crop) // 2, (new[1] - self.crop) // 2
+        return _scaled_box(box, original_size[0] / new[0], original_size[1] / new[1], left, top)
 
     def image(self, rgb):
         return np.ascontiguousarray(self._apply(rgb, Image.BILINEAR))
@@ -163,6 +179,13 @@ class ResizeCrop:
 
     def __repr__(self):
         return f"ResizeCrop({self.resize}, {self.crop})"
+
+
+def _scaled_box(box, sx, sy, dx, dy):
+    x, y, w, h = box
+    x0, y0 = int(np.floor((x + dx) * sx)), int(np.floor((y + dy) * sy))
+    x1, y1 = int(np.ceil((x + dx + w) * sx)), int(np.ceil((y + dy + h) * sy))
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def view_from_dict(data):
@@ -244,7 +267,7 @@ class Sample:
             with Image.open(self.image) as img:
                 return img.size
         except _PIL_ERRORS:
-            raw = _read_raw(self.image)  # a format only OpenCV reads
+            raw = raw_pixels(self.image)  # a format only OpenCV reads
             return raw.shape[1], raw.shape[0]
 
     def output_size(self):
@@ -253,7 +276,7 @@ class Sample:
 
     def load_image(self):
         """HxWx3 uint8 RGB through the view (a fresh array; the caller's array is never modified)."""
-        rgb = _raw_to_rgb(_read_raw(self.image), self.image) if isinstance(self.image, str) else self.image
+        rgb = _raw_to_rgb(raw_pixels(self.image), self.image) if isinstance(self.image, str) else self.image
         viewed = self.view.image(rgb) if self.view else rgb
         return viewed.copy() if viewed is self.image else viewed
 
@@ -263,7 +286,7 @@ class Sample:
             w, h = self.output_size()
             return np.zeros((h, w), np.uint8)
         name = self.mask_path or f"{ARRAY_NAME} (mask)"
-        binary = _raw_to_binary(_read_raw(self.mask) if isinstance(self.mask, str) else self.mask)
+        binary = binary_pixels(raw_pixels(self.mask) if isinstance(self.mask, str) else self.mask)
         size = self.original_size()
         if (binary.shape[1], binary.shape[0]) != size:
             raise InputError(name, f"mask size {binary.shape[1]}x{binary.shape[0]} differs from its image "

@@ -11,7 +11,7 @@ import numpy as np
 
 from src.data.sample import view_from_dict
 from src.deploy.package import job_path, one_source, runner_features, score_grids, scoring_jobs, verify_files
-from src.evaluation.evaluate import default_evaluators, evaluate_maps
+from src.evaluation.evaluate import default_evaluators, evaluate_maps, with_decisions
 from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.featurizer import fuse_levels
 from src.patchcore.scoring import ImageScore, compose_anomaly_map
@@ -87,4 +87,7 @@ def evaluate(meta, export_dir, result_path, items):
     view = view_from_dict(meta["preprocess"]["view"])
     masks = [sample.with_view(view).load_mask() for _, sample in items]
     labels = np.asarray([sample.label for _, sample in items])
-    return scores, evaluate_maps(default_evaluators(meta["hr"]["eval_resize"]), scores, labels, maps, masks), source
+    hr = meta["hr"]
+    evaluators = with_decisions(default_evaluators(hr["eval_resize"]), hr.get("thresholds"),
+                                [sample.defect_type for _, sample in items], hr["eval_resize"])
+    return scores, evaluate_maps(evaluators, scores, labels, maps, masks), source

@@ -10,7 +10,8 @@ import time
 import cv2
 import numpy as np
 
-from src.evaluation.metrics import compute_imagewise_metrics, compute_pixelwise_metrics, format_table, mean_row
+from src.evaluation.metrics import (compute_imagewise_metrics, compute_pixelwise_metrics, decision_metrics, format_table,
+                                    mean_row)
 from src.evaluation.visualize import comparison_picture, save_picture
 from src.patchcore.normalization import Thresholds
 from src.utils.errors import InputError
@@ -31,6 +32,15 @@ def evaluation_size(model_meta):
     return hr.get("eval_resize", 512)
 
 
+def with_decisions(evaluators, thresholds, defect_types, resize):
+    """``evaluators`` and, when the model has ``thresholds``, the decisions it makes at them
+    (``decision_metrics``): AUROC ranks, users decide."""
+    if not thresholds:
+        return list(evaluators)
+    return list(evaluators) + [functools.partial(decision_metrics, thresholds=thresholds, defect_types=defect_types,
+                                                 resize=resize)]
+
+
 def evaluate_maps(evaluators, scores, labels, maps, masks):
     """The evaluators' metrics merged into one dict (HiAD's ``ev(scores, labels, maps, masks) -> dict``)."""
     metrics = {}
@@ -48,7 +58,8 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
                   results_root=None, vis_root=None, vis_size=1024, log=None):
     """Score ``samples``; either return (image_scores, anomaly_maps) or evaluate, print and save the results.
 
-    Evaluators follow HiAD: ``ev(prediction_scores, gt_labels, prediction_masks, gt_masks) -> dict``.
+    Evaluators follow HiAD: ``ev(prediction_scores, gt_labels, prediction_masks, gt_masks) -> dict``; None: the
+    defaults at the model's evaluation size, with the decisions at its thresholds (``with_decisions``).
     Returns {"metrics", "images" (per-image name, label, score), "table"}, or the pair when ``return_results_only``.
     """
     started = time.perf_counter()
@@ -75,12 +86,15 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
     if return_results_only:
         return scores, maps
     labels = np.asarray([sample.label for sample in samples])
-    metrics = evaluate_maps(evaluators if evaluators is not None else default_evaluators(), scores, labels, maps, masks)
-    columns = ["clsname"] + list(metrics)
+    thresholds = model.meta.get("thresholds")
+    if evaluators is None:   # the defaults, and the decisions at the model's thresholds
+        evaluators = with_decisions(default_evaluators(evaluation_size(model.meta)), thresholds,
+                                    [sample.defect_type for sample in samples], evaluation_size(model.meta))
+    metrics = evaluate_maps(evaluators, scores, labels, maps, masks)
+    columns = ["clsname"] + [key for key, value in metrics.items() if not isinstance(value, dict)]
     rows = [dict(clsname=clsname, **metrics)]
     table = format_table(rows + [mean_row(rows, columns)], columns)
     print(table)
-    thresholds = model.meta.get("thresholds")
     image_threshold = None if thresholds is None else Thresholds.from_dict(thresholds).image
     per_image = [{"name": name, "label": int(label), "image_score": float(score),
                   **({} if image_threshold is None else {"predicted_anomalous": bool(score >= image_threshold)})}

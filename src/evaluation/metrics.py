@@ -236,3 +236,40 @@ def format_table(rows, columns):
 
     separator = "|" + "|".join(":" + "-" * width + ":" for width in widths) + "|"
     return "\n".join([line(columns), separator] + [line(entries) for entries in cells])
+
+
+DECISION_KEYS = ("image_threshold", "image_precision", "image_recall", "image_fpr", "image_f1_at_threshold",
+                 "pixel_f1_at_threshold")
+
+
+def decision_metrics(prediction_scores, gt_labels, prediction_masks, gt_masks, thresholds=None, defect_types=None,
+                     resize=None, **kwargs):
+    """HiAD-style evaluator of the decisions a model makes at its persisted ``thresholds`` ({"image", "pixel"}):
+    ``DECISION_KEYS`` (an image is NG when its score >= the image threshold; pixel F1 of map >= the pixel
+    threshold, pooled, after ``resize`` as the pixel metrics) and ``recall_per_defect_type`` (``defect_types``:
+    one name per image). Empty without thresholds."""
+    if not thresholds:
+        return {}
+    scores, labels = np.asarray(prediction_scores, np.float64), np.asarray(gt_labels) > 0
+    flagged = scores >= thresholds["image"]
+    tp, fp = int((flagged & labels).sum()), int((flagged & ~labels).sum())
+    fn, tn = int((~flagged & labels).sum()), int((~flagged & ~labels).sum())
+    metrics = {"image_threshold": float(thresholds["image"]),
+               "image_precision": tp / (tp + fp) if tp + fp else None,
+               "image_recall": tp / (tp + fn) if tp + fn else None,
+               "image_fpr": fp / (fp + tn) if fp + tn else None,
+               "image_f1_at_threshold": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+               "pixel_f1_at_threshold": None}
+    if thresholds.get("pixel") is not None and prediction_masks is not None and len(prediction_masks):
+        hit = truth = both = 0
+        for amap, mask in zip(prediction_masks, gt_masks, strict=True):
+            if resize:
+                amap, mask = resize_for_evaluation(amap, mask, int(resize))
+            decided, defect = np.asarray(amap) >= thresholds["pixel"], np.asarray(mask) > 0
+            hit, truth, both = hit + int(decided.sum()), truth + int(defect.sum()), both + int((decided & defect).sum())
+        metrics["pixel_f1_at_threshold"] = 2 * both / (hit + truth) if truth else None   # no defect pixel: undefined
+    if defect_types is not None:
+        types = np.asarray(defect_types)
+        metrics["recall_per_defect_type"] = {
+            str(kind): float(flagged[(types == kind) & labels].mean()) for kind in sorted(set(types[labels].tolist()))}
+    return metrics

@@ -15,13 +15,20 @@ from src.utils.io import write_json, write_text
 from src.evaluation.metrics import METRIC_KEYS, format_table, mean_row
 
 COLUMNS = ["clsname", *METRIC_KEYS]
+# The decisions at each model's threshold, shown beside the rankings when the rows have them.
+DECISION_COLUMNS = ["image_recall", "image_fpr", "pixel_f1_at_threshold"]
 
 
 def read_row(label, metrics_path):
     with open(metrics_path, "r", encoding="utf-8") as f:
         metrics = json.load(f)
     metrics = metrics.get("metrics", metrics)  # postprocess.py's acc_<CATEGORY>.json nests them
-    return dict(clsname=label, **{k: metrics.get(k) for k in COLUMNS[1:]})
+    return dict(clsname=label, **{k: metrics.get(k) for k in COLUMNS[1:] + DECISION_COLUMNS})
+
+
+def columns_of(rows):
+    """COLUMNS, then the decision columns some row has a value for."""
+    return COLUMNS + [key for key in DECISION_COLUMNS if any(row.get(key) is not None for row in rows)]
 
 
 def per_category(output_dir, categories):
@@ -35,8 +42,9 @@ def per_category(output_dir, categories):
     if not rows:
         print(f"error: {output_dir}: no eval/metrics.json for any of {', '.join(categories)}", file=sys.stderr)
         return 2
-    mean = mean_row(rows, COLUMNS)
-    table = format_table(rows + [mean], COLUMNS)
+    columns = columns_of(rows)
+    mean = mean_row(rows, columns)
+    table = format_table(rows + [mean], columns)
     write_text(os.path.join(output_dir, "results.md"), table + "\n")
     write_json(os.path.join(output_dir, "results.json"), {"categories": rows, "mean": mean, "missing": missing})
     print(table)
@@ -53,7 +61,7 @@ def compare(pairs, json_path):
             print(f"error: {path}: metrics file not found", file=sys.stderr)
             return 2
         rows.append(read_row(label, path))
-    print(format_table(rows, COLUMNS))
+    print(format_table(rows, columns_of(rows)))
     if json_path:
         write_json(json_path, rows)
     return 0

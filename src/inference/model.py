@@ -95,8 +95,9 @@ class Model:
         """[(task, [tiles])] for one image (see :func:`src.tiling.tasks.assign_tiles`)."""
         return assign_tiles(image, self.tasks, self.indexes, self.task_generator)
 
-    def grids(self, images):
-        """Per image: ([(TileIndex, normalised grid)], normalised thumbnail grid or None)."""
+    def grids(self, images, exclude_source=None):
+        """Per image: ([(TileIndex, normalised grid)], normalised thumbnail grid or None). ``exclude_source``:
+        a training image's position, to score without the bank entries it contributed (validation)."""
         for image in images:
             check_image_size(image, self.image_size)
         per_image = [([], None) for _ in images]
@@ -105,27 +106,30 @@ class Model:
             for task, tiles in self.assignment(image):
                 views.setdefault(task.name, []).extend((position, image, tile) for tile in tiles)
         for name, entries in views.items():
-            for (position, _, tile), grid in zip(entries, self._scores(name, [(i, t) for _, i, t in entries])):
+            for (position, _, tile), grid in zip(entries, self._scores(name, [(i, t) for _, i, t in entries],
+                                                                       exclude_source)):
                 per_image[position][0].append((tile, grid))
         if THUMBNAIL in self.detectors:
             whole = WholeImage(tuple(self.settings["thumbnail_size"]))
-            for position, grid in enumerate(self._scores(THUMBNAIL, [(image, whole) for image in images])):
+            for position, grid in enumerate(self._scores(THUMBNAIL, [(image, whole) for image in images],
+                                                         exclude_source)):
                 per_image[position] = (per_image[position][0], grid)
         return per_image
 
-    def _scores(self, name, views):
+    def _scores(self, name, views, exclude_source=None):
         detector, featurizer = self.detectors[name], self.featurizers[name]
         for features in featurizer.view_batches(views):
-            yield from detector.normalize(detector.patch_scores(features))
+            yield from detector.normalize(detector.patch_scores(features, exclude_source))
 
     def anomaly_map(self, tile_grids, thumbnail_grid):
         return compose_anomaly_map(tile_grids, self.image_size, thumbnail_grid, self.settings["thumbnail_merge"],
                                    self.settings["gaussian_sigma"])
 
-    def predict_images(self, images):
-        """[(image score, [H, W] anomaly map)] of HxWx3 uint8 images of the model's size."""
+    def predict_images(self, images, exclude_source=None):
+        """[(image score, [H, W] anomaly map)] of HxWx3 uint8 images of the model's size (``exclude_source``: see
+        :meth:`grids`)."""
         results = []
-        for tile_grids, thumbnail in self.grids(images):
+        for tile_grids, thumbnail in self.grids(images, exclude_source):
             amap = self.anomaly_map(tile_grids, thumbnail)
             grids = [grid for _, grid in tile_grids] + ([] if thumbnail is None else [thumbnail])
             results.append((self.image_score(amap, grids), amap))

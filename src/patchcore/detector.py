@@ -107,6 +107,8 @@ class PatchCoreDetector:
         self.seed = int(seed)
         self.bank = None
         self.normalizer = None
+        self.selected = None       # after fit: the coreset's row numbers in the fitted features, in bank order
+        self._without = {}         # source -> the bank without that source's rows (see patch_scores)
 
     def fit(self, feature_batches, num_patches, spill_path):
         """Build the bank from ``feature_batches`` ([B, D, h, w] arrays) holding ``num_patches`` patches in all.
@@ -128,7 +130,7 @@ class PatchCoreDetector:
                 features[start:start + len(rows)] = rows
             _fill(batches, num_patches, keep)
             extracted = time.perf_counter()
-            coreset, _ = sampler.run(features)
+            coreset, self.selected = sampler.run(features)
             del features
         else:
             coreset, extracted = self._fit_spilled(batches, num_patches, dim, sampler, spill_path)
@@ -158,13 +160,29 @@ class PatchCoreDetector:
         else:
             indices = sampler.run(projected)[1]
         del projected
+        self.selected = indices
         return read_rows(spill_path, indices, dim), extracted
 
-    def patch_scores(self, features):
-        """[B, D, h, w] features -> [B, h, w] raw patch scores (mean squared distance to the nearest entries)."""
+    def patch_scores(self, features, exclude_source=None):
+        """[B, D, h, w] features -> [B, h, w] raw patch scores (mean squared distance to the nearest entries).
+
+        ``exclude_source``: score against the bank without the entries that training image contributed (its
+        ``sources`` in ``bank.json``), as if it had been held out: for validation images that are in the bank.
+        """
         rows, (h, w) = to_patch_rows(features)
-        scores = self.bank.patch_scores(rows, int(self.patch_config["anomaly_scorer_num_nn"]))
+        bank = self.bank if exclude_source is None else self._bank_without(int(exclude_source))
+        scores = bank.patch_scores(rows, int(self.patch_config["anomaly_scorer_num_nn"]))
         return scores.reshape(len(features), h, w).astype(np.float32)
+
+    def _bank_without(self, source):
+        if source not in self._without:
+            sources = np.asarray(self.metadata.get("sources", []))
+            if len(sources) != len(self.bank):
+                raise InputError("bank.json", "the bank does not record which training image each entry comes from")
+            keep = sources != source
+            self._without = {source: self.bank if keep.all() else
+                             MemoryBank.from_features(self.bank.index.reconstruct_n(0, len(self.bank))[keep])}
+        return self._without[source]
 
     def normalize(self, scores):
         """Scores through the task's normaliser (unchanged without one)."""

@@ -63,7 +63,8 @@ def _max_f1_threshold(positives, negatives, lower, upper):
 
 @dataclass(frozen=True)
 class ScoreNormalizer:
-    """Monotone map of raw scores to [0, 1] (see the module docstring); build it with :meth:`fit`."""
+    """Monotone map of raw scores to [0, 1] (see the module docstring); build it with :meth:`fit` or
+    :meth:`at_threshold`."""
     low: float
     high: float
     quantiles: tuple = (0.5, 0.99)
@@ -87,6 +88,17 @@ class ScoreNormalizer:
             if decision > low:
                 high, anchored = decision, True
         return cls(low, high, (q_low, q_high), anchored)
+
+    @classmethod
+    def at_threshold(cls, normal_scores, threshold):
+        """The map that puts ``threshold`` at 0.5 and the median of ``normal_scores`` at 0.05: a decision's score.
+        A threshold at or below that median (a model that cannot separate its validation images) keeps the same
+        spread, mirrored below the threshold."""
+        normal = _finite_scores(normal_scores, "normal_scores")
+        if normal.size == 0:
+            raise InputError("normal_scores", "no normal scores to anchor the normalised score")
+        median, threshold = float(np.median(normal)), float(threshold)
+        return cls(median if median < threshold else threshold - (median - threshold), threshold, (0.5, 0.5), True)
 
     @property
     def spread(self):
@@ -186,14 +198,41 @@ class Thresholds:
             raise InputError("thresholds", f"malformed thresholds {data!r} ({exc})") from None
 
 
+THRESHOLD_POLICIES = ("f1", "fpr:<rate>", "manual:<value>")
+
+
+def parse_threshold_policy(policy):
+    """("f1", None), ("fpr", rate in (0, 1)) or ("manual", value) from the config string; InputError else."""
+    text = str(policy).strip()
+    name, _, value = text.partition(":")
+    try:
+        if name == "f1" and not value:
+            return "f1", None
+        if name == "fpr" and 0 < float(value) < 1:
+            return "fpr", float(value)
+        if name == "manual" and np.isfinite(float(value)):
+            return "manual", float(value)
+    except ValueError:
+        pass
+    raise InputError("postprocess.threshold", f"must be one of {', '.join(THRESHOLD_POLICIES)}, got {policy!r}")
+
+
 def choose_thresholds(image_scores_normal, image_scores_anomalous=(), pixel_maps=None, pixel_masks=None,
-                      image_quantile=0.99, pixel_quantile=0.999):
+                      image_quantile=0.99, pixel_quantile=0.999, policy="f1"):
     """Image and pixel thresholds from validation results (see the module docstring).
 
-    ``pixel_maps``/``pixel_masks``: per-image [H, W] maps and 0/1 masks (sizes may differ between images);
-    without them the pixel threshold is None.
+    ``policy`` sets the image threshold: ``f1`` the max-F1 threshold (the ``image_quantile`` of the normal scores
+    when there are no anomalous ones), ``fpr:<rate>`` the (1 - rate) quantile of the normal scores (a target
+    false-alarm rate), ``manual:<value>`` the value itself. ``pixel_maps``/``pixel_masks``: per-image [H, W]
+    maps and 0/1 masks (sizes may differ between images); without them the pixel threshold is None.
     """
-    image, image_f1, image_method = score_threshold(image_scores_normal, image_scores_anomalous, image_quantile)
+    name, value = parse_threshold_policy(policy)
+    if name == "fpr":
+        image, image_f1, image_method = score_threshold(image_scores_normal, (), 1 - value)[0], None, f"fpr:{value:g}"
+    elif name == "manual":
+        image, image_f1, image_method = value, None, f"manual:{value:g}"
+    else:
+        image, image_f1, image_method = score_threshold(image_scores_normal, image_scores_anomalous, image_quantile)
     pixel = pixel_f1 = pixel_method = None
     if pixel_maps is not None and len(pixel_maps):
         if pixel_masks is None:

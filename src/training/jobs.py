@@ -138,7 +138,11 @@ def train_job(run, job, featurizer, log):
         log.info("bank: %d of %d patches (dimension %d) in %.1f s; process peak RSS so far %.0f MiB",
                  stats["bank_size"], stats["num_patches"], stats["dimension"], time.perf_counter() - started,
                  peak_rss() / MIB)
-        metadata = {"job": job.name, "fingerprint": run.fingerprints[job.name]}
+        cells = grid[0] * grid[1]
+        # which training image each bank entry comes from: validation images in the bank are scored without theirs
+        metadata = {"job": job.name, "fingerprint": run.fingerprints[job.name],
+                    "sources": [int(job.train_views[row // cells][0]) for row in detector.selected]}
+        detector.bank.metadata = metadata
         if job.val_views:
             metadata["validation_sha256"] = score_validation(run, job, detector, featurizer, stage, log)
         detector.save(stage, metadata)
@@ -151,8 +155,9 @@ def score_validation(run, job, detector, featurizer, stage, log):
     grids, items, rows, cols, anomalous = [], [], [], [], []
     for position, indexes in _grouped(job.val_views):
         image, mask = run.validation[position].load()
+        exclude = run.validation[position].bank_source
         scored = [grid for features in featurizer.view_batches([(image, index) for index in indexes])
-                  for grid in detector.patch_scores(features)]
+                  for grid in detector.patch_scores(features, exclude)]
         for index, grid in zip(indexes, scored):
             grids.append(grid)
             items.append(position)
@@ -209,5 +214,5 @@ def is_complete(folder, fingerprint, detector_class, warn):
 
 
 def synthesizer_config(item):
-    config = getattr(item.synthesizer, "config", None)
+    config = getattr(getattr(item, "synthesizer", None), "config", None)
     return config() if callable(config) else None

@@ -44,12 +44,13 @@ from src.config.loader import load_config
 from src.config.schema import Config
 from src.data.sample import Resize
 from src.evaluation.evaluate import evaluate_maps, run_inference
+from src.evaluation.metrics import decision_metrics
 from src.inference.model import (MODEL_FILE, MODEL_FORMAT, MODEL_VERSION, TASKS_FILE, THUMBNAIL, Model,
                                  check_image_size, make_featurizer, make_featurizers)
 from src.patchcore.aggregation import to_patch_rows
 from src.patchcore.detector import PROJECTION_DIM, PatchCoreDetector
 from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE, sha256_of
-from src.patchcore.normalization import choose_thresholds
+from src.patchcore.normalization import ScoreNormalizer, choose_thresholds
 from src.patchcore.sampling.kcenter_greedy import project_features
 from src.patchcore.scoring import ImageScore
 from src.tiling.plan import MultiResolutionHRImageSpliter, WholeImage, check_fusion_weights
@@ -58,13 +59,35 @@ from src.training.jobs import (FINGERPRINT_VERSION, Job, TrainingRun, is_complet
                                sha256_json, synthesizer_config)
 from src.training.memory import job_cost, job_estimate, report_memory, report_peak
 from src.training.runner import make_runner, schedule
-from src.training.validation import build_validation_set
+from src.training.validation import LabelledItem, build_validation_set
 from src.utils.device import set_device
 from src.utils.errors import InputError
 from src.utils.io import write_json
 from src.utils.logs import file_logging
 
 logger = logging.getLogger("patchcore.hr")         # the main log file; console lines are printed (say)
+# Fewer validation images than this make a threshold a guess: training says so.
+MIN_VALIDATION_NORMAL, MIN_VALIDATION_ANOMALOUS = 10, 5
+
+
+def _rate(value):
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def validation_batches(items, batch_size):
+    """Yield ([items], excluded bank source or None): items in the bank one at a time (each without its own
+    entries), the others ``batch_size`` at a time."""
+    batch = []
+    for item in items:
+        if item.bank_source is not None:
+            yield [item], item.bank_source
+        else:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch, None
+                batch = []
+    if batch:
+        yield batch, None
 
 
 def say(message, *args, level=logging.INFO):
@@ -111,14 +134,16 @@ class HRTrainer:
     ``task_generator``: for Retrieve tasks, the generator used (routes test tiles; default: a
     RetrieveTaskGenerator with the default descriptor); ``image_score_window``: moving-average window in
     pixels (default: the backbone's feature stride); ``category``: the product category, recorded in
-    ``model.json`` (default: the name of ``checkpoint_root``). ``gpu_ids`` arguments are accepted and
-    ignored (CPU).
+    ``model.json`` (default: the name of ``checkpoint_root``); ``normalize_tasks``: fit every task's score
+    normaliser on the validation images (needed where tasks or the thumbnail are merged; a one-task 224-pixel
+    model keeps the reference's raw scores). ``gpu_ids`` arguments are accepted and ignored (CPU).
     """
 
     def __init__(self, batch_size=4, tasks=None, detector_class=PatchCoreDetector, config=None, fusion_weights=None,
                  checkpoint_root="saved_models", log_root="logs", vis_root="vis", indexes=None, pre_ckpt_path=None,
                  seed=0, task_generator=None, task_generator_spec=None, image_score_window=None, vis_size=1024,
-                 device_target="CPU", device_id=0, category=None, image_score="window_max", thumbnail=None):
+                 device_target="CPU", device_id=0, category=None, image_score="window_max", thumbnail=None,
+                 normalize_tasks=True):
         if not tasks:
             raise InputError("tasks", "no tasks: build them with a task generator's create_tasks")
         self.tasks = list(tasks)
@@ -134,6 +159,7 @@ class HRTrainer:
         self.detector_class = detector_class
         self.config = hiad_config(config)
         self.thumbnail = thumbnail if isinstance(config, Config) else (config or {}).get("thumbnail")
+        self.normalize_tasks = normalize_tasks
         self.checkpoint_root, self.log_root, self.vis_root = checkpoint_root, log_root, vis_root
         self.category = category or os.path.basename(os.path.abspath(checkpoint_root))
         self.pre_ckpt_path, self.seed = pre_ckpt_path, int(seed)
@@ -148,28 +174,47 @@ class HRTrainer:
         self.device = (device_target, device_id)
         self._extractors = {}
 
+    @classmethod
+    def from_model_plan(cls, config, model_plan, checkpoint_root, pre_ckpt_path=None, seed=0, device=("CPU", 0),
+                        category=None):
+        """The trainer of a ``ModelPlan`` (``src/training/model_plan.py``) made from ``config`` (a ``Config``):
+        logs in ``checkpoint_root/logs``."""
+        return cls(batch_size=config.data.batch_size, tasks=model_plan.tasks, config=config,
+                   thumbnail=model_plan.thumbnail, fusion_weights=model_plan.fusion_weights,
+                   checkpoint_root=checkpoint_root, log_root=os.path.join(checkpoint_root, "logs"), vis_root=None,
+                   indexes=model_plan.plan, pre_ckpt_path=pre_ckpt_path, seed=seed,
+                   task_generator=model_plan.task_generator, task_generator_spec=model_plan.task_generator_spec,
+                   image_score=model_plan.image_score, image_score_window=model_plan.image_score_window,
+                   device_target=device[0], device_id=device[1], category=category,
+                   normalize_tasks=model_plan.tiled)
+
     # ------------------------------------------------------------------------------------------- training
 
-    def train(self, train_samples, workers=None, val_config=None, gpu_ids=None):
-        """Train every task's bank (and the thumbnail's); resumes an interrupted run. Returns a summary."""
+    def train(self, train_samples, workers=None, val_config=None, gpu_ids=None, val_samples=None):
+        """Train every task's bank (and the thumbnail's); resumes an interrupted run. Returns a summary.
+
+        ``val_config``: HiAD's validation settings (synthetic defects on training images); ``val_samples``: real
+        labelled validation images (Samples, normal or defective, with or without masks), used next to them."""
         started = time.perf_counter()
         samples = list(train_samples)
         if not samples:
             raise InputError("train_samples", "no training samples")
         val_config = check_val_config(val_config)
-        thumbnail = check_thumbnail(self.thumbnail, val_config is not None)
+        labelled = [LabelledItem(sample) for sample in val_samples or []]
+        thumbnail = check_thumbnail(self.thumbnail, val_config is not None or bool(labelled))
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise InputError("workers", f"must be a positive integer, got {workers!r}")
-        for sample in samples:  # every image read once now: a bad one fails before anything is written
-            check_image_size(sample.load_image(), self.image_size)
+        for sample in samples + [item.sample for item in labelled]:  # every image read once now: a bad one
+            check_image_size(sample.load_image(), self.image_size)            # fails before anything is written
         self.view = samples[0].view or Resize(self.image_size)
         validation = self._validation_set(samples, val_config)
         train_positions = validation.train_indices if validation else list(range(len(samples)))
-        items = validation.items if validation else []
-        jobs = self._jobs(samples, train_positions, items, thumbnail)
+        items = (validation.items if validation else []) + labelled
+        in_bank = any(item.bank_source is not None for item in items)
+        jobs = self._jobs(samples, train_positions, items if self.normalize_tasks else [], thumbnail)
 
         self._set_device()
-        meta = self._model_meta(thumbnail, samples, items, val_config)
+        meta = self._model_meta(thumbnail, samples, items, val_config, in_bank)
         grids = {name: self._grid(job) for name, job in jobs.items()}
         runtime = self._probe(jobs, meta, grids)
         run_identity = {"version": FINGERPRINT_VERSION, "samples": [sample_identity(s) for s in samples],
@@ -178,8 +223,8 @@ class HRTrainer:
                         **{k: meta[k] for k in ("view", "image_size", "seed", "backbone_checkpoint_sha256", "data",
                                                 "batch_size", "fusion_weights")}}
         fingerprints = {name: sha256_json({"run": run_identity, "job": job.describe()}) for name, job in jobs.items()}
-        run = TrainingRun(jobs, samples, items, grids, fingerprints, self.checkpoint_root, self.log_root, self.seed,
-                          self.pre_ckpt_path, meta, self.detector_class, self.device)
+        run = TrainingRun(jobs, samples, items, grids, fingerprints, self.checkpoint_root, self.log_root,
+                          self.seed, self.pre_ckpt_path, meta, self.detector_class, self.device)
 
         os.makedirs(self.log_root, exist_ok=True)
         with file_logging(logger, os.path.join(self.log_root, "train.log")):
@@ -207,10 +252,12 @@ class HRTrainer:
                                    **stats.get(name, {"resumed": True})} for name in jobs}
             meta["tasks_sha256"] = sha256_of(tasks_path)
             if items:
-                thresholds, meta["validation"]["metrics"] = self._thresholds(run, val_config, meta)
+                # score_normalizer: raw scores to [0, 1] with the image threshold at 0.5 (predict.py's image score)
+                thresholds, meta["score_normalizer"], meta["validation"]["metrics"] = \
+                    self._thresholds(run, val_config, meta)
                 meta["thresholds"] = thresholds.to_dict()
             else:
-                meta["thresholds"] = None
+                meta["thresholds"] = meta["score_normalizer"] = None
             meta["memory"] = report_peak(estimates, runtime, peaks, say)
             self._remove_stale_jobs(jobs)
             meta["seconds"] = round(time.perf_counter() - started, 3)
@@ -232,7 +279,8 @@ class HRTrainer:
         max_patches = val_config.get("max_patch_number")
         return build_validation_set(samples, synthesizers, float(val_config.get("val_sample_ratio", 0.2)), self.seed,
                                     float(val_config.get("anomaly_ratio", 0.5) if synthesizers else 0.0),
-                                    None if max_patches is None else max(1, max_patches // len(self.indexes)))
+                                    None if max_patches is None else max(1, max_patches // len(self.indexes)),
+                                    val_config.get("val_images", 10))
 
     def _jobs(self, samples, train_positions, items, thumbnail):
         """{name: Job} for the tasks (and the thumbnail branch); Retrieve routes validation tiles here."""
@@ -292,7 +340,7 @@ class HRTrainer:
         folder = os.path.join(self.checkpoint_root, name)
         return {"bank_sha256": {file: sha256_of(os.path.join(folder, file)) for file in (INDEX_FILE, METADATA_FILE)}}
 
-    def _model_meta(self, thumbnail, samples, items, val_config):
+    def _model_meta(self, thumbnail, samples, items, val_config, in_bank):
         import faiss
         import mindspore as ms
         return {
@@ -300,6 +348,8 @@ class HRTrainer:
             "view": self.view.to_dict(), "image_size": list(self.image_size), "seed": self.seed,
             "pretrained": self.pre_ckpt_path is not None,
             "backbone_checkpoint_sha256": sha256_of(self.pre_ckpt_path) if self.pre_ckpt_path else None,
+            # where predict.py finds the weights (checked against the sha256; --pre_ckpt_path overrides it)
+            "backbone_checkpoint": os.path.abspath(self.pre_ckpt_path) if self.pre_ckpt_path else None,
             "data": {"mean": list(self.config.data.mean), "std": list(self.config.data.std)},
             "batch_size": self.batch_size, "fusion_weights": self.fusion_weights,
             "image_score": self.image_score.to_dict(),
@@ -309,9 +359,11 @@ class HRTrainer:
             "task_generator": self.task_generator_spec,
             "config": self.config.to_dict(),
             "train_samples": [s.image_path or s.name for s in samples],
-            "validation": None if val_config is None else {
-                "val_sample_ratio": val_config.get("val_sample_ratio", 0.2),
-                "max_patch_number": val_config.get("max_patch_number"),
+            "validation": None if not items else {
+                "val_sample_ratio": None if val_config is None else val_config.get("val_sample_ratio", 0.2),
+                "max_patch_number": None if val_config is None else val_config.get("max_patch_number"),
+                # False: the validation images also trained the banks; they were scored without their own entries
+                "held_out": not in_bank,
                 "items": [item.describe() for item in items]},
             "versions": {"python": platform.python_version(), "mindspore": ms.__version__,
                          "faiss": faiss.__version__, "numpy": np.__version__},
@@ -360,28 +412,41 @@ class HRTrainer:
         return stats, peaks
 
     def _thresholds(self, run, val_config, meta):
-        """Image and pixel thresholds from the validation set's maps and scores, computed by the trained model's
-        own inference (``Model.predict_images``), as eval.py computes them."""
+        """Image and pixel thresholds (``postprocess.threshold`` policy) from the validation images' maps and
+        scores, computed by the trained model's own inference (``Model.predict_images``), as eval.py computes
+        them; validation images that are in the bank are scored without their own entries."""
         detectors = {name: self.detector_class.load(os.path.join(self.checkpoint_root, name)) for name in run.jobs}
         model = Model(meta, self.tasks, self.indexes, detectors,
                       make_featurizers(detectors, meta, self.pre_ckpt_path, self._extractors), self.task_generator)
         scores, maps, masks = [], [], []
-        for start in range(0, len(run.validation), self.batch_size):
-            loaded = [item.load() for item in run.validation[start:start + self.batch_size]]
-            for (score, amap), (_, mask) in zip(model.predict_images([image for image, _ in loaded]), loaded):
+        for items, exclude in validation_batches(run.validation, self.batch_size):
+            loaded = [item.load() for item in items]
+            for (score, amap), (_, mask) in zip(model.predict_images([image for image, _ in loaded], exclude),
+                                                loaded):
                 scores.append(score)
                 maps.append(amap)
                 masks.append(mask)
         labels = np.asarray([item.label for item in run.validation])
         scores = np.asarray(scores)
-        thresholds = choose_thresholds(scores[labels == 0], scores[labels == 1], maps, masks)
-        say("Thresholds from %d validation images (%d with synthetic anomalies): image %.4g, pixel %.4g", len(labels),
-            int(labels.sum()), thresholds.image, thresholds.pixel)
+        policy = self.config.threshold
+        thresholds = choose_thresholds(scores[labels == 0], scores[labels == 1], maps, masks, policy=policy)
+        decision = decision_metrics(scores, labels, maps, masks, thresholds.to_dict())
+        in_bank = sum(item.bank_source is not None for item in run.validation)
+        say("Thresholds (%s) from %d validation images (%d anomalous%s): image %.4g, pixel %.4g; "
+            "on them: recall %s, false-alarm rate %s", policy, len(labels), int(labels.sum()),
+            "" if not in_bank else f"; {in_bank} also in the bank, scored without their own entries",
+            thresholds.image, thresholds.pixel, _rate(decision["image_recall"]), _rate(decision["image_fpr"]))
+        if (labels == 0).sum() < MIN_VALIDATION_NORMAL or labels.sum() < MIN_VALIDATION_ANOMALOUS:
+            say("Warning: %d normal and %d anomalous validation images are too few to set a threshold reliably "
+                "(at least %d and %d): raise val_config.val_images or val_sample_ratio, or check the rates on "
+                "labelled images with eval.py", int((labels == 0).sum()), int(labels.sum()), MIN_VALIDATION_NORMAL,
+                MIN_VALIDATION_ANOMALOUS, level=logging.WARNING)
+        normalizer = ScoreNormalizer.at_threshold(scores[labels == 0], thresholds.image).to_dict()
         metrics = None
-        if val_config.get("evaluators"):
+        if val_config and val_config.get("evaluators"):
             metrics = evaluate_maps(val_config["evaluators"], scores, labels, maps, masks)
             say("Validation metrics: %s", metrics)
-        return thresholds, metrics
+        return thresholds, normalizer, dict(decision, **({} if metrics is None else metrics))
 
     # ------------------------------------------------------------------------------------------ inference
 

@@ -17,8 +17,8 @@ Sizes: ``min_size``/``max_size`` bound the footprint's width and height (drawn i
 is pixels, a float in (0, 1] a fraction of the image's shorter side. ``min_size=1`` allows 1-pixel
 defects.
 
-``build_validation_set`` holds out a seeded share of the normal training images and gives a share of
-them a synthetic anomaly, round-robin over the synthesizers; images are loaded and altered only when an
+``build_validation_set`` holds out a seeded share of the normal training images (or, with a share of 0, draws a
+few that stay in the banks) and gives a share of them a synthetic anomaly, round-robin over the synthesizers; images are loaded and altered only when an
 item is loaded, so a large validation set costs no memory until used.
 """
 import os
@@ -31,6 +31,7 @@ from src.utils.errors import InputError
 from src.utils.registry import build_named
 from src.data.sample import IMAGE_EXTENSIONS, Sample, check_array
 from src.data.synthetic import MASK_EPSILON, exact_change, smooth_noise
+from src.patchcore.memory_bank import sha256_of
 
 
 
@@ -244,16 +245,23 @@ def as_synthesizer(spec):
 
 @dataclass(frozen=True, eq=False)   # eq=False: the source may be an array, which has no boolean ==
 class ValidationItem:
-    """One validation image: held-out normal image ``source_index`` of the inputs, altered by
-    ``synthesizer`` (None: left normal) with ``numpy.random.default_rng([seed, source_index])``."""
+    """One validation image: normal training image ``source_index`` of the inputs, altered by ``synthesizer``
+    (None: left normal) with ``numpy.random.default_rng([seed, source_index])``; ``in_bank``: the image also
+    trains the banks (then it is scored without its own entries, ``bank_source``)."""
     source_index: int
     source: object   # the HxWx3 uint8 array or Sample it comes from
     synthesizer: object
     seed: int
+    in_bank: bool = False
 
     @property
     def label(self):
         return 0 if self.synthesizer is None else 1
+
+    @property
+    def bank_source(self):
+        """The training image whose bank entries its scores must not use, or None."""
+        return self.source_index if self.in_bank else None
 
     def load(self):
         """(HxWx3 uint8 image, HxW uint8 0/1 mask); the same every call."""
@@ -270,52 +278,79 @@ class ValidationItem:
     def describe(self):
         """JSON-ready record of where the item comes from."""
         name = None if self.synthesizer is None else getattr(self.synthesizer, "name", repr(self.synthesizer))
-        return {"source_index": self.source_index, "label": self.label, "synthesizer": name}
+        return {"source_index": self.source_index, "label": self.label, "synthesizer": name, "in_bank": self.in_bank}
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledItem:
+    """A real labelled validation image (``--val_dir``): a Sample, normal or with a defect, with or without mask."""
+    sample: Sample
+    bank_source = None
+
+    @property
+    def label(self):
+        return self.sample.label
+
+    def load(self):
+        return self.sample.load_image(), self.sample.load_mask()
+
+    def describe(self):
+        return {"path": self.sample.image_path, "sha256": sha256_of(self.sample.image_path), "label": self.label,
+                "defect_type": self.sample.defect_type, "mask": self.sample.mask_path}
 
 
 @dataclass(frozen=True)
 class ValidationSet:
     train_indices: list   # inputs left for training, ascending
     items: list           # ValidationItems, in ascending source_index
+    held_out: bool        # True: the items' images are not in the banks; False: they are (score them without)
 
 
 def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=0.2, seed=0, anomaly_ratio=0.5,
-                         max_items=None):
-    """Split normal training images into training and validation images, deterministically from ``seed``.
+                         max_items=None, val_images=10):
+    """Choose validation images among the normal training images, deterministically from ``seed``.
 
-    ``images_or_samples``: HxWx3 uint8 arrays, Samples or image paths. ``val_sample_ratio`` (HiAD's
-    ``val_sample_ratio``) of them, rounded, at least one and never all, is held out; ``max_items`` caps
-    that number (e.g. HiAD's ``max_patch_number`` // tiles per image). ``anomaly_ratio`` (HiAD's ``p``)
-    of the held-out images, rounded, get a synthetic anomaly; with 0 < anomaly_ratio < 1 and at least two
-    held-out images there is at least one of each label. The anomalous ones cycle through
-    ``synthesizers`` (objects, names or config dicts) in a seeded order, so each is used about equally.
+    ``images_or_samples``: HxWx3 uint8 arrays, Samples or image paths. With ``val_sample_ratio`` > 0 (HiAD's
+    ``val_sample_ratio``) that share of them, rounded, at least one and never all, is held out of training;
+    ``max_items`` caps that number (e.g. HiAD's ``max_patch_number`` // tiles per image). With
+    ``val_sample_ratio`` 0 nothing is held out (every image trains the bank, as in the reference) and
+    ``val_images`` of them (at most ``max_items``) are drawn for validation; their scores are then computed
+    without their own bank entries. ``anomaly_ratio`` (HiAD's ``p``) of the validation images, rounded, get a
+    synthetic anomaly; with 0 < anomaly_ratio < 1 and at least two validation images there is at least one of
+    each label. The anomalous ones cycle through ``synthesizers`` (objects, names or config dicts) in a seeded
+    order, so each is used about equally.
     """
     sources = [Sample(s) if isinstance(s, (str, os.PathLike)) else s for s in images_or_samples]
     for position, source in enumerate(sources):
         if not isinstance(source, Sample):
             check_array(source, f"image {position}", (3,))
-    if len(sources) < 2:
+    held_out = val_sample_ratio != 0
+    if held_out and len(sources) < 2:
         raise InputError("val_sample_ratio", f"holding out validation images needs at least 2 normal images, "
                                               f"got {len(sources)}")
-    if not 0 < val_sample_ratio < 1:
-        raise InputError("val_sample_ratio", f"must be in (0, 1), got {val_sample_ratio!r}")
+    if not 0 <= val_sample_ratio < 1:
+        raise InputError("val_sample_ratio", f"must be in [0, 1), got {val_sample_ratio!r}")
     if not 0 <= anomaly_ratio <= 1:
         raise InputError("anomaly_ratio", f"must be in [0, 1], got {anomaly_ratio!r}")
-    if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1):
-        raise InputError("max_items", f"must be a positive int or None, got {max_items!r}")
+    for name, value in (("max_items", max_items), ("val_images", val_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(name, f"must be a positive int or None, got {value!r}")
     synthesizers = [as_synthesizer(s) for s in synthesizers]
     if anomaly_ratio > 0 and not synthesizers:
         raise InputError("anomaly_syn_fn", "anomaly_ratio > 0 needs at least one synthesizer")
 
     rng = np.random.default_rng(seed)
-    n_val = min(len(sources) - 1, max(1, round(val_sample_ratio * len(sources))), max_items or len(sources))
-    held_out = rng.permutation(len(sources))[:n_val]
+    if held_out:
+        n_val = min(len(sources) - 1, max(1, round(val_sample_ratio * len(sources))), max_items or len(sources))
+    else:
+        n_val = min(len(sources), val_images or len(sources), max_items or len(sources))
+    chosen = rng.permutation(len(sources))[:n_val]
     n_anomalous = round(anomaly_ratio * n_val)
     if 0 < anomaly_ratio < 1 and n_val >= 2:
         n_anomalous = min(max(n_anomalous, 1), n_val - 1)
     order = rng.permutation(len(synthesizers)) if synthesizers else []
     assigned = {int(index): synthesizers[order[k % len(order)]] if k < n_anomalous else None
-                for k, index in enumerate(held_out)}
-    items = [ValidationItem(index, sources[index], assigned[index], seed) for index in sorted(assigned)]
-    train = [index for index in range(len(sources)) if index not in assigned]
-    return ValidationSet(train, items)
+                for k, index in enumerate(chosen)}
+    items = [ValidationItem(index, sources[index], assigned[index], seed, not held_out) for index in sorted(assigned)]
+    train = [index for index in range(len(sources)) if not held_out or index not in assigned]
+    return ValidationSet(train, items, held_out)

@@ -77,3 +77,17 @@ def staged_folder(final_path):
     os.replace(stage, final_path)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(folder):
+    """Yield a fresh hidden folder inside ``folder``; on success every file written in it is moved into
+    ``folder`` (replacing files of the same name, keeping all others), on failure nothing is moved."""
+    os.makedirs(folder, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".partial-", dir=folder)
+    try:
+        yield stage
+        for name in sorted(os.listdir(stage)):
+            os.replace(os.path.join(stage, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

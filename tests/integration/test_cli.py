@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import assert_one_line_error, digest, leftovers, run_cli
+from conftest import assert_one_line_error, digest, leftovers, run_cli, small_category
 from src.evaluation.metrics import METRIC_KEYS
 
 SMALL = ["-o", "resize=72", "-o", "imagesize=64", "-o", "batch_size=4", "-o", "percentage=0.25"]
@@ -17,11 +17,7 @@ def common(dataset, out, category="synthetic_leather", seed=0):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from src.data.synthetic import generate_category
-    root = tmp_path_factory.mktemp("data")
-    generate_category(str(root), category="synthetic_leather", texture="leather", image_size=(72, 72), n_train=6,
-                      n_test_good=3, n_test_defect_per_type=2, defect_types=("scratch", "stain"), seed=0)
-    return root
+    return small_category(tmp_path_factory.mktemp("data"), n_train=6)
 
 
 @pytest.fixture(scope="module")

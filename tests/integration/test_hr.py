@@ -19,9 +19,9 @@ import pytest
 
 import src  # noqa: F401
 from conftest import ROOT, assert_one_line_error, digest, run_cli
-from src.evaluation.metrics import METRIC_KEYS
+from src.evaluation.metrics import DECISION_KEYS, METRIC_KEYS
 from src.patchcore.detector import HRPatchCore
-from src.inference.model import compose_anomaly_map
+from src.patchcore.scoring import compose_anomaly_map
 from src.training.trainer import HRTrainer
 from src.tiling.plan import MultiResolutionHRImageSpliter
 
@@ -179,7 +179,7 @@ def test_eval_prints_the_table_and_writes_results_and_pictures(evaluated):
     lines = stdout.strip().splitlines()
     header = [k for k, line in enumerate(lines) if "clsname" in line][0]
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[header:header + 4]]
-    assert cells[0] == ["clsname", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro"]
+    assert cells[0] == ["clsname", *METRIC_KEYS, *DECISION_KEYS]   # the rankings, then the decisions at threshold
     assert cells[2][0] == CATEGORY and cells[3][0] == "mean" and cells[2][1:] == cells[3][1:]
     metrics = json.loads((evaluation / "metrics.json").read_text())
     for key in METRIC_KEYS:
@@ -311,3 +311,22 @@ def test_mask_of_wrong_size_fails_eval_cleanly(trained, dataset, tmp_path):
     assert_one_line_error(result, str(mask))
     assert not (out / CATEGORY / "eval").exists()
     assert not [name for name in os.listdir(out / CATEGORY) if name.startswith(".")]
+
+
+def test_predict_a_tiled_model_gives_evals_scores_json_and_pictures(trained, evaluated, dataset, tmp_path):
+    folder, _ = trained
+    evaluation, _ = evaluated
+    result = run_cli("predict.py", "--model_dir", str(folder), "--input", str(dataset / CATEGORY / "test"),
+                     "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    names = ["good__000", "good__001", "good__002", "scratch__000", "stain__000"]
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == names
+    by_path = {s["path"]: s["image_score"] for s in json.loads((evaluation / "scores.json").read_text())}
+    for name in names:
+        fields = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        relative = os.path.relpath(fields["input_path"], dataset)
+        assert abs(fields["raw_score"] - by_path[relative]) <= 1e-6 * abs(by_path[relative])
+        assert fields["image_size"] == fields["map_size"] == [256, 256]
+        assert (fields["label"] == "NG") == (fields["raw_score"] >= fields["image_threshold"])
+        assert (fields["image_score"] >= 0.5) == (fields["label"] == "NG")
+    assert "5 images:" in result.stdout

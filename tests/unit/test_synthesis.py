@@ -245,7 +245,7 @@ def test_validation_items_load_from_arrays_samples_and_paths(tmp_path):
         assert np.array_equal(sample.load_image(), image) and np.array_equal(sample.load_mask(), mask)
 
 
-@pytest.mark.parametrize("kwargs", [dict(val_sample_ratio=0), dict(val_sample_ratio=1.0), dict(anomaly_ratio=1.2),
+@pytest.mark.parametrize("kwargs", [dict(val_sample_ratio=-0.1), dict(val_sample_ratio=1.0), dict(anomaly_ratio=1.2),
                                     dict(max_items=0), dict(synthesizers=[]), dict(synthesizers=["Nope"]),
                                     dict(synthesizers=[3])])
 def test_validation_set_bad_arguments(kwargs):

@@ -1,0 +1,40 @@
+"""predict.py: a score, an OK/NG decision and a picture for every new image (see src/inference/predict.py).
+
+Writes into ``--output_dir`` (default MODEL_DIR/predict/) ``<name>.json`` and ``<name>.png`` per image, and with
+``--save_map`` ``<name>.npy``; ``predict.json`` lists every result. Nothing is written unless every image could
+be read and scored: an unreadable file stops the run with one line naming it (exit code 2), leaving the folder as
+it was.
+"""
+import os
+
+from tqdm import tqdm
+
+from src.app import cli
+from src.inference.predict import list_inputs, load_model
+from src.utils.io import staged_files, write_json
+
+
+def predict(args):
+    predictor = load_model(args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id)
+    if args.batch_size:
+        predictor.model.batch_size = args.batch_size
+        for featurizer in predictor.model.featurizers.values():
+            featurizer.batch_size = args.batch_size
+    output_dir = args.output_dir or os.path.join(args.model_dir, "predict")
+    total = len(list_inputs(args.input))
+    results = []
+    cli.setup_logging()
+    with staged_files(output_dir) as stage:
+        for result in tqdm(predictor.predict(args.input), total=total, desc="predict", unit="img", disable=None):
+            result.save_to_json(stage)
+            result.save_to_img(stage)
+            if args.save_map:
+                result.save_map(stage)
+            if args.print:
+                result.print()
+            results.append(result.to_dict() | {"name": result.name})
+        write_json(os.path.join(stage, "predict.json"), results)
+    ng = sum(result["label"] == "NG" for result in results)
+    print(f"{len(results)} images: {len(results) - ng} OK, {ng} NG (image threshold "
+          f"{predictor.image_threshold:.6g}); results in {output_dir}")
+    return 0

@@ -1,0 +1,67 @@
+"""What a config makes of a category's training images: the view, the tile plan, the tasks and the scoring.
+
+Tiling is an option of the one model, not a second pipeline: without an ``hr`` section the model is the
+reference's 224-pixel PatchCore, one tile of the ``ResizeCrop`` view (shorter side to ``data.resize``, centre
+crop ``data.imagesize``) with one A2O task, no thumbnail and the maximum patch score as the image score; with
+``hr`` the image is resized to ``hr.image_size`` (the first training image's size by default), cut into tiles by
+``MultiResolutionHRImageSpliter``, the configured task generator maps tiles to tasks, and the image score is the
+one-cell moving-average maximum of the map.
+"""
+from dataclasses import dataclass
+
+from src.data.sample import ResizeCrop, Sample
+from src.tiling.plan import MultiResolutionHRImageSpliter
+from src.tiling.tasks import (A2OTaskGenerator, RetrieveTaskGenerator, SpatialClusteringTaskGenerator,
+                              ThresholdClusteringTaskGenerator, build_task_generator, task_generator_class)
+
+CLUSTERING = (SpatialClusteringTaskGenerator, ThresholdClusteringTaskGenerator, RetrieveTaskGenerator)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """``samples``: the training samples seen through the model's view; ``tasks`` cover ``plan``'s tiles."""
+    samples: list
+    plan: MultiResolutionHRImageSpliter
+    tasks: list
+    task_generator: object
+    task_generator_spec: dict
+    image_score: str
+    image_score_window: int = None
+    thumbnail: dict = None
+    fusion_weights: list = None
+    val_config: dict = None
+    workers: int = None
+
+    @property
+    def tiled(self):
+        return self.image_score == "window_max"
+
+
+def task_generator(hr, seed):
+    """The configured generator and its JSON spec; clustering generators also get the fusion weights and seed."""
+    params = dict(hr.task_generator_params)
+    if task_generator_class(hr.task_generator) in CLUSTERING:
+        params = {"fusion_weights": None if hr.fusion_weights is None else list(hr.fusion_weights), "seed": seed,
+                  **params}
+    generator = build_task_generator(hr.task_generator, **params)
+    return generator, {"name": type(generator).__name__, "params": params}
+
+
+def plan_model(config, samples, seed):
+    """The ModelPlan of ``config`` (a ``Config``) for ``samples`` (a category's training images)."""
+    hr = config.hr
+    if hr is None:
+        view = ResizeCrop(config.data.resize, config.data.imagesize)
+        viewed = [sample.with_view(view) for sample in samples]
+        size = view.output_size(None)
+        plan = MultiResolutionHRImageSpliter(size, size)
+        generator = A2OTaskGenerator()
+        return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator,
+                         {"name": "A2OTaskGenerator", "params": {}}, "grid_max", val_config=config.val_config)
+    image_size = hr.image_size or Sample(samples[0].image).original_size()
+    viewed = [Sample(s.image, image_size=image_size, defect_type=s.defect_type) for s in samples]
+    plan = MultiResolutionHRImageSpliter(image_size, hr.patch_size, hr.stride, hr.ds_factors)
+    generator, spec = task_generator(hr, seed)
+    return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator, spec, "window_max",
+                     hr.image_score_window, config.raw["hr"]["thumbnail"],
+                     None if hr.fusion_weights is None else list(hr.fusion_weights), config.val_config, hr.workers)

@@ -1,0 +1,180 @@
+"""Inspecting new images with a 224-pixel model: predict.py and the Python API, decisions in eval.py, any folder
+layout and the dataset check."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, digest, run_cli, small_category
+from src.evaluation.metrics import DECISION_KEYS
+
+CATEGORY = "synthetic_leather"
+SMALL = ["-o", "resize=72", "-o", "imagesize=64", "-o", "batch_size=4", "-o", "percentage=0.25"]
+KEYS = {"input_path", "image_score", "raw_score", "label", "image_threshold", "pixel_threshold", "regions", "model"}
+
+
+def common(dataset, out):
+    return ["--dataset_path", str(dataset), "--category", CATEGORY, "--output_dir", str(out)]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return small_category(tmp_path_factory.mktemp("data"), n_train=12, category=CATEGORY)
+
+
+@pytest.fixture(scope="module")
+def model(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    train = run_cli("train.py", *common(dataset, out), *SMALL)
+    assert train.returncode == 0, train.stderr
+    evaluate = run_cli("eval.py", *common(dataset, out))
+    assert evaluate.returncode == 0, evaluate.stderr
+    return {"dir": out / CATEGORY, "out": out, "train": train, "eval": evaluate}
+
+
+def test_training_sets_thresholds_on_validation_images_that_stay_in_the_bank(model):
+    meta = json.loads((model["dir"] / "model.json").read_text())
+    assert meta["validation"]["held_out"] is False and len(meta["validation"]["items"]) == 10
+    assert meta["thresholds"]["image_method"] == "max_f1" and meta["thresholds"]["pixel"] is not None
+    assert meta["score_normalizer"]["high"] == meta["thresholds"]["image"]
+    bank = json.loads((model["dir"] / "task_0" / "bank.json").read_text())
+    assert len(bank["sources"]) == bank["bank_size"] and set(bank["sources"]) <= set(range(12))
+    assert "Thresholds (f1) from 10 validation images" in model["train"].stdout
+    assert "10 also in the bank, scored without their own entries" in model["train"].stdout
+    assert "too few to set a threshold reliably" in model["train"].stdout   # 5 normal, 5 anomalous
+
+
+def test_eval_reports_the_decisions_at_the_persisted_threshold(model):
+    metrics = json.loads((model["dir"] / "eval" / "metrics.json").read_text())
+    meta = json.loads((model["dir"] / "model.json").read_text())
+    assert set(DECISION_KEYS) <= set(metrics) and metrics["image_threshold"] == meta["thresholds"]["image"]
+    scores = json.loads((model["dir"] / "eval" / "scores.json").read_text())
+    flagged = [s["image_score"] >= metrics["image_threshold"] for s in scores]
+    defects = [f for f, s in zip(flagged, scores) if s["label"] == 1]
+    assert metrics["image_recall"] == pytest.approx(sum(defects) / len(defects))
+    assert set(metrics["recall_per_defect_type"]) == {"scratch", "stain"}
+    assert "image_recall" in model["eval"].stdout
+
+
+def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(model, dataset, tmp_path):
+    result = run_cli("predict.py", "--model_dir", str(model["dir"]), "--input", str(dataset / CATEGORY / "test"),
+                     "--output_dir", str(tmp_path), "--save_map")
+    assert result.returncode == 0, result.stderr
+    eval_scores = {s["path"]: s["image_score"]
+                   for s in json.loads((model["dir"] / "eval" / "scores.json").read_text())}
+    names = sorted(p.stem for p in tmp_path.glob("*.png"))
+    assert len(names) == 7 and names == sorted(p.stem for p in tmp_path.glob("*.npy"))
+    ng = 0
+    for name in names:
+        fields = json.loads((tmp_path / f"{name}.json").read_text())
+        assert KEYS <= set(fields) and fields["label"] in ("OK", "NG")
+        expected = eval_scores[os.path.relpath(fields["input_path"], dataset)]
+        assert abs(fields["raw_score"] - expected) <= 1e-6 * abs(expected)
+        assert (fields["image_score"] > 0.5) == (fields["raw_score"] > fields["image_threshold"])
+        assert fields["model"]["sha256"] == digest(model["dir"] / "model.json")
+        for region in fields["regions"]:
+            x, y, w, h = region["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= 72 and y + h <= 72 and region["area"] > 0
+        assert np.load(tmp_path / f"{name}.npy").shape == (64, 64)
+        ng += fields["label"] == "NG"
+    assert f"7 images: {7 - ng} OK, {ng} NG" in result.stdout
+    assert len(json.loads((tmp_path / "predict.json").read_text())) == 7
+
+
+def test_the_python_api_on_an_array_gives_the_files_result(model, dataset):
+    from src.data.sample import Sample
+    from src.inference.predict import load_model
+    path = dataset / CATEGORY / "test" / "stain" / "001.png"
+    predictor = load_model(str(model["dir"]))
+    (from_file,) = predictor.predict(str(path))
+    (from_array,) = predictor.predict(Sample(str(path)).load_image())
+    assert from_array.fields["raw_score"] == from_file.fields["raw_score"]
+    assert from_array.fields["regions"] == from_file.fields["regions"] and from_array.fields["input_path"] is None
+    assert from_file.name == "001" and from_array.name == "array_000"
+
+
+def test_an_unreadable_file_stops_predict_with_one_line_and_writes_nothing(model, dataset, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(dataset / CATEGORY / "test" / "good", folder)
+    victim = folder / "001.png"
+    victim.write_bytes(victim.read_bytes()[:150])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = run_cli("predict.py", "--model_dir", str(model["dir"]), "--input", str(folder),
+                     "--output_dir", str(tmp_path / "out"))
+    assert_one_line_error(result, str(victim))
+    assert sorted(os.listdir(tmp_path / "out")) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt_bank"])
+def test_a_missing_or_corrupt_model_is_one_line(model, dataset, tmp_path, case):
+    target = tmp_path / "model"
+    shutil.copytree(model["dir"], target)
+    if case == "missing":
+        (target / "model.json").unlink()
+        needle = f"{target / 'model.json'}: no trained model here"
+    else:
+        with open(target / "task_0" / "faiss.index", "ab") as f:
+            f.write(b"\0")
+        needle = f"{target / 'task_0' / 'faiss.index'}: sha256 differs"
+    result = run_cli("predict.py", "--model_dir", str(target), "--input", str(dataset / CATEGORY / "test"))
+    assert_one_line_error(result, needle)
+
+
+def test_a_flat_folder_trains_the_same_bank_as_the_mvtec_layout(model, dataset, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted((dataset / CATEGORY / "train" / "good").iterdir()):
+        shutil.copy(path, flat / path.name)
+    result = run_cli("train.py", "--train_dir", str(flat), "--category", CATEGORY, "--output_dir", str(tmp_path / "o"),
+                     *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert digest(tmp_path / "o" / CATEGORY / "task_0" / "faiss.index") == digest(model["dir"] / "task_0" / "faiss.index")
+    evaluate = run_cli("eval.py", "--test_dir", str(dataset / CATEGORY / "test"), "--category", CATEGORY,
+                       "--output_dir", str(tmp_path / "o"))
+    assert evaluate.returncode == 0, evaluate.stderr
+    metrics = json.loads((tmp_path / "o" / CATEGORY / "eval" / "metrics.json").read_text())
+    assert metrics["image_auroc"] == json.loads((model["dir"] / "eval" / "metrics.json").read_text())["image_auroc"]
+    assert metrics["pixel_auroc"] is None   # no --mask_dir: image metrics only
+
+
+def test_check_dataset_reports_every_problem_with_its_path(dataset, tmp_path):
+    from PIL import Image
+    clean = run_cli("train.py", "--check_dataset", *common(dataset, tmp_path / "clean"))
+    assert clean.returncode == 0 and "Check dataset passed !" in clean.stdout, clean.stderr
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    root = data / CATEGORY
+    truncated = root / "train" / "good" / "003.png"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    wrong = root / "ground_truth" / "stain" / "000_mask.png"
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(wrong)
+    duplicate = root / "train" / "good" / "zz_copy.png"
+    shutil.copy(root / "train" / "good" / "001.png", duplicate)
+    result = run_cli("train.py", "--check_dataset", *common(data, tmp_path / "bad"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, result.stderr
+    for path in (truncated, wrong, duplicate):
+        assert any(line.startswith(f"error: {path}: ") for line in errors), path
+    report = json.loads((tmp_path / "bad" / CATEGORY / "check_dataset" / "check_dataset_result.json").read_text())
+    assert report["check_pass"] is False and len(report["problems"]) == 3
+    assert report["splits"]["train"]["good"]["count"] == 13
+    assert (tmp_path / "bad" / CATEGORY / "check_dataset" / "image_sizes.png").is_file()
+
+
+def test_real_labelled_validation_images_set_the_thresholds(model, dataset, tmp_path):
+    test_dir = dataset / CATEGORY / "test"
+    result = run_cli("train.py", *common(dataset, tmp_path), *SMALL, "-o", "val_config=null", "--val_dir",
+                     str(test_dir), "--val_mask_dir", str(dataset / CATEGORY / "ground_truth"))
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / CATEGORY / "model.json").read_text())
+    items = meta["validation"]["items"]
+    assert len(items) == 7 and sorted(item["label"] for item in items) == [0] * 3 + [1] * 4
+    assert all(item["path"].startswith(str(test_dir)) and len(item["sha256"]) == 64 for item in items)
+    assert meta["thresholds"]["image_method"] == "max_f1"
+    assert "Thresholds (f1) from 7 validation images (4 anomalous)" in result.stdout
+    # the bank is the same: the validation images are not training images
+    assert digest(tmp_path / CATEGORY / "task_0" / "faiss.index") == digest(model["dir"] / "task_0" / "faiss.index")

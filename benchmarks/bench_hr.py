@@ -113,7 +113,7 @@ def downscaled_row(args, data_root, patch_config, data):
         started = time.perf_counter()
         samples = list_test_samples(str(data_root), args.category)
         scores, maps, masks = [], [], []
-        for sample, score, amap in Model.load(folder, args.pre_ckpt_path).predict_samples(samples):
+        for sample, _, score, amap in Model.load(folder, args.pre_ckpt_path).predict_samples(samples):
             mask = sample.with_view(None).load_mask()   # full resolution: the map is upsampled to it
             scores.append(score)
             maps.append(cv2.resize(amap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR))

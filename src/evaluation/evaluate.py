@@ -68,7 +68,7 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
         raise InputError("test_samples", "no test samples")
     names = names or [f"{i:03d}_{os.path.splitext(s.name)[0]}" for i, s in enumerate(samples)]
     scores, maps, masks, pictures = [], [], [], []
-    for position, (sample, score, amap) in enumerate(model.predict_samples(samples)):
+    for position, (sample, image, score, amap) in enumerate(model.predict_samples(samples)):
         scores.append(score)
         maps.append(amap)
         if log:
@@ -78,7 +78,6 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
         mask = sample.load_mask()
         masks.append(mask)
         if vis_root:
-            image = sample.load_image()
             scale = min(1.0, vis_size / max(image.shape[:2]))
             pictures.append((_small(image, scale, cv2.INTER_AREA), _small(amap, scale, cv2.INTER_AREA),
                              _small(mask.astype(np.float32), scale, cv2.INTER_AREA) > 0))

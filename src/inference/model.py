@@ -140,13 +140,14 @@ class Model:
         return self.predict_images([image])[0]
 
     def predict_samples(self, samples):
-        """Yield (sample, image score, map) for ``samples`` (seen through the model's view), ``batch_size``
-        images at a time."""
+        """Yield (sample seen through the model's view, its HxWx3 image, image score, map) for ``samples``,
+        ``batch_size`` images at a time."""
         samples = [self.prepare(sample) for sample in samples]
         for start in range(0, len(samples), self.batch_size):
             chunk = samples[start:start + self.batch_size]
-            for sample, (score, amap) in zip(chunk, self.predict_images([s.load_image() for s in chunk])):
-                yield sample, score, amap
+            images = [sample.load_image() for sample in chunk]
+            for sample, image, (score, amap) in zip(chunk, images, self.predict_images(images)):
+                yield sample, image, score, amap
 
 
 def load_detectors(checkpoint_root, meta):

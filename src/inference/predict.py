@@ -119,10 +119,10 @@ class Predictor:
     def predict(self, inputs):
         """Yield a Prediction per image of ``inputs`` (module docstring), ``model.batch_size`` images at a time."""
         items = list_inputs(inputs)
-        for (name, _), (sample, score, amap) in zip(items, self.model.predict_samples([s for _, s in items])):
-            yield self._result(name, sample, score, amap)
+        for (name, _), (sample, image, score, amap) in zip(items, self.model.predict_samples([s for _, s in items])):
+            yield self._result(name, sample, image, score, amap)
 
-    def _result(self, name, sample, raw_score, amap):
+    def _result(self, name, sample, image, raw_score, amap):
         original_size = sample.original_size()
         normalised = self.normalizer.transform(amap)
         decision = amap >= self.pixel_threshold if self.pixel_threshold is not None else np.zeros(amap.shape, bool)
@@ -143,7 +143,7 @@ class Predictor:
                   "pixel_threshold": None if self.pixel_threshold is None else float(self.pixel_threshold),
                   "regions": regions, "image_size": list(original_size), "map_size": [amap.shape[1], amap.shape[0]],
                   "view": None if view is None else view.to_dict(), "model": self.identity}
-        return Prediction(name, sample, sample.load_image(), amap, fields, normalised, decision)
+        return Prediction(name, sample, image, amap, fields, normalised, decision)
 
 
 def load_model(model_dir, pre_ckpt_path=None, device_target="CPU", device_id=0):

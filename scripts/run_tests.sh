@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh --test
+bash scripts/setup_browser.sh
 exec .venv/bin/python -m pytest "$@"

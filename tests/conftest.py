@@ -71,6 +71,26 @@ def small_category(root, n_train, category="synthetic_leather"):
     return root
 
 
+# A 224-pixel model at 64 pixels: fast enough for end-to-end tests.
+SMALL_PLAIN = ["-o", "resize=72", "-o", "imagesize=64", "-o", "batch_size=4", "-o", "percentage=0.25"]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """A generated category with 12 training images (enough for 10 validation images)."""
+    return small_category(tmp_path_factory.mktemp("data"), n_train=12)
+
+
+@pytest.fixture(scope="module")
+def small_model(small_dataset, tmp_path_factory):
+    """(model folder, train.py's CompletedProcess) of SMALL_PLAIN trained on ``small_dataset``."""
+    out = tmp_path_factory.mktemp("out")
+    result = run_cli("train.py", "--dataset_path", str(small_dataset), "--category", "synthetic_leather",
+                     "--output_dir", str(out), *SMALL_PLAIN)
+    assert result.returncode == 0, result.stderr
+    return out / "synthetic_leather", result
+
+
 def digest(path):
     """sha256 hex digest of a file."""
     with open(path, "rb") as f:

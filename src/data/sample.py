@@ -19,6 +19,7 @@ Views:
   masks nearest-neighbour, then cropped. The reference's 256 -> 224 view of the 224-pixel models.
 - ``None``: the image as stored.
 """
+import io
 import os
 
 import cv2
@@ -41,20 +42,39 @@ def raw_pixels(path):
     if not os.path.isfile(path):
         raise InputError(path, "file not found")
     with open(path, "rb") as f:
-        is_jpeg = f.read(len(_JPEG_MAGIC)) == _JPEG_MAGIC
-    if is_jpeg:
+        return decode_raw(f.read(), path)
+
+
+def decode_raw(data, name):
+    """``raw_pixels`` of an encoded image held in memory (``name`` for errors): the one decoding rule."""
+    if data[:len(_JPEG_MAGIC)] == _JPEG_MAGIC:
         try:
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()
                 rgb = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
         except _PIL_ERRORS as exc:
-            raise InputError(path, f"unreadable or truncated image ({exc})") from None
+            raise InputError(name, f"unreadable or truncated image ({exc})") from None
         return rgb[..., ::-1] if rgb.ndim == 3 else rgb  # to the BGR order OpenCV gives
-    data = np.fromfile(path, dtype=np.uint8)
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
     if raw is None:
-        raise InputError(path, "unreadable or truncated image file")
+        raise InputError(name, "unreadable or truncated image file")
     return raw
+
+
+def encoded_size(data, name):
+    """(w, h) an encoded image declares in its header, read without decoding the pixels (PIL formats)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Image.DecompressionBombError:
+        return (Image.MAX_IMAGE_PIXELS + 1, 2)   # larger than any limit a caller sets below PIL's own
+    except _PIL_ERRORS:
+        raise InputError(name, "not an image of a known format (PNG, JPEG, BMP, TIFF, ...)") from None
+
+
+def decode_image(data, name):
+    """HxWx3 uint8 RGB of an encoded image held in memory, by the rule files follow (module docstring)."""
+    return raw_to_rgb(decode_raw(data, name), name)
 
 
 def _to_uint8(raw, name):
@@ -65,7 +85,7 @@ def _to_uint8(raw, name):
     raise InputError(name, f"unsupported pixel format {raw.dtype} (only 8- and 16-bit images)")
 
 
-def _raw_to_rgb(raw, name):
+def raw_to_rgb(raw, name):
     pixels = _to_uint8(raw, name)
     if pixels.ndim == 2 or pixels.shape[2] <= 2:  # gray, or gray + alpha
         gray = pixels if pixels.ndim == 2 else pixels[..., 0]
@@ -276,7 +296,7 @@ class Sample:
 
     def load_image(self):
         """HxWx3 uint8 RGB through the view (a fresh array; the caller's array is never modified)."""
-        rgb = _raw_to_rgb(raw_pixels(self.image), self.image) if isinstance(self.image, str) else self.image
+        rgb = raw_to_rgb(raw_pixels(self.image), self.image) if isinstance(self.image, str) else self.image
         viewed = self.view.image(rgb) if self.view else rgb
         return viewed.copy() if viewed is self.image else viewed
 

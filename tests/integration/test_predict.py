@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, digest, run_cli, small_category
+from conftest import SMALL_PLAIN, assert_one_line_error, digest, run_cli
 from src.evaluation.metrics import DECISION_KEYS
 
 CATEGORY = "synthetic_leather"
-SMALL = ["-o", "resize=72", "-o", "imagesize=64", "-o", "batch_size=4", "-o", "percentage=0.25"]
+SMALL = SMALL_PLAIN
 KEYS = {"input_path", "image_score", "raw_score", "label", "image_threshold", "pixel_threshold", "regions", "model"}
 
 
@@ -20,18 +20,16 @@ def common(dataset, out):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return small_category(tmp_path_factory.mktemp("data"), n_train=12, category=CATEGORY)
+def dataset(small_dataset):
+    return small_dataset
 
 
 @pytest.fixture(scope="module")
-def model(dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    train = run_cli("train.py", *common(dataset, out), *SMALL)
-    assert train.returncode == 0, train.stderr
-    evaluate = run_cli("eval.py", *common(dataset, out))
+def model(small_model, dataset):
+    folder, train = small_model
+    evaluate = run_cli("eval.py", *common(dataset, folder.parent))
     assert evaluate.returncode == 0, evaluate.stderr
-    return {"dir": out / CATEGORY, "out": out, "train": train, "eval": evaluate}
+    return {"dir": folder, "out": folder.parent, "train": train, "eval": evaluate}
 
 
 def test_training_sets_thresholds_on_validation_images_that_stay_in_the_bank(model):

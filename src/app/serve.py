@@ -1,0 +1,317 @@
+"""serve.py: the online inspection service (FastAPI + uvicorn): ``POST /predict`` returns what predict.py writes.
+
+The model is loaded once and runs in one inference thread (MindSpore calls are not assumed to be thread-safe),
+compiled for every batch size before the service answers. Requests are decoded in the server's thread pool and
+wait in a bounded queue; the inference thread takes up to ``max_batch`` of them at a time and scores them
+together. A full queue answers 503 with ``Retry-After``.
+
+Bad requests get a 4xx JSON ``{"error": ..., "detail": ...}`` and the service goes on serving: a body over
+``max_upload_mb`` (413), a content type other than multipart or JSON (415), bad base64 or an undecodable or
+truncated image (400), more pixels than ``max_pixels`` declared in the image header (413, before decoding),
+a malformed JSON body (422). Images of any channel count and 8 or 16 bits are converted as predict.py does.
+Nothing on the wire is pickled: images are PNG/JPEG bytes, maps a float16 ``.npy`` (``allow_pickle=False``)
+or a PNG, both base64 in JSON.
+"""
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from src.data.sample import decode_image, encoded_size
+from src.utils.errors import InputError
+
+logger = logging.getLogger("patchcore.serve")
+STATIC = Path(__file__).with_name("static")
+MAP_SIDE = 512   # longest side of a map returned as PNG
+
+
+class PredictRequest(BaseModel):
+    image: str = Field(description="the image file's bytes (PNG, JPEG, BMP, TIFF), base64")
+    return_map: bool = False
+    return_overlay: bool = False
+    map_format: str = Field("npy", pattern="^(npy|png)$", description="npy: float16 raw map; png: normalised map")
+
+
+class Region(BaseModel):
+    bbox: list[int]
+    area: int
+    max_score: float
+
+
+class ModelId(BaseModel):
+    name: str
+    sha256: str
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    image_score: float
+    raw_score: float
+    label: str
+    image_threshold: float
+    pixel_threshold: float | None
+    regions: list[Region]
+    image_size: list[int]
+    map_size: list[int]
+    view: dict | None
+    model: ModelId
+    overlay_png: str | None = None
+    map: str | None = None
+    map_format: str | None = None
+
+
+class RequestError(Exception):
+    """A bad request: its HTTP status and the two JSON fields."""
+
+    def __init__(self, status, error, detail, headers=None):
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+class InferenceWorker:
+    """The one thread that runs the model: a bounded queue of (image, Future), ``max_batch`` at a time."""
+
+    def __init__(self, predictor, max_batch, queue_size):
+        self.predictor, self.max_batch = predictor, max_batch
+        self.jobs = queue.Queue(maxsize=queue_size)
+        # MindSpore compiles a graph per batch size: do it now for every size a batch can have, not on a user's
+        # request (each costs about a second).
+        width, height = predictor.model.meta["image_size"]
+        for size in range(1, max_batch + 1):
+            list(predictor.predict([np.zeros((height, width, 3), np.uint8)] * size))
+        self.thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self.thread.start()
+
+    def submit(self, image):
+        future = Future()
+        try:
+            self.jobs.put_nowait((image, future))
+        except queue.Full:
+            raise RequestError(503, "busy", f"the queue of {self.jobs.maxsize} requests is full; retry shortly",
+                               {"Retry-After": "1"}) from None
+        return future
+
+    def _run(self):
+        while True:
+            batch = [self.jobs.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = list(self.predictor.predict([image for image, _ in batch]))
+                for (_, future), result in zip(batch, results):
+                    future.set_result(result)
+            except Exception as exc:  # noqa: BLE001 -- handed to the requests, the thread serves on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+
+
+def _png_base64(rgb_or_gray):
+    array = rgb_or_gray[:, :, ::-1] if rgb_or_gray.ndim == 3 else rgb_or_gray
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array))
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+def _map_payload(result, map_format):
+    if map_format == "png":
+        normalised = result.normalised_map
+        scale = min(1.0, MAP_SIDE / max(normalised.shape))
+        small = cv2.resize(normalised, (max(1, round(normalised.shape[1] * scale)),
+                                        max(1, round(normalised.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+        return _png_base64((np.clip(small, 0, 1) * 255).round().astype(np.uint8))
+    buffer = io.BytesIO()
+    np.save(buffer, result.raw_map.astype(np.float16), allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pixels=64_000_000):
+    """The FastAPI app serving ``predictor`` (``src.inference.predict.Predictor``)."""
+    from src.evaluation.visualize import prediction_picture
+
+    app = FastAPI(title="PatchCore inspection", version="1", description=__doc__.split("\n\n")[0])
+    worker = InferenceWorker(predictor, max_batch, queue_size)
+    max_bytes = int(max_upload_mb * 2 ** 20)
+    registry = CollectorRegistry()
+    requests_total = Counter("patchcore_requests_total", "predict requests", ["status"], registry=registry)
+    latency = Histogram("patchcore_request_seconds", "predict latency", registry=registry,
+                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+    Gauge("patchcore_queue_depth", "requests waiting for the model", registry=registry).set_function(
+        worker.jobs.qsize)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, exc):
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    def decode(data, name):
+        if len(data) > max_bytes:
+            raise RequestError(413, "too_large", f"the image is {len(data)} bytes; the limit is {max_bytes}")
+        try:
+            width, height = encoded_size(data, name)
+            if width * height > max_pixels:
+                raise RequestError(413, "too_many_pixels",
+                                   f"the image declares {width}x{height} pixels; the limit is {max_pixels}")
+            return decode_image(data, name)
+        except InputError as exc:
+            raise RequestError(400, "bad_image", exc.problem) from None
+
+    async def read_body(request):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes * 4 // 3 + 65536:
+            raise RequestError(413, "too_large", f"the body is {declared} bytes; the limit is about {max_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes * 4 // 3 + 65536:   # base64 and multipart framing around the image
+                raise RequestError(413, "too_large", f"the body exceeds the limit of about {max_bytes} bytes")
+        return bytes(body)
+
+    async def parse(request):
+        """(image bytes, return_map, return_overlay, map_format) of a multipart or JSON request."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            raw = await read_body(request)
+            try:
+                payload = PredictRequest.model_validate_json(raw)
+            except ValueError as exc:
+                raise RequestError(422, "bad_request", str(exc).splitlines()[0]) from None
+            try:
+                data = base64.b64decode(payload.image, validate=True)
+            except (binascii.Error, ValueError):
+                raise RequestError(400, "bad_base64", "the image field is not valid base64") from None
+            return data, payload.return_map, payload.return_overlay, payload.map_format
+        if kind == "multipart/form-data":
+            # The size limit first; starlette's form parser then reads the body from its cache (``_body``).
+            request._body = await read_body(request)
+            try:
+                form = await request.form()
+            except Exception as exc:  # noqa: BLE001 -- any parser failure is a bad request
+                raise RequestError(400, "bad_request", f"malformed multipart body ({exc})") from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(400, "bad_request", "multipart needs a file field named 'file'")
+            flag = {key: str(form.get(key, "false")).lower() in ("1", "true", "yes") for key in
+                    ("return_map", "return_overlay")}
+            map_format = str(form.get("map_format", "npy"))
+            if map_format not in ("npy", "png"):
+                raise RequestError(400, "bad_request", "map_format must be npy or png")
+            return await upload.read(), flag["return_map"], flag["return_overlay"], map_format
+        raise RequestError(415, "unsupported_media_type", f"content type {kind or 'none'!r}: send multipart/form-data "
+                                                          "with a file field, or application/json")
+
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    async def predict(request: Request):
+        request_id, started, status, size, label = uuid.uuid4().hex[:12], time.perf_counter(), 500, 0, "-"
+        try:
+            data, return_map, return_overlay, map_format = await parse(request)
+            size = len(data)
+            image = await asyncio.get_running_loop().run_in_executor(None, decode, data, "upload")
+            result = await asyncio.wrap_future(worker.submit(image))
+            label = result.label
+            fields = dict(result.fields, request_id=request_id)
+            fields.pop("input_path", None)
+            if return_overlay:
+                fields["overlay_png"] = _png_base64(prediction_picture(result.image, result.normalised_map,
+                                                                       result.decision, fields["image_score"], label))
+            if return_map:
+                fields["map"], fields["map_format"] = _map_payload(result, map_format), map_format
+            status = 200
+            return fields
+        except RequestError as exc:
+            status = exc.status
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            requests_total.labels(str(status)).inc()
+            latency.observe(seconds)
+            logger.info("request %s: %d bytes, %.1f ms, %s, %s", request_id, size, 1000 * seconds, status, label)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "inference_thread": worker.thread.is_alive(), "queue_depth": worker.jobs.qsize()}
+
+    @app.get("/model")
+    async def model():
+        meta = predictor.model.meta
+        return {"model": predictor.identity, "category": meta["category"], "view": meta["view"],
+                "image_size": meta["image_size"], "thresholds": meta.get("thresholds"),
+                "image_score": meta["image_score"], "tasks": len(predictor.model.tasks),
+                "backbone": meta["config"]["patch"]["backbone_name"], "versions": meta.get("versions"),
+                "limits": {"max_batch": max_batch, "queue": queue_size, "max_upload_bytes": max_bytes,
+                           "max_pixels": max_pixels}}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(model_dir, *args, wait_seconds=120):
+    """Start serve.py for ``model_dir`` on 127.0.0.1 (a free port) in a child process and wait, at most
+    ``wait_seconds``, until it answers /health: (process, base URL). Its output goes to ``process.log`` (a
+    temporary file), quoted in the error when it fails to start. For tests and benchmarks."""
+    import httpx
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen([sys.executable, str(root / "serve.py"), "--model_dir", str(model_dir), "--port",
+                                str(port), *args], cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    process.wait()
+    log.seek(0)
+    raise RuntimeError(f"serve.py did not answer /health within {wait_seconds} s:\n{log.read()[-4000:]}")
+
+
+def shut_down(process, wait_seconds=20):
+    """Stop a ``launch``-ed server (terminate, then kill)."""
+    process.terminate()
+    try:
+        process.wait(timeout=wait_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    process.log.close()

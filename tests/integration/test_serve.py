@@ -186,3 +186,14 @@ def test_the_page_shows_the_score_and_label_of_an_uploaded_image(server, model_d
         assert driver.save_screenshot(str(artifacts / "serve_page.png"))
     finally:
         driver.quit()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["png", "jpg"]), st.floats(min_value=0.0, max_value=0.999))
+def test_truncated_png_and_jpeg_are_400_never_5xx(server, dataset, kind, keep):
+    import cv2
+    from src.data.sample import Sample
+    rgb = Sample(str(dataset / CATEGORY / "test" / "stain" / "001.png")).load_image()
+    encoded = cv2.imencode(f".{kind}", rgb[:, :, ::-1])[1].tobytes()
+    response = post_file(server, encoded[:int(len(encoded) * keep)])
+    assert response.status_code == 400, response.text

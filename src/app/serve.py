@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 
 from src.data.sample import decode_image, encoded_size
+from src.evaluation.visualize import prediction_picture
 from src.utils.errors import InputError
 
 logger = logging.getLogger("patchcore.serve")
@@ -147,8 +148,6 @@ def _map_payload(result, map_format):
 
 def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pixels=64_000_000):
     """The FastAPI app serving ``predictor`` (``src.inference.predict.Predictor``)."""
-    from src.evaluation.visualize import prediction_picture
-
     app = FastAPI(title="PatchCore inspection", version="1", description=__doc__.split("\n\n")[0])
     worker = InferenceWorker(predictor, max_batch, queue_size)
     max_bytes = int(max_upload_mb * 2 ** 20)

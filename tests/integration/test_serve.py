@@ -13,18 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
+from src.app.serve import launch, shut_down
 
 CATEGORY = "synthetic_leather"
-
-
-def start_server(model_dir, *args):
-    from src.app.serve import launch
-    return launch(model_dir, *args)
-
-
-def stop(process):
-    from src.app.serve import shut_down
-    shut_down(process)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +30,9 @@ def model_dir(small_model):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    process, url = start_server(model_dir, "--max_upload_mb", "0.5", "--max_pixels", "1000000")
+    process, url = launch(model_dir, "--max_upload_mb", "0.5", "--max_pixels", "1000000")
     yield url
-    stop(process)
+    shut_down(process)
 
 
 def image_bytes(dataset, kind="stain", name="001.png"):
@@ -128,7 +119,7 @@ def test_health_model_metrics_and_the_page(server):
 
 
 def test_a_full_queue_answers_503_with_retry_after(model_dir, dataset):
-    process, url = start_server(model_dir, "--max_batch", "1", "--queue", "1")
+    process, url = launch(model_dir, "--max_batch", "1", "--queue", "1")
     try:
         data = image_bytes(dataset)
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -139,7 +130,7 @@ def test_a_full_queue_answers_503_with_retry_after(model_dir, dataset):
         assert busy.headers["retry-after"] == "1" and busy.json()["error"] == "busy"
         assert post_file(url, data).status_code == 200
     finally:
-        stop(process)
+        shut_down(process)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh --test
-bash scripts/setup_browser.sh
+# Only the web page test needs the browser: without it (no root to install it) that test fails, the rest run.
+bash scripts/setup_browser.sh || echo "warning: no chromium/chromedriver: tests/integration/test_serve.py's page test will fail" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -81,14 +81,19 @@ def small_dataset(tmp_path_factory):
     return small_category(tmp_path_factory.mktemp("data"), n_train=12)
 
 
+def train_small(dataset, out, category="synthetic_leather"):
+    """train.py with SMALL_PLAIN on ``dataset`` into ``out`` (seed 0); its CompletedProcess, asserted successful."""
+    result = run_cli("train.py", "--dataset_path", str(dataset), "--category", category, "--output_dir", str(out),
+                     "--seed", "0", *SMALL_PLAIN)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.fixture(scope="module")
 def small_model(small_dataset, tmp_path_factory):
     """(model folder, train.py's CompletedProcess) of SMALL_PLAIN trained on ``small_dataset``."""
     out = tmp_path_factory.mktemp("out")
-    result = run_cli("train.py", "--dataset_path", str(small_dataset), "--category", "synthetic_leather",
-                     "--output_dir", str(out), *SMALL_PLAIN)
-    assert result.returncode == 0, result.stderr
-    return out / "synthetic_leather", result
+    return out / "synthetic_leather", train_small(small_dataset, out)
 
 
 def digest(path):

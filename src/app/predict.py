@@ -21,11 +21,12 @@ def predict(args):
         for featurizer in predictor.model.featurizers.values():
             featurizer.batch_size = args.batch_size
     output_dir = args.output_dir or os.path.join(args.model_dir, "predict")
-    total = len(list_inputs(args.input))
+    items = list_inputs(args.input)
     results = []
     cli.setup_logging()
     with staged_files(output_dir) as stage:
-        for result in tqdm(predictor.predict(args.input), total=total, desc="predict", unit="img", disable=None):
+        for result in tqdm(predictor.predict_listed(items), total=len(items), desc="predict", unit="img",
+                           disable=None):
             result.save_to_json(stage)
             result.save_to_img(stage)
             if args.save_map:

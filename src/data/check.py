@@ -7,7 +7,6 @@ images (same content) and test images that are also training images. It also giv
 the image sizes and a grid of a few (seeded) random samples with their masks outlined.
 """
 import collections
-import hashlib
 import os
 
 import cv2
@@ -17,6 +16,7 @@ from PIL import Image
 from src.data.folders import mask_of, images_below
 from src.data.sample import Sample, binary_pixels, raw_pixels
 from src.utils.errors import InputError
+from src.utils.io import sha256_of
 
 BIT_DEPTHS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16, "I;16L": 16,
               "I": 32, "F": 32}
@@ -25,11 +25,6 @@ BIT_DEPTHS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "
 def _header(path):
     with Image.open(path) as img:
         return img.size, img.mode
-
-
-def _digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _inspect_image(path, problems):
@@ -85,7 +80,7 @@ def check_dataset(train_dir, test_dir=None, mask_dir=None, samples_in_grid=8, se
             for key, value in (("sizes", f"{width}x{height}"), ("modes", mode),
                                ("bit_depths", str(BIT_DEPTHS.get(mode, "unknown")))):
                 entry[key][value] = entry[key].get(value, 0) + 1
-            hashes[_digest(path)].append((split, path))
+            hashes[sha256_of(path)].append((split, path))
             mask = None
             if split == "test" and kind != "good" and mask_dir is not None:
                 mask = mask_of(mask_dir, kind, os.path.relpath(path, os.path.join(test_dir, kind)))

@@ -23,11 +23,11 @@ from src.evaluation.evaluate import evaluation_size
 from src.inference.model import MODEL_FILE, TASKS_FILE, THUMBNAIL, Model, load_detectors
 from src.patchcore.extractor import build_extractor, check_backbone_checkpoint, extractor_key
 from src.patchcore.featurizer import relative_weights
-from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE, sha256_of
+from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE
 from src.tiling.tasks import load_tasks
 from src.utils.device import set_device
 from src.utils.errors import InputError
-from src.utils.io import staged_folder, write_json
+from src.utils.io import sha256_of, staged_folder, write_json
 from src.utils.logs import logger
 
 EXPORT_FILE = "export.json"

@@ -11,9 +11,8 @@ import numpy as np
 from src.data.sample import Sample
 from src.deploy.export import EXPORT_FILE, FORMAT_VERSION
 from src.inference.model import THUMBNAIL
-from src.patchcore.memory_bank import sha256_of
 from src.utils.errors import InputError
-from src.utils.io import read_json
+from src.utils.io import read_json, sha256_of
 
 MANIFEST_FILE = "manifest.json"
 LATENCY_FILE = "latency.json"

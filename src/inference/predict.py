@@ -23,10 +23,9 @@ from src.data.folders import images_below
 from src.data.sample import IMAGE_EXTENSIONS, Sample
 from src.evaluation.visualize import prediction_picture, save_picture
 from src.inference.model import MODEL_FILE, Model
-from src.patchcore.memory_bank import sha256_of
 from src.patchcore.normalization import ScoreNormalizer
 from src.utils.errors import InputError
-from src.utils.io import atomic_path, write_json
+from src.utils.io import atomic_path, sha256_of, write_json
 
 LIST_SUFFIXES = (".txt", ".lst")
 
@@ -118,7 +117,10 @@ class Predictor:
 
     def predict(self, inputs):
         """Yield a Prediction per image of ``inputs`` (module docstring), ``model.batch_size`` images at a time."""
-        items = list_inputs(inputs)
+        return self.predict_listed(list_inputs(inputs))
+
+    def predict_listed(self, items):
+        """``predict`` of inputs already listed by ``list_inputs``: [(name, Sample)]."""
         for (name, _), (sample, image, score, amap) in zip(items, self.model.predict_samples([s for _, s in items])):
             yield self._result(name, sample, image, score, amap)
 

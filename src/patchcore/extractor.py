@@ -5,7 +5,7 @@ import os
 from src.backbones.folding import fold_batchnorm
 from src.backbones.networks import build_backbone
 from src.patchcore.aggregation import PatchFeatureExtractor
-from src.patchcore.memory_bank import sha256_of
+from src.utils.io import sha256_of
 from src.utils.errors import InputError
 
 def extractor_key(patch_config):

@@ -3,26 +3,17 @@
 Scores follow the reference: a patch's score is the mean of its ``num_nn`` nearest faiss distances,
 which for ``IndexFlatL2`` are squared Euclidean distances.
 """
-import hashlib
 import os
 
 import faiss
 import numpy as np
 
 from src.utils.errors import InputError
-from src.utils.io import atomic_path, read_json, write_json
+from src.utils.io import atomic_path, read_json, sha256_of, write_json
 
 INDEX_FILE = "faiss.index"
 METADATA_FILE = "bank.json"
 FORMAT_VERSION = 1
-
-
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class MemoryBank:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.inference.model import make_featurizer
-from src.patchcore.memory_bank import METADATA_FILE, sha256_of
+from src.patchcore.memory_bank import METADATA_FILE
 from src.patchcore.normalization import ScoreNormalizer
 from src.patchcore.scoring import cell_labels
 from src.tiling.plan import WholeImage
 from src.utils.errors import InputError
-from src.utils.io import staged_folder
+from src.utils.io import sha256_of, staged_folder
 from src.utils.logs import file_logging
 
 task_logger = logging.getLogger("patchcore.task")  # per-task files only, never the console

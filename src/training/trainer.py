@@ -49,7 +49,7 @@ from src.inference.model import (MODEL_FILE, MODEL_FORMAT, MODEL_VERSION, TASKS_
                                  check_image_size, make_featurizer, make_featurizers)
 from src.patchcore.aggregation import to_patch_rows
 from src.patchcore.detector import PROJECTION_DIM, PatchCoreDetector
-from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE, sha256_of
+from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE
 from src.patchcore.normalization import ScoreNormalizer, choose_thresholds
 from src.patchcore.sampling.kcenter_greedy import project_features
 from src.patchcore.scoring import ImageScore
@@ -62,7 +62,7 @@ from src.training.runner import make_runner, schedule
 from src.training.validation import LabelledItem, build_validation_set
 from src.utils.device import set_device
 from src.utils.errors import InputError
-from src.utils.io import write_json
+from src.utils.io import sha256_of, write_json
 from src.utils.logs import file_logging
 
 logger = logging.getLogger("patchcore.hr")         # the main log file; console lines are printed (say)

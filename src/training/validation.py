@@ -31,7 +31,7 @@ from src.utils.errors import InputError
 from src.utils.registry import build_named
 from src.data.sample import IMAGE_EXTENSIONS, Sample, check_array
 from src.data.synthetic import MASK_EPSILON, exact_change, smooth_noise
-from src.patchcore.memory_bank import sha256_of
+from src.utils.io import sha256_of
 
 
 

@@ -1,6 +1,7 @@
 """File input and output: JSON read with one-line errors; atomic output (files and folders are written under
 a temporary name in the same folder, then renamed)."""
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,15 @@ def read_json(path, what):
             return json.load(f)
     except (OSError, ValueError) as exc:
         raise InputError(path, f"unreadable {what} ({exc})") from None
+
+
+def sha256_of(path, chunk=1 << 20):
+    """sha256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import assert_one_line_error, digest, leftovers, run_cli, small_category
+from conftest import assert_one_line_error, digest, leftovers, run_cli, small_category, train_small
 from src.evaluation.metrics import METRIC_KEYS
 
 SMALL = ["-o", "resize=72", "-o", "imagesize=64", "-o", "batch_size=4", "-o", "percentage=0.25"]
@@ -23,8 +23,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    result = run_cli("train.py", *common(dataset, out), *SMALL)
-    assert result.returncode == 0, result.stderr
+    train_small(dataset, out)
     return out
 
 

@@ -82,7 +82,7 @@ def assert_matches_eval(acc, eval_dir):
 
 def test_export_records_shapes_settings_and_the_sha256_of_every_file(project):
     from src.deploy.export import export_files
-    from src.patchcore.memory_bank import sha256_of
+    from src.utils.io import sha256_of
     export = project["export"]
     meta = read_json(export / "export.json")
     trained = read_json(project["category_dir"] / "model.json")

@@ -77,7 +77,7 @@ def python_model(project):
 
 
 def test_export_holds_a_model_per_input_size_the_task_map_and_every_sha256(project):
-    from src.patchcore.memory_bank import sha256_of
+    from src.utils.io import sha256_of
     export = project["export"]
     meta = read_json(export / "export.json")
     model = read_json(project["category_dir"] / "model.json")

@@ -1,20 +1,22 @@
-"""Benchmark the approximate greedy coreset: plain greedy vs pruned greedy (same picks), time and memory.
+"""Benchmark the coreset samplers on projected patch features: the exact greedy (pruned, the default below
+``two_round_above``) against the two-round coreset (the default above it): seconds, picks per second,
+coverage radius (the largest distance from any patch to its nearest pick), peak memory against the estimate.
 
-Features: a seeded mixture of gaussians in a low-dimensional subspace plus isotropic noise, float32
-[N, D]. Each measurement runs in a fresh child process (spawn) that builds the features and warms
-up the libraries on a small slice. Times (wall, and CPU of all the child's threads, which other work
-on a shared machine disturbs less) come from children with the default allocator settings.
-The pruned sampler's memory comes from one more child, run with a fixed glibc mmap threshold so
-that resident memory follows what is allocated: it records its resident set size just before
-sampling and its peak during sampling (VmHWM, reset through /proc/self/clear_refs where the kernel
-allows it); the difference, the sampler's own increment, is compared with ``estimate_peak_bytes``.
+Features: 128-d rows laid out as 512-pixel tiles (64 x 64 cells each), generated with spatial structure: a
+smooth random field per tile (a coarse gaussian grid, bilinearly upsampled) through a fixed nonlinear map,
+plus per-cell texture noise and a few rare outlier cells; or real projected features saved as .npy
+(``--features``, e.g. a task's projected rows dumped during training). Each measurement runs in a fresh
+child process (spawn) that builds its own features, so peaks do not add up.
 
-    .venv/bin/python benchmarks/bench_coreset.py                       # N=200,000 x 1024, 10% and 1%
-    .venv/bin/python benchmarks/bench_coreset.py --n 20000 --dim 256   # quick
-    .venv/bin/python benchmarks/bench_coreset.py --skip-plain-above 2000   # extrapolate slow plain runs
+Where the exact greedy would run longer than ``--exact-full-below`` patches allow, it runs its first
+``--exact-prefix`` picks and its time is extrapolated from its O(N k) cost (per-pick time x k); those rows are
+marked ``*`` and have no radius. Radii are exact up to ``--radius-sample`` patches, above that the maximum over
+that many randomly drawn patches (a lower bound, marked ``~``; the same patches for both methods).
+
+    .venv/bin/python benchmarks/bench_coreset.py                                   # 0.5 M, 2 M, 8 M at 1%
+    .venv/bin/python benchmarks/bench_coreset.py --sizes 786432 --features task_0_projected.npy
 """
 import argparse
-import gc
 import multiprocessing
 import os
 import sys
@@ -27,43 +29,61 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import src  # noqa: E402,F401  (environment set-up first)
-from src.utils.io import write_json  # noqa: E402
-from src.patchcore.sampling.kcenter_greedy import (ApproximateGreedyCoresetSampler, estimate_peak_bytes,  # noqa: E402
-                                                 greedy_coreset_plain, project_features)
+from src.patchcore.sampling import ApproximateGreedyCoresetSampler, Projection  # noqa: E402
 from src.patchcore.sampling.sampling_def import coreset_size  # noqa: E402
+from src.utils.io import write_json  # noqa: E402
 
 MIB = 2 ** 20
-ESTIMATE_TOLERANCE = 0.15
+DIM = 128
+TILE_CELLS = 64 * 64
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "coreset.json"
 
 
-def make_features(n, dim, seed, latent_dim, clusters, noise, chunk=16384):
-    """Gaussian clusters (means ~ N(0, 1), per-cluster axis scales in [0.1, 0.4]) in a random
-    ``latent_dim``-dimensional subspace of R^dim, plus N(0, noise^2) per coordinate; float32."""
+def tile_features(n, seed, dim=DIM, latent=8, grid=8, tiles_per_batch=16):
+    """``n`` float32 [n, dim] rows, tile by tile (module doc)."""
     rng = np.random.default_rng(seed)
-    means = rng.normal(0, 1, (clusters, latent_dim))
-    scales = rng.uniform(0.1, 0.4, (clusters, latent_dim))
-    basis = np.linalg.qr(rng.normal(size=(dim, latent_dim)))[0].T.astype(np.float32)
-    features = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, chunk):  # chunks keep the generator's own temporaries small
-        rows = min(chunk, n - start)
-        labels = rng.integers(0, clusters, rows)
-        latent = (means[labels] + rng.normal(size=(rows, latent_dim)) * scales[labels]).astype(np.float32)
-        features[start:start + rows] = latent @ basis
-        features[start:start + rows] += rng.standard_normal((rows, dim), dtype=np.float32) * np.float32(noise)
+    lift = rng.normal(0, 1, (latent, 64)).astype(np.float32)
+    embed = (rng.normal(0, 1, (64, dim)) / 8).astype(np.float32)
+    texture = (rng.normal(0, 1, (16, dim)) / 4).astype(np.float32)
+    side = int(np.sqrt(TILE_CELLS))
+    coarse = np.linspace(0, grid - 1, side)
+    lo = np.floor(coarse).astype(int).clip(0, grid - 2)
+    frac = (coarse - lo).astype(np.float32)
+    features = np.empty((n, dim), np.float32)
+    for start in range(0, n, TILE_CELLS * tiles_per_batch):
+        rows = min(TILE_CELLS * tiles_per_batch, n - start)
+        tiles = -(-rows // TILE_CELLS)
+        g = rng.normal(0, 1, (tiles, grid, grid, latent)).astype(np.float32)
+        # bilinear upsampling of the coarse grid to 64 x 64 cells: a smooth field per tile
+        gy = g[:, lo] * (1 - frac)[None, :, None, None] + g[:, lo + 1] * frac[None, :, None, None]
+        field = gy[:, :, lo] * (1 - frac)[None, None, :, None] + gy[:, :, lo + 1] * frac[None, None, :, None]
+        z = field.reshape(-1, latent)[:rows]
+        block = np.tanh(z @ lift) @ embed
+        block += rng.standard_normal((rows, 16), dtype=np.float32) @ texture
+        outliers = rng.random(rows) < 1e-3
+        block[outliers] += rng.normal(0, 1.5, (int(outliers.sum()), dim)).astype(np.float32)
+        features[start:start + rows] = block
     return features
 
 
-def _proc_status(key):
+def load_features(source, n, seed):
+    if source is None:
+        return tile_features(n, seed)
+    features = np.load(source, mmap_mode="r")
+    if features.ndim != 2:
+        raise SystemExit(f"error: {source}: expected a [N, D] array, got shape {features.shape}")
+    return np.ascontiguousarray(features[:n], dtype=np.float32)
+
+
+def _status(key):
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
+    raise RuntimeError(key)
 
 
-def _reset_peak_rss():
-    """Make VmHWM restart from the current RSS; False where the kernel does not allow it."""
+def _reset_peak():
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
@@ -72,138 +92,112 @@ def _reset_peak_rss():
         return False
 
 
-def _clocks():
-    """Wall and CPU (all threads of this process) seconds: the machine may be shared, and CPU time
-    is less sensitive to the others' load."""
-    return np.array([time.perf_counter(), time.process_time()])
+def coverage_radius(points, picks, sample, seed):
+    """(radius, exact?): the largest distance of ``points`` (or ``sample`` random ones) to their nearest pick."""
+    import faiss
+    index = faiss.IndexFlatL2(points.shape[1])
+    index.add(np.ascontiguousarray(points[np.sort(picks)]))
+    rows = np.arange(len(points)) if len(points) <= sample else \
+        np.sort(np.random.default_rng(seed + 1).choice(len(points), sample, replace=False))
+    worst = 0.0
+    for start in range(0, len(rows), 65536):
+        distances, _ = index.search(points[rows[start:start + 65536]], 1)
+        worst = max(worst, float(distances.max()))
+    return float(np.sqrt(worst)), len(rows) == len(points)
 
 
-def measure(data, percentage, seed, pruned, plain_prefix):
-    """In a child process: time one sampling and measure its peak RSS increment.
-
-    ``plain_prefix``: time the plain greedy on only this many picks and extrapolate (no memory).
-    """
-    features = make_features(**data)
-    n, dim = features.shape
-    ApproximateGreedyCoresetSampler(0.05, seed, pruned=pruned, progress=False).run(features[:8192])  # warm-up
-    gc.collect()
-    load_before = os.getloadavg()[0]
-    baseline = _proc_status("VmRSS:")
-    peak_reset = _reset_peak_rss()
-    result = {"pruned": pruned, "picks": coreset_size(n, percentage), "load_average_before": load_before}
-    if plain_prefix is None:
-        sampler = ApproximateGreedyCoresetSampler(percentage, seed, pruned=pruned, progress=False)
-        start = _clocks()
-        _, indices = sampler.run(features)
-        result["seconds"], result["cpu_seconds"] = _clocks() - start
-        result["peak_rss_increment_bytes"] = _proc_status("VmHWM:") - baseline
-        result["peak_rss_method"] = "VmHWM after clear_refs" if peak_reset else "VmHWM (process lifetime)"
-        result["estimate_bytes"] = estimate_peak_bytes(n, dim, percentage, pruned=pruned)
-        result["visited_fraction"] = sampler.stats["visited_fraction"]
+def measure(source, n, percentage, seed, method, exact_prefix, radius_sample):
+    """In a child process: one sampler on ``n`` patches; time, radius, memory."""
+    points = load_features(source, n, seed)
+    n = len(points)
+    k = coreset_size(n, percentage)
+    two_round_above = 0 if method == "two_round" else None
+    warm = ApproximateGreedyCoresetSampler(0.01, seed, two_round_above=two_round_above, progress=False)
+    warm.select(points[:20000].copy(), warm.projection(DIM))
+    baseline = _status("VmRSS:")
+    reset = _reset_peak()
+    result = {"method": method, "n": n, "picks": k, "load_average_before": os.getloadavg()[0]}
+    if method == "two_round" or exact_prefix is None:
+        sampler = ApproximateGreedyCoresetSampler(percentage, seed, two_round_above=two_round_above, progress=False)
+        work = points if method == "two_round" else points.copy()   # the exact greedy reorders in place
+        started = time.perf_counter()
+        picks = sampler.select(work, sampler.projection(DIM))
+        result["seconds"] = time.perf_counter() - started
+        del work
+        result["peak_rss_increment_mib"] = (_status("VmHWM:") - baseline) / MIB if reset else None
+        result["estimate_mib"] = sampler.estimate_peak_bytes(n, DIM, projected_resident=True) / MIB
+        result["visited_fraction"] = sampler.stats.get("visited_fraction")
+        result["radius"], result["radius_exact"] = coverage_radius(points, picks, radius_sample, seed)
         result["extrapolated_from_picks"] = None
     else:
-        # Same set-up as the sampler (seeded projection, then start points), then the greedy alone.
-        defaults = ApproximateGreedyCoresetSampler(percentage, seed)
-        start = _clocks()
-        rng = np.random.default_rng(seed)
-        points = project_features(features, defaults.projection_dim, rng)
-        start_indices = rng.choice(n, min(defaults.num_starting_points, n), replace=False)
-        setup = _clocks() - start
-        start = _clocks()
-        greedy_coreset_plain(points, 1, start_indices, progress=False)
-        first = _clocks() - start
-        start = _clocks()
-        indices = greedy_coreset_plain(points, plain_prefix, start_indices, progress=False)
-        per_pick = (_clocks() - start - first) / max(1, plain_prefix - 1)
-        result["seconds"], result["cpu_seconds"] = setup + first + per_pick * (result["picks"] - 1)
-        result["extrapolated_from_picks"] = plain_prefix
-        result["visited_fraction"] = 1.0
+        # the first picks only, then O(N k): per-pick time x k (the first picks include both regroupings)
+        prefix = min(k, exact_prefix)
+        sampler = ApproximateGreedyCoresetSampler(prefix / n + 0.5 / n, seed, progress=False)
+        started = time.perf_counter()
+        sampler.select(points, sampler.projection(DIM))
+        elapsed = time.perf_counter() - started
+        result["seconds"] = elapsed / prefix * k
+        result["visited_fraction"] = sampler.stats.get("visited_fraction")
+        result.update(radius=None, radius_exact=None, peak_rss_increment_mib=None, estimate_mib=None,
+                      extrapolated_from_picks=prefix)
+    result["picks_per_second"] = k / result["seconds"]
     result["load_average_after"] = os.getloadavg()[0]
-    result["indices"] = indices.tolist()
     return result
 
 
-def run_in_child(*args, for_memory=False):
-    # For memory, a fixed mmap threshold: glibc otherwise raises it after each large free, so later
-    # arrays land on the heap, where freed pages stay resident and RSS stops following allocations.
-    env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if for_memory else {}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)  # a spawned child inherits the environment
-    try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(measure, *args).result()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
+def in_child(*args):
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure, *args).result()
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200_000, help="number of feature rows")
-    parser.add_argument("--dim", type=int, default=1024, help="feature dimension")
-    parser.add_argument("--percentages", type=float, nargs="+", default=[0.1, 0.01])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500_000, 2_000_000, 8_000_000])
+    parser.add_argument("--percentage", type=float, default=0.01)
+    parser.add_argument("--features", default=None, help="real projected features (.npy [N, D]) instead of generated")
+    parser.add_argument("--exact-full-below", type=int, default=1_000_000,
+                        help="run the exact greedy in full up to this many patches; above, extrapolate")
+    parser.add_argument("--exact-prefix", type=int, default=1000, help="picks timed when extrapolating")
+    parser.add_argument("--radius-sample", type=int, default=1_000_000,
+                        help="radius over all patches up to this many, else over this many drawn at random")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latent-dim", type=int, default=16, help="dimension of the subspace holding the clusters")
-    parser.add_argument("--clusters", type=int, default=32)
-    parser.add_argument("--noise", type=float, default=0.01, help="std of the isotropic noise per coordinate")
-    parser.add_argument("--skip-plain-above", type=int, default=None, metavar="PICKS",
-                        help="time the plain greedy on its first PICKS picks only and extrapolate")
-    parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the results")
+    parser.add_argument("--json", default=str(DEFAULT_JSON))
     args = parser.parse_args(argv)
 
-    data = {"n": args.n, "dim": args.dim, "seed": args.seed, "latent_dim": args.latent_dim,
-            "clusters": args.clusters, "noise": args.noise}
+    from threadpoolctl import threadpool_info
+    kernels = sorted({f"{i['internal_api']} {i.get('version')}: {i.get('architecture')}" for i in threadpool_info()
+                      if i["user_api"] == "blas"})
     rows = []
-    for percentage in args.percentages:
-        picks = coreset_size(args.n, percentage)
-        prefix = args.skip_plain_above if args.skip_plain_above and picks > args.skip_plain_above else None
-        plain = run_in_child(data, percentage, args.seed, False, prefix)
-        pruned = run_in_child(data, percentage, args.seed, True, None)
-        memory = run_in_child(data, percentage, args.seed, True, None, for_memory=True)
-        compared = len(plain["indices"])
-        row = {
-            "percentage": percentage,
-            "picks": picks,
-            "plain_seconds": plain["seconds"],
-            "plain_extrapolated_from_picks": plain["extrapolated_from_picks"],
-            "pruned_seconds": pruned["seconds"],
-            "speedup": plain["seconds"] / pruned["seconds"],
-            "plain_cpu_seconds": plain["cpu_seconds"],
-            "pruned_cpu_seconds": pruned["cpu_seconds"],
-            "cpu_speedup": plain["cpu_seconds"] / pruned["cpu_seconds"],
-            "identical_picks": pruned["indices"][:compared] == plain["indices"],
-            "picks_compared": compared,
-            "pruned_repeatable": pruned["indices"] == memory["indices"],
-            "pruned_visited_fraction": pruned["visited_fraction"],
-            "pruned_peak_rss_increment_mib": memory["peak_rss_increment_bytes"] / MIB,
-            "pruned_estimate_mib": memory["estimate_bytes"] / MIB,
-            "pruned_estimate_ratio": memory["peak_rss_increment_bytes"] / memory["estimate_bytes"],
-            "peak_rss_method": memory["peak_rss_method"],
-            "load_average_1min": {"plain": [plain["load_average_before"], plain["load_average_after"]],
-                                  "pruned": [pruned["load_average_before"], pruned["load_average_after"]]},
-        }
-        row["estimate_within_tolerance"] = abs(row["pruned_estimate_ratio"] - 1) <= ESTIMATE_TOLERANCE
-        rows.append(row)
+    for n in args.sizes:
+        prefix = None if n <= args.exact_full_below else args.exact_prefix
+        exact = in_child(args.features, n, args.percentage, args.seed, "exact", prefix, args.radius_sample)
+        two = in_child(args.features, n, args.percentage, args.seed, "two_round", None, args.radius_sample)
+        rows.append({"n": exact["n"], "exact": exact, "two_round": two, "speedup": exact["seconds"] / two["seconds"],
+                     "radius_ratio": None if exact["radius"] is None else two["radius"] / exact["radius"]})
 
-    print(f"coreset sampling, N={args.n} x D={args.dim}: {args.clusters} gaussian clusters in a "
-          f"{args.latent_dim}-dim subspace + noise {args.noise}; {os.cpu_count()} CPUs")
-    print(f"{'pct':>6} {'picks':>7} {'plain s':>9} {'pruned s':>9} {'speedup':>8} {'cpu speedup':>11} "
-          f"{'same picks':>12} {'visited':>8} {'peak MiB':>9} {'est. MiB':>9} {'ratio':>6}")
+    source = args.features or "generated tile features (512-px tiles of 64x64 cells, smooth fields + texture)"
+    print(f"coreset at {args.percentage:.0%} of N projected patches ({DIM}-d): {source}; {os.cpu_count()} CPUs; "
+          f"BLAS {'; '.join(kernels)}")
+    print(f"{'N':>9} {'picks':>6} | {'exact s':>9} {'picks/s':>8} {'radius':>7} {'visited':>7} | "
+          f"{'2-round s':>9} {'picks/s':>8} {'radius':>7} {'MiB':>6} {'est.':>6} | {'speed-up':>8} {'radius x':>8}")
+
+    def radius(r):
+        return "n/a" if r["radius"] is None else f"{r['radius']:.3f}" + ("" if r["radius_exact"] else "~")
+
     for row in rows:
-        plain_s = f"{row['plain_seconds']:.1f}" + ("*" if row["plain_extrapolated_from_picks"] else "")
-        same = f"{'yes' if row['identical_picks'] else 'NO'} {row['picks_compared']}"
-        print(f"{row['percentage']:>6.1%} {row['picks']:>7} {plain_s:>9} {row['pruned_seconds']:>9.2f} "
-              f"{row['speedup']:>7.1f}x {row['cpu_speedup']:>10.1f}x {same:>12} {row['pruned_visited_fraction']:>8.2%} "
-              f"{row['pruned_peak_rss_increment_mib']:>9.1f} {row['pruned_estimate_mib']:>9.1f} "
-              f"{row['pruned_estimate_ratio']:>6.2f}")
-    if any(row["plain_extrapolated_from_picks"] for row in rows):
-        print("* extrapolated from the first --skip-plain-above picks (per-pick time x picks + set-up)")
-    print(f"visited: points the pruned greedy computes a distance for, per pick / N. peak MiB: the pruned "
-          f"sampler's peak RSS increment; target |ratio - 1| <= {ESTIMATE_TOLERANCE:.0%}")
-    write_json(args.json, {"n": args.n, "dim": args.dim, "data": data, "cpus": os.cpu_count(), "results": rows})
+        e, t = row["exact"], row["two_round"]
+        exact_s = f"{e['seconds']:.1f}" + ("*" if e["extrapolated_from_picks"] else "")
+        visited = "n/a" if e["visited_fraction"] is None else f"{e['visited_fraction']:.2f}"
+        memory = "n/a" if t["peak_rss_increment_mib"] is None else f"{t['peak_rss_increment_mib']:.0f}"
+        ratio = "n/a" if row["radius_ratio"] is None else f"{row['radius_ratio']:.2f}"
+        print(f"{row['n']:>9} {e['picks']:>6} | {exact_s:>9} {e['picks_per_second']:>8.0f} {radius(e):>7} "
+              f"{visited:>7} | {t['seconds']:>9.1f} {t['picks_per_second']:>8.0f} {radius(t):>7} {memory:>6} "
+              f"{t['estimate_mib']:>6.0f} | {row['speedup']:>7.1f}x {ratio:>8}")
+    print("* extrapolated from the first --exact-prefix picks (O(N k)); ~ radius over a random sample (lower "
+          "bound); visited: share of the points the pruned exact greedy computes a distance for, per pick; MiB: "
+          "the two-round sampler's peak RSS increment, est.: its estimate")
+    write_json(args.json, {"percentage": args.percentage, "features": source, "dim": DIM, "cpus": os.cpu_count(),
+                           "blas": kernels, "results": rows})
     print(f"wrote {args.json}")
 
 

@@ -29,6 +29,9 @@ def _merge(base, update, source):
         if key not in base:
             raise InputError(source, f"unknown config entry '{key}'")
         if isinstance(base[key], dict):
+            if isinstance(value, str) and "name" in base[key]:
+                base[key] = {"name": value}   # a named component given by its name alone: its defaults
+                continue
             if not isinstance(value, dict):
                 raise InputError(source, f"config entry '{key}' must be a mapping")
             _merge(base[key], value, source)
@@ -37,13 +40,17 @@ def _merge(base, update, source):
 
 
 def _find_key(config, dotted):
-    """Resolve ``section.key``, a whole section (``val_config=null``) or a leaf name that is unique across sections."""
+    """Resolve ``section.key`` (``section.key.option`` inside a mapping entry), a whole section
+    (``val_config=null``) or a leaf name that is unique across sections."""
     if dotted in config:
         return config, dotted
     if "." in dotted:
-        section, key = dotted.split(".", 1)
-        if section in config and isinstance(config[section], dict) and key in config[section]:
-            return config[section], key
+        *path, key = dotted.split(".")
+        owner = config
+        for part in path:
+            owner = owner.get(part) if isinstance(owner, dict) else None
+        if isinstance(owner, dict) and key in owner:
+            return owner, key
     else:
         owners = [sec for sec in config.values() if isinstance(sec, dict) and dotted in sec]
         if len(owners) == 1:

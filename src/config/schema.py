@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from src.config.hr import check_thumbnail, check_val_config, effective_val_config, validate_hr
 from src.patchcore.normalization import parse_threshold_policy
+from src.patchcore.sampling import build_sampler
 from src.data.sample import as_width_height
 from src.tiling.plan import check_fusion_weights
 from src.utils.errors import InputError
@@ -24,7 +25,7 @@ class PatchSettings:
     percentage: float
     pretrain_embed_dimension: int
     target_embed_dimension: int
-    sampler: str
+    sampler: dict   # the sampler's name and every option (defaults filled in), as recorded in model.json
     anomaly_scorer_num_nn: int
 
     @classmethod
@@ -38,14 +39,16 @@ class PatchSettings:
                 raise InputError(source, f"{key} must be a positive integer")
         if not patch["layers_to_extract_from"]:
             raise InputError(source, "layers_to_extract_from must name at least one layer")
-        return cls(**{**patch, "layers_to_extract_from": tuple(patch["layers_to_extract_from"])})
+        # built once here so that a bad name or option stops the run before any image is read
+        sampler = build_sampler(patch["sampler"], patch["percentage"]).options()
+        return cls(**{**patch, "layers_to_extract_from": tuple(patch["layers_to_extract_from"]), "sampler": sampler})
 
     def to_dict(self):
         """The section as the detectors, extractors and bank files take it."""
         return {"backbone_name": self.backbone_name, "layers_to_extract_from": list(self.layers_to_extract_from),
                 "merge_size": self.merge_size, "percentage": self.percentage,
                 "pretrain_embed_dimension": self.pretrain_embed_dimension,
-                "target_embed_dimension": self.target_embed_dimension, "sampler": self.sampler,
+                "target_embed_dimension": self.target_embed_dimension, "sampler": dict(self.sampler),
                 "anomaly_scorer_num_nn": self.anomaly_scorer_num_nn}
 
 

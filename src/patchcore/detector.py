@@ -3,13 +3,15 @@
 ``fit`` takes the task's features as a stream of batches and keeps them in one of two ways, chosen by size:
 - up to ``IN_MEMORY_BYTES`` of full-dimensional rows: in one preallocated array, then the sampler's
   ``run(features)`` (the reference's order of work: project, draw the start points, select);
-- more: every batch is projected to ``PROJECTION_DIM`` dimensions at once into one preallocated array, and the
-  full rows are appended to a float32 spill file; the greedy then selects on the projected rows (in place),
+- more: every batch goes through the sampler's projection at once into one preallocated array (128 columns for
+  the greedy coreset, none for the random sampler), and the full rows are appended to a float32 spill file;
+  the sampler then selects on the projected rows (the greedy in place),
   and the chosen rows are read back from the spill file with explicit seeks and reads (sorted, consecutive
   rows in one read), never by mapping the whole file. Peak memory is the projected features plus the
   sampler's working memory (or, later, the bank), plus one batch: see :func:`estimate_fit_bytes`.
-Both draw from one generator seeded with ``seed``: the projection's weights, then the greedy's start points,
-so the two ways select the same coreset.
+Both go through the sampler's one interface (``src/patchcore/sampling/sampling_def.py``): one generator seeded
+with ``seed`` draws the projection's weights, then the greedy's start points, so the two ways select the same
+coreset.
 
 The memory bank is ``faiss.index`` + ``bank.json`` (``src/patchcore/memory_bank.py``, sha256-verified on load);
 ``bank.json`` also holds the task's score normaliser when a validation set was used.
@@ -23,12 +25,9 @@ from src.utils.errors import InputError
 from src.patchcore.aggregation import to_patch_rows
 from src.patchcore.memory_bank import MemoryBank
 from src.patchcore.normalization import ScoreNormalizer
-from src.patchcore.sampling import ApproximateGreedyCoresetSampler, build_sampler
-from src.patchcore.sampling.kcenter_greedy import (estimate_peak_bytes, greedy_coreset_indices, project_rows,
-                                                 projection_weights)
+from src.patchcore.sampling import build_sampler
 from src.patchcore.sampling.sampling_def import coreset_size
 
-PROJECTION_DIM = 128
 IN_MEMORY_BYTES = 512 * 2 ** 20
 FLOAT32 = 4
 
@@ -59,21 +58,19 @@ def keeps_in_memory(num_patches, dim):
 def estimate_fit_bytes(num_patches, dim, patch_config):
     """Bytes :meth:`PatchCoreDetector.fit` holds at its peak beyond the runtime and one batch, by component."""
     percentage = float(patch_config["percentage"])
-    projected_dim = min(dim, PROJECTION_DIM)
     sampler = build_sampler(patch_config["sampler"], percentage)
+    projected = num_patches * sampler.projection_dim(dim) * FLOAT32
     bank = coreset_size(num_patches, percentage) * dim * FLOAT32
     if keeps_in_memory(num_patches, dim):
         features = num_patches * dim * FLOAT32
         selection = features + sampler.estimate_peak_bytes(num_patches, dim)
-        return {"features": features, "projected_features": num_patches * projected_dim * FLOAT32,
-                "selection": selection, "bank": bank, "peak": max(selection, features + 2 * bank)}
-    if isinstance(sampler, ApproximateGreedyCoresetSampler) and percentage < 1:
-        # the greedy reorders our projected array in place: the estimate's "projected copy" is that array
-        # itself, its temporary is the column slice being reordered.
-        selection = estimate_peak_bytes(num_patches, projected_dim, percentage, PROJECTION_DIM, pruned=True)
-    else:
-        selection = num_patches * projected_dim * FLOAT32 + sampler.estimate_peak_bytes(num_patches, projected_dim)
-    return {"features": 0, "projected_features": num_patches * projected_dim * FLOAT32, "selection": selection,
+        return {"patches": num_patches, "projected_dim": sampler.projection_dim(dim), "features": features,
+                "projected_features": projected, "selection": selection, "bank": bank,
+                "peak": max(selection, features + 2 * bank)}
+    # the sampler works on our projected array (the greedy reorders it in place), we read the bank's rows back
+    selection = projected + sampler.estimate_peak_bytes(num_patches, dim, projected_resident=True)
+    return {"patches": num_patches, "projected_dim": sampler.projection_dim(dim), "features": 0,
+            "projected_features": projected, "selection": selection,
             "bank": bank, "peak": max(selection, 2 * bank)}   # bank rows + faiss's copy of them
 
 
@@ -136,29 +133,22 @@ class PatchCoreDetector:
             coreset, extracted = self._fit_spilled(batches, num_patches, dim, sampler, spill_path)
         self.bank = MemoryBank.from_features(coreset)
         return {"num_patches": int(num_patches), "dimension": int(dim), "bank_size": len(self.bank),
-                "spilled": spilled, "feature_seconds": round(extracted - started, 3),
+                "spilled": spilled, "coreset_method": sampler.stats.get("method", sampler.name),
+                "feature_seconds": round(extracted - started, 3),
                 "coreset_seconds": round(time.perf_counter() - extracted, 3)}
 
     def _fit_spilled(self, batches, num_patches, dim, sampler, spill_path):
         """(The coreset rows, selected on projected rows held in memory and read back from the spill file,
         the time the last batch was written)."""
-        rng = np.random.default_rng(self.seed)
-        weights = projection_weights(dim, PROJECTION_DIM, rng)
-        projected = np.empty((num_patches, min(dim, PROJECTION_DIM)), np.float32)
+        projection = sampler.projection(dim)
+        projected = np.empty((num_patches, projection.out_dim), np.float32)
         with open(spill_path, "wb") as spill:
             def keep(start, rows):
-                if weights is None:
-                    projected[start:start + len(rows)] = rows
-                else:
-                    project_rows(rows, weights, out=projected[start:start + len(rows)])
+                projection.project(rows, out=projected[start:start + len(rows)])
                 rows.tofile(spill)
             _fill(batches, num_patches, keep)
         extracted = time.perf_counter()
-        if isinstance(sampler, ApproximateGreedyCoresetSampler) and sampler.percentage < 1:
-            # ``projected`` is ours: the greedy reorders it in place (no copy)
-            indices = greedy_coreset_indices(projected, sampler.percentage, rng, sampler.num_starting_points)
-        else:
-            indices = sampler.run(projected)[1]
+        indices = sampler.select(projected, projection)   # ``projected`` is ours: the greedy may reorder it
         del projected
         self.selected = indices
         return read_rows(spill_path, indices, dim), extracted

@@ -5,7 +5,7 @@ import os
 
 import psutil
 
-from src.patchcore.detector import PROJECTION_DIM, estimate_fit_bytes
+from src.patchcore.detector import estimate_fit_bytes
 from src.training.jobs import MIB
 
 
@@ -31,10 +31,10 @@ def report_memory(estimates, runtime, workers, say):
     per_worker = runtime + e["total"]
     available = psutil.virtual_memory().available
     chosen = workers or int(min(len(estimates), os.cpu_count() or 1, max(1, available // per_worker)))
-    patches = e["projected_features"] // (4 * PROJECTION_DIM)
+    patches = e["patches"]
     held, what = (e["features"], f"features {e['features'] / MIB:.0f} MiB ({patches} patches, kept in memory)") \
         if e["features"] else (e["projected_features"], f"projected features {e['projected_features'] / MIB:.0f} MiB "
-                                                         f"({patches} patches x {PROJECTION_DIM}, full rows spilled)")
+                                                         f"({patches} patches x {e['projected_dim']}, full rows spilled)")
     say("Memory estimate for %s, the largest of %d jobs to train: %s + coreset selection working memory %.0f MiB "
         "(then bank %.0f MiB) + one batch %.0f MiB + runtime (MindSpore and model; measured) %.0f MiB = %.0f MiB per "
         "worker; %.0f MiB available -> %d worker(s)%s", largest, len(estimates), what, (e["peak"] - held) / MIB,

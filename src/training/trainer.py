@@ -48,10 +48,10 @@ from src.evaluation.metrics import decision_metrics
 from src.inference.model import (MODEL_FILE, MODEL_FORMAT, MODEL_VERSION, TASKS_FILE, THUMBNAIL, Model,
                                  check_image_size, make_featurizer, make_featurizers)
 from src.patchcore.aggregation import to_patch_rows
-from src.patchcore.detector import PROJECTION_DIM, PatchCoreDetector
+from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE
 from src.patchcore.normalization import ScoreNormalizer, choose_thresholds
-from src.patchcore.sampling.kcenter_greedy import project_features
+from src.patchcore.sampling import build_sampler
 from src.patchcore.scoring import ImageScore
 from src.tiling.plan import MultiResolutionHRImageSpliter, WholeImage, check_fusion_weights
 from src.tiling.tasks import RetrieveTaskGenerator, assign_tiles, load_tasks, save_tasks
@@ -332,7 +332,9 @@ class HRTrainer:
                     raise RuntimeError(f"{name}: the network gives a {features.shape[2:]} feature grid, "
                                        f"not the {grids[name]} its stride predicts")
                 # the projection's matrix product makes BLAS allocate its per-thread buffers: count them too
-                project_features(to_patch_rows(features)[0], PROJECTION_DIM, np.random.default_rng(0))
+                rows = to_patch_rows(features)[0]
+                build_sampler(job.patch_config["sampler"], job.patch_config["percentage"]).projection(
+                    rows.shape[1]).project(rows)
         return psutil.Process().memory_info().rss
 
     def _bank_digest(self, name):

@@ -162,6 +162,24 @@ def test_src_does_not_import_the_top_level_scripts():
     assert not found, "src/ imports top-level scripts:\n" + "\n".join(found)
 
 
+def sampler_type_checks(root, package="src", sampler_package="src/patchcore/sampling"):
+    """'path:line' of every isinstance/issubclass call naming a ...Sampler class outside the sampler package."""
+    found = []
+    for path in sorted((Path(root) / package).rglob("*.py")):
+        if Path(root, sampler_package) in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass") \
+                    and len(node.args) == 2 and "Sampler" in ast.unparse(node.args[1]):
+                found.append(f"{Path(path).relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_samplers_are_used_through_their_interface_not_their_class():
+    found = sampler_type_checks(ROOT)
+    assert not found, "sampler classes checked outside src/patchcore/sampling:\n" + "\n".join(found)
+
+
 # ------------------------------------------------------------------------------------------ the checker itself
 
 
@@ -185,6 +203,13 @@ CLEAN = {
     "src/pthtockpt.py": "from src.app.cli import main\nif __name__ == '__main__':\n    main()\n",
     "train.py": "import src.app.cli\n",
 }
+
+
+def test_sampler_check_finds_a_class_test_outside_the_sampler_package(tmp_path):
+    root = write_tree(tmp_path, {"src/patchcore/sampling/a.py": "isinstance(s, RandomSampler)\n",
+                                 "src/patchcore/detector.py": "x = 1\nif isinstance(s, (mod.GreedySampler, int)):\n"
+                                                              "    pass\n"})
+    assert sampler_type_checks(root) == ["src/patchcore/detector.py:2"]
 
 
 def test_checker_resolves_absolute_relative_and_attribute_imports(tmp_path):

@@ -36,6 +36,22 @@ def test_config_defaults_overrides_and_errors(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
+def test_sampler_config_by_name_or_mapping_recorded_with_every_option(tmp_path):
+    sampler = load_config(None, []).to_dict()["patch"]["sampler"]   # as stored in model.json
+    assert sampler == {"name": "approx_greedy_coreset", "two_round_above": 400000, "chunk_size": 16384,
+                       "oversample": 2.0}
+    assert load_config(None, ["patch.sampler.two_round_above=0"]).patch.sampler["two_round_above"] == 0
+    assert load_config(None, ["patch.sampler.two_round_above=null"]).patch.sampler["two_round_above"] is None
+    named = tmp_path / "named.yaml"
+    named.write_text("patch: {sampler: random}\n")   # a name alone: that sampler with its defaults
+    assert load_config(str(named)).patch.sampler == {"name": "random"}
+    assert load_config(None, ["sampler=identity"]).patch.sampler == {"name": "identity"}
+    with pytest.raises(InputError, match="unknown sampler 'kmeans'"):
+        load_config(None, ["patch.sampler.name=kmeans"])
+    with pytest.raises(InputError, match="unknown option"):
+        load_config(None, ["patch.sampler={name: random, chunk_size: 3}"])
+
+
 def write_png(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)

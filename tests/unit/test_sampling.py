@@ -11,8 +11,8 @@ import src  # noqa: F401  (sets up the environment before anything else is impor
 from src.utils.errors import InputError
 from src.patchcore.sampling import (ApproximateGreedyCoresetSampler, IdentitySampler, RandomSampler, build_sampler,
                                   estimate_peak_bytes)
-from src.patchcore.sampling import kcenter_greedy, sampling_def
-from src.patchcore.sampling.kcenter_greedy import (_Blocks, approximate_greedy_coreset_indices, distances_to_point,
+from src.patchcore.sampling import kcenter_greedy, sampling_def, two_round
+from src.patchcore.sampling.kcenter_greedy import (_Blocks, distances_to_point,
                                                  greedy_coreset_plain, greedy_coreset_pruned, squared_norms)
 
 
@@ -58,8 +58,8 @@ def test_distances_are_row_independent():
 ])
 def test_pruned_picks_equal_plain_picks(n, dim, percentage, seed, duplicates, offset):
     features = clustered(n, dim, seed, duplicates=duplicates, offset=offset)
-    plain = approximate_greedy_coreset_indices(features, percentage, seed, pruned=False, progress=False)
-    pruned = approximate_greedy_coreset_indices(features, percentage, seed, pruned=True, progress=False)
+    plain = ApproximateGreedyCoresetSampler(percentage, seed, pruned=False, progress=False).run(features)[1]
+    pruned = ApproximateGreedyCoresetSampler(percentage, seed, pruned=True, progress=False).run(features)[1]
     assert plain.dtype == np.int64 and len(plain) == max(1, int(n * percentage))
     np.testing.assert_array_equal(pruned, plain)
 
@@ -231,8 +231,80 @@ def test_no_n_by_n_allocation():
 
 def test_progress_bar_only_when_asked(capsys):
     features = clustered(300, 16, seed=17)
-    kcenter_greedy.approximate_greedy_coreset_indices(features, 0.1, progress=False)
+    ApproximateGreedyCoresetSampler(0.1, progress=False).run(features)
     assert capsys.readouterr().err == ""
-    kcenter_greedy.approximate_greedy_coreset_indices(features, 0.1, progress=True)
+    ApproximateGreedyCoresetSampler(0.1, progress=True).run(features)
     err = capsys.readouterr().err
     assert "30/30" in err and err.count("\n") <= 2
+
+
+# ------------------------------------------------------------------------------------------ two-round coreset
+
+
+def coverage(points, picks):
+    """The largest distance of any point to its nearest pick."""
+    return float(cdist(points, points[picks]).min(1).max())
+
+
+def test_shares_split_a_total_in_proportion_without_exceeding_a_part():
+    assert two_round.shares([10, 10, 10], 7).tolist() == [3, 2, 2]
+    counts = two_round.shares([5, 1000, 3], 100)
+    assert counts.sum() == 100 and (counts <= [5, 1000, 3]).all()
+    assert two_round.shares([4, 4], 8).tolist() == [4, 4]
+
+
+@pytest.mark.parametrize("chunk_size, union_piece", [(700, 65536), (500, 150)])   # one union greedy, or pieces
+def test_two_round_picks_distinct_points_deterministically_close_to_the_exact_radius(chunk_size, union_piece,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(two_round, "UNION_PIECE", union_piece)
+    points = clustered(6000, 24, seed=21)
+    points[::200] += np.random.default_rng(1).normal(0, 3, (30, 24)).astype(np.float32)   # rare outliers
+    k = 120
+    picks = two_round.two_round_coreset_indices(points, k, np.random.default_rng(3), chunk_size, 2.0, workers=2)
+    assert picks.dtype == np.int64 and len(picks) == k and len(np.unique(picks)) == k
+    # the same generator state gives the same picks, whatever the number of threads
+    again = two_round.two_round_coreset_indices(points, k, np.random.default_rng(3), chunk_size, 2.0, workers=1)
+    np.testing.assert_array_equal(picks, again)
+    exact = greedy_coreset_plain(points, k, np.random.default_rng(3).choice(6000, 10, replace=False), progress=False)
+    assert coverage(points, picks) <= 1.5 * coverage(points, exact)
+    # far better than as many random points, which miss the rare ones
+    assert coverage(points, picks) < 0.5 * coverage(points, np.random.default_rng(0).choice(6000, k, replace=False))
+
+
+def test_sampler_switches_to_two_rounds_above_the_threshold_only():
+    features = clustered(3000, 64, seed=22)
+    exact = ApproximateGreedyCoresetSampler(0.05, seed=1, progress=False)
+    below = ApproximateGreedyCoresetSampler(0.05, seed=1, two_round_above=3000, progress=False)
+    above = ApproximateGreedyCoresetSampler(0.05, seed=1, two_round_above=2999, chunk_size=512, progress=False)
+    np.testing.assert_array_equal(below.run(features)[1], exact.run(features)[1])
+    assert below.stats["method"] == "exact_greedy"
+    coreset, indices = above.run(features)
+    assert above.stats["method"] == "two_round" and len(indices) == 150
+    np.testing.assert_array_equal(coreset, features[indices])
+    assert not np.array_equal(np.sort(indices), np.sort(exact.run(features)[1]))
+
+
+def test_sampler_specs_by_name_with_options_and_their_errors():
+    sampler = build_sampler({"name": "approx_greedy_coreset", "two_round_above": 10, "oversample": 3}, 0.1, 2)
+    assert sampler.options() == {"name": "approx_greedy_coreset", "two_round_above": 10, "chunk_size": 16384,
+                                 "oversample": 3.0}
+    assert build_sampler("random", 0.1).options() == {"name": "random"}
+    with pytest.raises(InputError, match="unknown option"):
+        build_sampler({"name": "random", "chunk_size": 5}, 0.1)
+    with pytest.raises(InputError, match="two_round_above"):
+        build_sampler({"name": "approx_greedy_coreset", "two_round_above": -1}, 0.1)
+    with pytest.raises(InputError, match="oversample"):
+        build_sampler({"name": "approx_greedy_coreset", "oversample": 0.5}, 0.1)
+
+
+def test_one_interface_projection_then_selection_equals_run():
+    # the spilled fit's way (project batch by batch into its own array, then select) and run() agree
+    features = clustered(2000, 200, seed=23)
+    for spec in ("approx_greedy_coreset", {"name": "approx_greedy_coreset", "two_round_above": 0, "chunk_size": 300},
+                 "random"):
+        sampler = build_sampler(spec, 0.1, 4)
+        projection = sampler.projection(200)
+        projected = np.empty((2000, projection.out_dim), np.float32)
+        for start in range(0, 2000, 256):
+            projection.project(features[start:start + 256], out=projected[start:start + 256])
+        np.testing.assert_array_equal(sampler.select(projected, projection), build_sampler(spec, 0.1, 4).run(features)[1])

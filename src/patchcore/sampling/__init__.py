@@ -1,21 +1,33 @@
-"""Memory-bank samplers: ``build_sampler(name, percentage, seed)`` -> a ``BaseSampler``."""
+"""Memory-bank samplers, chosen by name: ``build_sampler(spec, percentage, seed)`` -> a ``BaseSampler``.
+
+``spec`` is the config's ``sampler`` entry: a name, or a mapping with ``name`` and the sampler's options
+(``approx_greedy_coreset``: ``two_round_above``, ``chunk_size``, ``oversample``).
+"""
 from src.utils.errors import InputError
-from src.patchcore.sampling.kcenter_greedy import ApproximateGreedyCoresetSampler, estimate_peak_bytes
-from src.patchcore.sampling.sampling_def import BaseSampler, IdentitySampler, RandomSampler
+from src.patchcore.sampling.coreset_sampler import ApproximateGreedyCoresetSampler
+from src.patchcore.sampling.kcenter_greedy import estimate_peak_bytes
+from src.patchcore.sampling.sampling_def import BaseSampler, IdentitySampler, Projection, RandomSampler
 
-SAMPLER_NAMES = ("identity", "random", "approx_greedy_coreset")
-
-
-def build_sampler(name, percentage, seed=0, progress=None):
-    """The sampler called ``name`` (one of ``SAMPLER_NAMES``)."""
-    if name == "identity":
-        return IdentitySampler()
-    if name == "random":
-        return RandomSampler(percentage, seed)
-    if name == "approx_greedy_coreset":
-        return ApproximateGreedyCoresetSampler(percentage, seed, progress=progress)
-    raise InputError("sampler", f"unknown sampler '{name}' (choose one of {', '.join(SAMPLER_NAMES)})")
+SAMPLERS = {cls.name: cls for cls in (IdentitySampler, RandomSampler, ApproximateGreedyCoresetSampler)}
+SAMPLER_NAMES = tuple(SAMPLERS)
 
 
-__all__ = ["ApproximateGreedyCoresetSampler", "BaseSampler", "IdentitySampler", "RandomSampler", "SAMPLER_NAMES",
-           "build_sampler", "estimate_peak_bytes"]
+def sampler_options(spec):
+    """``spec`` (a name or a mapping with ``name``) as a mapping, without checking it."""
+    return {"name": spec} if isinstance(spec, str) else dict(spec)
+
+
+def build_sampler(spec, percentage, seed=0):
+    """The sampler ``spec`` names, with its options (module doc)."""
+    options = sampler_options(spec)
+    name = options.pop("name", None)
+    if name not in SAMPLERS:
+        raise InputError("sampler", f"unknown sampler '{name}' (choose one of {', '.join(SAMPLER_NAMES)})")
+    try:
+        return SAMPLERS[name](percentage, seed, **options)
+    except TypeError:
+        raise InputError("sampler", f"unknown option among {sorted(options)} for sampler '{name}'") from None
+
+
+__all__ = ["ApproximateGreedyCoresetSampler", "BaseSampler", "IdentitySampler", "Projection", "RandomSampler",
+           "SAMPLER_NAMES", "build_sampler", "estimate_peak_bytes", "sampler_options"]

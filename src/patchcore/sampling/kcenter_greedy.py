@@ -28,13 +28,12 @@ import tqdm
 from threadpoolctl import threadpool_limits
 
 from src.utils.errors import InputError
-from src.patchcore.sampling.sampling_def import BaseSampler, check_percentage, coreset_size
+from src.patchcore.sampling.sampling_def import coreset_size
 
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
 # Plain picks before the first grouping, then the number of picks used as block centres when
 # regrouping: more blocks bound tighter but cost more per pick (distance to every centre).
 BLOCK_SCHEDULE = (64, 512)
-PROJECTION_ROWS = 4096
 # Points are reordered this many columns at a time: the temporary is [N, REORDER_COLUMNS], not a copy of all.
 REORDER_COLUMNS = 16
 # Upper bound of the fixed-size temporaries of the grouping (_nearest_centres' and _measure's row chunks).
@@ -293,90 +292,24 @@ def projection_weights(dim, projection_dim, rng):
     return rng.uniform(-bound, bound, size=(dim, projection_dim)).astype(np.float32)
 
 
-def project_rows(features, weights, out=None):
-    """``features @ weights`` in float32 (``features`` itself when ``weights`` is None)."""
-    if weights is None:
-        return features
-    projected = np.empty((len(features), weights.shape[1]), dtype=np.float32) if out is None else out
-    # In row chunks: one big multithreaded sgemm makes OpenBLAS keep ~60 MB of extra workspace.
-    for start in range(0, len(features), PROJECTION_ROWS):
-        np.matmul(features[start:start + PROJECTION_ROWS], weights, out=projected[start:start + PROJECTION_ROWS])
-    return projected
-
-
-def project_features(features, projection_dim, rng):
-    """``features`` through ``projection_weights`` drawn from ``rng``."""
-    return project_rows(features, projection_weights(features.shape[1], projection_dim, rng))
-
-
-def greedy_coreset_indices(points, percentage, rng, num_starting_points=10, pruned=True, progress=None, stats=None):
-    """The greedy on projected ``points`` (reordered in place by the pruned greedy), its start points drawn
-    from ``rng`` after the projection's weights."""
-    n = len(points)
-    start_indices = rng.choice(n, min(num_starting_points, n), replace=False)
-    if not pruned:
-        if stats is not None:
-            stats["visited_fraction"] = 1.0
-        return greedy_coreset_plain(points, coreset_size(n, percentage), start_indices, progress=progress)
-    return greedy_coreset_pruned(points, coreset_size(n, percentage), start_indices, progress=progress, stats=stats)
-
-
-def approximate_greedy_coreset_indices(features, percentage, seed=0, projection_dim=128, num_starting_points=10,
-                                       pruned=True, progress=None, stats=None):
-    """Indices (int64, in pick order) of the approximate greedy coreset of float32 ``features`` [N, D].
-    One generator seeded with ``seed`` draws the projection's weights, then the start points.
-    ``stats``: see ``greedy_coreset_pruned`` (the plain greedy visits every point: fraction 1)."""
-    rng = np.random.default_rng(seed)
-    points = project_features(features, projection_dim, rng)
-    if points is features and pruned:
-        points = np.array(points, order="C")  # the pruned greedy reorders its points in place
-    return greedy_coreset_indices(points, percentage, rng, num_starting_points, pruned, progress, stats)
-
-
-def estimate_peak_bytes(n, d, percentage, projection_dim=128, pruned=True):
-    """Peak bytes the approximate greedy sampler allocates beyond the input features [n, d].
+def estimate_peak_bytes(n, d, percentage, projection_dim=128, pruned=True, projected_resident=False):
+    """Peak bytes the exact greedy sampler allocates beyond the input features [n, d].
 
     While sampling: the projected points (a copy of the features when d <= projection_dim and the
-    pruned greedy reorders them), for the pruned greedy the column slice reordered at a time
-    (``REORDER_COLUMNS``), 32 bytes per point at that moment (norms, running values, order,
-    nearest centre, permutation) and the chunk workspace of the grouping, or for the plain greedy
-    16 bytes per point; plus the picked indices. Afterwards the returned coreset copy. The two
+    pruned greedy reorders them; nothing when the caller holds them, ``projected_resident``), for the
+    pruned greedy the column slice reordered at a time (``REORDER_COLUMNS``), 32 bytes per point at
+    that moment (norms, running values, order, nearest centre, permutation) and the chunk workspace of
+    the grouping, or for the plain greedy 16 bytes per point; plus the picked indices. Afterwards the
+    returned coreset copy (not with ``projected_resident``: the caller reads the rows itself). The two
     phases do not overlap. Percentage 1 keeps every feature.
     """
     if percentage == 1:
         return 2 * n * 8  # the index array and the "is it every row" check
     k = coreset_size(n, percentage)
-    projected = n * min(d, projection_dim) * 4 if (d > projection_dim or pruned) else 0
+    pd = min(d, projection_dim)
+    projected = 0 if projected_resident else (n * pd * 4 if (d > projection_dim or pruned) else 0)
     if pruned:
-        sampling = projected + n * (min(d, projection_dim, REORDER_COLUMNS) * 4 + 32) + CHUNK_WORKSPACE_BYTES + 8 * k
+        sampling = projected + n * (min(pd, REORDER_COLUMNS) * 4 + 32) + CHUNK_WORKSPACE_BYTES + 8 * k
     else:
         sampling = projected + 16 * n + 8 * k
-    return max(sampling, k * (4 * d + 8))
-
-
-class ApproximateGreedyCoresetSampler(BaseSampler):
-    """PatchCore's approximate greedy coreset (percentage 1 keeps every feature, as the reference does).
-
-    ``stats`` holds diagnostics of the last run (``visited_fraction``: points visited per pick / N).
-    """
-
-    name = "approx_greedy_coreset"
-
-    def __init__(self, percentage, seed=0, projection_dim=128, num_starting_points=10, pruned=True, progress=None):
-        self.percentage = check_percentage(percentage)
-        self.seed = int(seed)
-        self.projection_dim = int(projection_dim)
-        self.num_starting_points = int(num_starting_points)
-        self.pruned = pruned
-        self.progress = progress
-        self.stats = {}
-
-    def _select(self, features):
-        if self.percentage == 1:
-            return np.arange(len(features), dtype=np.int64)
-        self.stats = {}
-        return approximate_greedy_coreset_indices(features, self.percentage, self.seed, self.projection_dim,
-                                                  self.num_starting_points, self.pruned, self.progress, self.stats)
-
-    def estimate_peak_bytes(self, n, d):
-        return estimate_peak_bytes(n, d, self.percentage, self.projection_dim, self.pruned)
+    return sampling if projected_resident else max(sampling, k * (4 * d + 8))

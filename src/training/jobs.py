@@ -135,9 +135,10 @@ def train_job(run, job, featurizer, log):
                              len(job.train_views) * grid[0] * grid[1], spill)
         with contextlib.suppress(FileNotFoundError):
             os.remove(spill)
-        log.info("bank: %d of %d patches (dimension %d) in %.1f s; process peak RSS so far %.0f MiB",
-                 stats["bank_size"], stats["num_patches"], stats["dimension"], time.perf_counter() - started,
-                 peak_rss() / MIB)
+        log.info("bank: %d of %d patches (dimension %d) in %.1f s (features %.1f s, %s %.1f s); process peak RSS so "
+                 "far %.0f MiB", stats["bank_size"], stats["num_patches"], stats["dimension"],
+                 time.perf_counter() - started, stats["feature_seconds"], stats["coreset_method"],
+                 stats["coreset_seconds"], peak_rss() / MIB)
         cells = grid[0] * grid[1]
         # which training image each bank entry comes from: validation images in the bank are scored without theirs
         metadata = {"job": job.name, "fingerprint": run.fingerprints[job.name],

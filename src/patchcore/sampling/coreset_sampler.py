@@ -20,7 +20,6 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
     """
 
     name = "approx_greedy_coreset"
-    reorders_points = True
 
     def __init__(self, percentage, seed=0, two_round_above=None, chunk_size=DEFAULT_CHUNK_SIZE,
                  oversample=DEFAULT_OVERSAMPLE, projection_dim=128, num_starting_points=10, pruned=True,
@@ -52,6 +51,9 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
         """True when ``n`` points are sampled by the two-round coreset."""
         return self.percentage < 1 and self.two_round_above is not None and n > self.two_round_above
 
+    def reorders_points(self, n):
+        return self.pruned and not self.two_round(n)
+
     def _select(self, points, projection):
         points = np.ascontiguousarray(points, dtype=np.float32)
         num_picks = coreset_size(len(points), self.percentage)
@@ -68,7 +70,7 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
         return greedy_coreset_pruned(points, num_picks, start_indices, progress=self.progress, stats=self.stats)
 
     def estimate_peak_bytes(self, n, d, projected_resident=False):
-        if self.percentage < 1 and self.two_round(n):
+        if self.two_round(n):
             return two_round_peak_bytes(n, d, self.percentage, self.chunk_size, self.oversample,
                                         self.projection_dim(d), projected_resident)
         return estimate_peak_bytes(n, d, self.percentage, self.projection_dim_max, self.pruned, projected_resident)

@@ -106,7 +106,7 @@ class BaseSampler:
         self.check_memory(*features.shape, input_resident=True)
         projection = self.projection(features.shape[1])
         points = projection.project(features)
-        if points is features and self.reorders_points:
+        if points is features and self.reorders_points(len(points)):
             points = np.array(points, order="C")   # the selection may reorder its points in place
         indices = self.select(points, projection)
         del points
@@ -114,7 +114,9 @@ class BaseSampler:
             return features, indices  # every row in order: the input itself, no copy
         return features[indices], indices
 
-    reorders_points = False
+    def reorders_points(self, n):
+        """True when ``select`` reorders ``n`` points in place (``run`` then passes it a copy of its input)."""
+        return False
 
     def estimate_peak_bytes(self, n, d, projected_resident=False):
         """Bytes allocated beyond the input features [n, d] (including the returned copy). With

@@ -10,7 +10,8 @@ pixel metrics at ``--eval_resize`` and the ground truth max-pooled, so a defect 
 counts. With ``--cpp_acc`` (postprocess.py's acc_<CATEGORY>.json of the exported tiled model run by the C++
 runner, scripts/run_infer_cpp.sh) a third row shows the deployed model; its eval_s is the runner's own time
 (model loads, network and patch scoring of every tile and thumbnail), without pre- and post-processing.
-Prints the rows side by side and writes them to ``--json``.
+Prints the rows side by side, then the BLAS kernels loaded, the large-sgemm rate and the kNN rate on one tile's
+scoring shape (the bank search's share of sgemm), and writes them to ``--json``.
 
     .venv/bin/python benchmarks/bench_hr.py                                    # everything, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_hr.py --hr_model demo_output/hr/models/synthetic_leather_2k \\
@@ -124,6 +125,34 @@ def downscaled_row(args, data_root, patch_config, data):
                 eval_s=time.perf_counter() - started), plain_bank
 
 
+def blas_rates(bank_rows, dim, queries=4096, repeats=3):
+    """The BLAS kernels loaded here, the large-sgemm rate (numpy, 2048^3) and the kNN rate on one tile's
+    scoring shape (faiss IndexFlatL2, ``queries`` x ``bank_rows`` x ``dim``): best of ``repeats``, GFLOP/s."""
+    import faiss
+    from src.utils.blas import kernels
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((2048, 2048), dtype=np.float32) for _ in range(2))
+    bank = rng.standard_normal((bank_rows, dim), dtype=np.float32)
+    tile = rng.standard_normal((queries, dim), dtype=np.float32)
+    index = faiss.IndexFlatL2(dim)
+    index.add(bank)
+
+    def best(work):
+        work()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    sgemm = 2 * 2048 ** 3 / best(lambda: a @ b) / 1e9
+    knn = 2 * queries * bank_rows * dim / best(lambda: index.search(tile, 1)) / 1e9
+    return {"kernels": {os.path.basename(path): name for path, name in kernels().items()},
+            "sgemm_gflops": sgemm, "knn_gflops": knn, "knn_over_sgemm": knn / sgemm,
+            "knn_shape": [queries, bank_rows, dim]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--data_root", default=None, help="dataset root (default: WORK_DIR/data, generated)")
@@ -156,7 +185,13 @@ def main():
         print(f"tiled model training: peak RSS {memory['peak_rss_bytes'] / 2**20:.0f} MiB, estimate "
               f"{memory['estimate_bytes'] / 2**20:.0f} MiB (projected features + bank of the largest task: "
               f"{(largest['projected_features'] + largest['bank']) / 2**20:.0f} MiB)")
-    write_json(args.json, {"rows": rows, "data_root": str(data_root), "category": args.category,
+    bank = read_json(Path(args.hr_model or Path(args.work_dir) / "models" / args.category) / "task_0" / "bank.json",
+                     "bank")
+    rates = blas_rates(bank["bank_size"], bank["dimension"])
+    print(f"BLAS kernels: {', '.join(f'{lib}: {name}' for lib, name in rates['kernels'].items())}; sgemm 2048^3 "
+          f"{rates['sgemm_gflops']:.0f} GFLOP/s, kNN {'x'.join(map(str, rates['knn_shape']))} "
+          f"{rates['knn_gflops']:.0f} GFLOP/s ({rates['knn_over_sgemm']:.2f} of sgemm)")
+    write_json(args.json, {"rows": rows, "blas": rates, "data_root": str(data_root), "category": args.category,
                            "eval_resize": args.eval_resize, "downscaled_bank_size": plain_bank,
                            "tiled_memory": memory, "tiled_jobs": model["jobs"]})
     print(f"written to {args.json}")

@@ -1,10 +1,15 @@
 """PatchCore for MindSpore: high-resolution industrial anomaly detection.
 
-Importing this package sets ``ONEDNN_MAX_CPU_ISA=AVX2`` unless the user chose a value:
-on AVX-512 CPUs MindSpore's bundled oneDNN otherwise takes a path about 100x slower for
-3x3 convolutions. It must happen before ``mindspore`` is first imported, which is why
-every entry point imports ``src`` first.
+Importing this package sets, before ``mindspore``, ``numpy`` or ``faiss`` is first imported (which is why every
+entry point imports ``src`` first), and only where the user has not chosen a value:
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: on AVX-512 CPUs MindSpore's bundled oneDNN otherwise takes a path about 100x
+  slower for 3x3 convolutions;
+- ``OPENBLAS_CORETYPE`` where the bundled OpenBLAS would fall back to generic SSE3 kernels on an AVX2 or
+  AVX-512 CPU (``src/utils/blas.py``; ~5x slower bank search).
 """
 import os
 
+from src.utils.blas import choose_coretype
+
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+choose_coretype()

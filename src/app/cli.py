@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+from src.utils.blas import check_gemm
 from src.utils.errors import InputError
 from src.utils.device import set_device  # noqa: F401
 from src.utils.logs import logger, logging_to, setup_logging  # noqa: F401  (the entry points' logging)
@@ -66,8 +67,9 @@ def sample_root(args, samples):
 
 
 def run(main):
-    """Run ``main()``; bad input becomes one line on stderr and exit code 2."""
+    """Run ``main()`` after the BLAS self-check; bad input becomes one line on stderr and exit code 2."""
     try:
+        check_gemm()
         code = main()
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 The first run builds the runner, which downloads the MindSpore Lite 2.0.0 wheel (~170 MB) from PyPI.
 """
 import json
+import os
 import subprocess
 
 import src  # noqa: F401  (sets oneDNN options before MindSpore loads)
@@ -14,6 +15,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.train import mind_ir_pb2
 
+from src.utils import blas
 from src.utils.errors import InputError
 from src.patchcore.aggregation import PatchFeatureExtractor
 from src.backbones.folding import fold_batchnorm
@@ -24,8 +26,9 @@ from src.backbones.networks import build_backbone
 INPUT_SHAPE = (1, 3, 64, 64)
 
 
-def run_runner(binary, *args):
-    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=300)
+def run_runner(binary, *args, env=None):
+    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
 
 
 class OperatorMixNet(nn.Cell):
@@ -202,6 +205,19 @@ def test_bank_scores_equal_faiss_in_python(runner, tiny_model, tmp_path):
         np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
     latency = json.loads((tmp_path / "out" / "latency.json").read_text())
     assert all(entry["score_ms"] >= 0 for entry in latency["per_input"])
+    # faiss scores with OpenBLAS; never its generic kernel on a CPU with AVX2 (the runner re-runs itself with
+    # OPENBLAS_CORETYPE set), and a kernel the user chose is left as it is
+    core = latency["openblas_core"]
+    assert core != "none" and f"OpenBLAS kernel {core})" in result.stdout
+    assert core.lower() not in blas.GENERIC_CORES or not {"avx2", "fma"} <= blas.cpu_flags()
+    chosen = run_runner(runner, "--mindir_path", mindir, "--input_path", tmp_path / "in", "--result_path",
+                        tmp_path / "prescott", "--bank_path", bank_path, "--num_nn", num_nn,
+                        env={"OPENBLAS_CORETYPE": "Prescott"})
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads((tmp_path / "prescott" / "latency.json").read_text())["openblas_core"] == "Prescott"
+    for stem in inputs:
+        np.testing.assert_allclose(np.load(tmp_path / "prescott" / f"{stem}_scores.npy"),
+                                   np.load(tmp_path / "out" / f"{stem}_scores.npy"), rtol=1e-5, atol=1e-6)
     # --save_features 0: the same scores, and no feature files (an edge box keeps only what it needs)
     result = run_runner(runner, "--mindir_path", mindir, "--input_path", tmp_path / "in", "--result_path",
                         tmp_path / "scores_only", "--bank_path", bank_path, "--num_nn", num_nn, "--save_features", 0)

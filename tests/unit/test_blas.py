@@ -1,0 +1,65 @@
+"""OpenBLAS kernel choice and the start-up GEMM self-check (src/utils/blas.py)."""
+import faiss  # noqa: F401  (its OpenBLAS loaded, for kernels())
+import numpy as np
+import pytest
+
+import src  # noqa: F401
+from src.app import cli
+from src.utils import blas
+from src.utils.errors import InputError
+
+AVX512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+def never(*_):
+    raise AssertionError("probed although the choice was already made")
+
+
+def test_a_value_already_set_is_left_as_it_is():
+    environ = {"OPENBLAS_CORETYPE": "Prescott"}   # e.g. a machine where newer kernels crash
+    assert blas.choose_coretype(environ, AVX512, probe=never, libraries=lambda: ["x.so"]) is None
+    assert environ == {"OPENBLAS_CORETYPE": "Prescott"}
+    decided = {blas.CHECKED: "1"}   # a child of a process that decided already
+    assert blas.choose_coretype(decided, AVX512, probe=never) is None and blas.VARIABLE not in decided
+
+
+@pytest.mark.parametrize("flags, corenames, expected", [
+    (AVX512, ["Prescott", "Zen"], "SkylakeX"),     # one library would fall back: both get a real kernel
+    ({"avx2", "fma"}, ["Nehalem"], "Haswell"),
+    (AVX512, ["Cooperlake", "Zen"], None),         # detected correctly: nothing to do
+    (AVX512, ["SkylakeX", "SkylakeX"], None),
+    ({"sse3", "ssse3"}, ["Prescott"], None),        # a CPU without AVX2: the generic kernel is the right one
+])
+def test_a_generic_kernel_on_an_avx2_or_avx512_cpu_is_replaced(flags, corenames, expected):
+    environ = {}
+    probe = (lambda paths: corenames) if "avx2" in flags else never
+    assert blas.choose_coretype(environ, flags, probe=probe, libraries=lambda: ["a.so", "b.so"]) == expected
+    assert environ.get(blas.VARIABLE) == expected and environ[blas.CHECKED] == "1"
+
+
+def test_the_probe_names_the_kernel_of_each_bundled_library():
+    paths = blas.bundled_openblas()
+    assert any("numpy.libs" in p for p in paths) and any("faiss_cpu.libs" in p for p in paths)
+    names = blas.probe_corenames(paths)
+    assert len(names) == len(paths) and "unknown" not in names
+    # the process's own libraries run the kernel the probe saw (this process loaded them after the choice)
+    loaded = {name.lower() for name in blas.kernels().values()}
+    assert {name.lower() for name in names} <= loaded
+
+
+def test_the_self_check_passes_on_this_machine_and_refuses_a_wrong_result():
+    blas.check_gemm()
+    with pytest.raises(InputError, match="matrix product .*OPENBLAS_CORETYPE"):
+        blas.check_gemm(matmul=lambda a, b: (a @ b) * np.float32(1.01))
+    with pytest.raises(InputError, match="nearest-neighbour search .*OPENBLAS_CORETYPE"):
+        blas.check_gemm(search=lambda queries, bank: np.zeros(len(queries)))
+
+
+def test_every_entry_point_stops_with_one_line_when_the_check_fails(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "check_gemm", lambda: blas.check_gemm(matmul=lambda a, b: a @ b + 1))
+    ran = []
+    with pytest.raises(SystemExit) as stop:
+        cli.run(lambda: ran.append(1))
+    assert stop.value.code == 2 and not ran
+    err = capsys.readouterr().err
+    assert err.startswith("error: OpenBLAS: a float32 matrix product (numpy) differs") and err.count("\n") == 1

@@ -32,7 +32,7 @@ def worker_main(run, names, messages, threads):
     from threadpoolctl import threadpool_limits
     threads_num(threads)           # the workers share the cores: MindSpore, BLAS and faiss's OpenMP alike
     threadpool_limits(threads)
-    set_device(*run.device)
+    set_device(*run.device, threads=threads)
     ms.set_seed(run.seed)
     run_jobs(run, names, lambda kind, name, payload: messages.put((kind, name, payload)))
     messages.put(("rss", None, peak_rss()))

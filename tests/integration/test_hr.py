@@ -206,7 +206,9 @@ def test_return_results_only_gives_scores_and_full_resolution_maps(trained, eval
     assert all(m.shape == (256, 256) and m.dtype == np.float32 for m in maps)
     assert not (tmp_path / "logs").exists() and not (tmp_path / "vis").exists()
     cli_scores = json.loads((evaluated[0] / "scores.json").read_text())
-    np.testing.assert_allclose(scores, [s["image_score"] for s in cli_scores[:3]], rtol=1e-6)
+    # faiss's multithreaded search rounds a distance by ~1e-7 differently depending on which queries share its
+    # block (eval.py batches other images' tiles with these); the score normaliser amplifies that to ~1e-6
+    np.testing.assert_allclose(scores, [s["image_score"] for s in cli_scores[:3]], rtol=1e-5)
     seen = {}
 
     def evaluator(prediction_scores, gt_labels, prediction_masks, gt_masks, **kwargs):  # HiAD's signature

@@ -1,4 +1,8 @@
-"""OpenBLAS kernel choice and the start-up GEMM self-check (src/utils/blas.py)."""
+"""OpenBLAS kernel choice and the start-up GEMM self-check (src/utils/blas.py); faiss's threads (device.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import faiss  # noqa: F401  (its OpenBLAS loaded, for kernels())
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from src.app import cli
 from src.utils import blas
 from src.utils.errors import InputError
 
+ROOT = Path(__file__).resolve().parents[2]
 AVX512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
 
 
@@ -63,3 +68,16 @@ def test_every_entry_point_stops_with_one_line_when_the_check_fails(monkeypatch,
     assert stop.value.code == 2 and not ran
     err = capsys.readouterr().err
     assert err.startswith("error: OpenBLAS: a float32 matrix product (numpy) differs") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_faiss_searches_on_every_cpu_even_when_mindspore_loaded_first(threads):
+    # MindSpore's import leaves the OpenMP runtime faiss then binds to at one thread; set_device restores it
+    code = ("import os, src, mindspore, faiss\n"
+            "from src.utils.device import set_device\n"
+            f"set_device('CPU', 0, threads={threads})\n"
+            "print(faiss.omp_get_max_threads(), len(os.sched_getaffinity(0)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got, cpus = map(int, result.stdout.split()[-2:])
+    assert got == (threads or cpus)

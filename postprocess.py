@@ -8,6 +8,7 @@ every task folder go through the task's normaliser and are stitched (with the th
 """
 import argparse
 import os
+import time
 
 import src  # noqa: F401  (same environment set-up as every entry point)
 from src.app import cli
@@ -33,14 +34,20 @@ def acc_line(metrics):
     return ", ".join(f"{label}: {text(metrics[key])}" for label, key in names)
 
 
-def timing_text(latency, images, source):
+def timing_text(latency, images, source, postprocess_seconds):
+    """Per image: the runner's network and (C++) scoring time, then this script's own (scoring in Python,
+    stitching, maps, metrics)."""
+    own = f"; postprocess {postprocess_seconds / images * 1000:.0f} ms per image" + \
+        (" (Python scoring included)" if source != "cpp" else " (stitching, maps, metrics)")
     if not latency:
-        return ""
+        return own
+    kernels = f", OpenBLAS {'/'.join(latency['openblas_cores'])}" if latency.get("openblas_cores") else ""
     if latency["runs"] == 1:
-        return f", mean predict {latency['mean_predict_ms']:.1f} ms on {latency['device_type']}"
-    timed = "predict + scoring" if source == "cpp" else "predict"
+        return f", mean predict {latency['mean_predict_ms']:.1f} ms on {latency['device_type']}{kernels}{own}"
+    scoring = f" + scoring {latency['scoring_ms'] / images:.0f}" if source == "cpp" else ""
     return (f", {latency['inputs']} network inputs in {latency['runs']} runner runs, "
-            f"{latency['total_ms'] / images:.0f} ms per image ({timed}) on {latency['device_type']}")
+            f"{latency['total_ms'] / images:.0f} ms per image in C++ (network {latency['network_ms'] / images:.0f}"
+            f"{scoring}) on {latency['device_type']}{kernels}{own}")
 
 
 def main():
@@ -64,14 +71,16 @@ def main():
                                         "run preprocess.py again")
     if not os.path.isdir(args.result_path):
         raise InputError(args.result_path, "result folder not found")
+    started = time.perf_counter()
     scores, metrics, source = evaluate(meta, args.export_dir, args.result_path, items)
+    postprocess_seconds = time.perf_counter() - started
 
     line = acc_line(metrics)
     row = dict(clsname=args.category, **metrics)
     table = format_table([row], columns_of([row]))
     latency = read_latency(args.result_path, scoring_jobs(meta))
     details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
-               + timing_text(latency, len(items), source))
+               + timing_text(latency, len(items), source, postprocess_seconds))
     log_path = os.path.join(args.output_dir, f"acc_{args.category}.log")
     write_text(log_path, f"{line}\n\n{table}\n\n{details}\n")
     write_json(os.path.join(args.output_dir, f"acc_{args.category}.json"), {

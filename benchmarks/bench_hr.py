@@ -153,6 +153,32 @@ def blas_rates(bank_rows, dim, queries=4096, repeats=3):
             "knn_shape": [queries, bank_rows, dim]}
 
 
+def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
+    """Model.predict (what predict.py runs, without its files) on the first ``images`` test images after one
+    warm-up: seconds per image, split as Model.timings splits them, and the scoring FLOPs per image."""
+    from src.data.sample import HRSample
+    from src.inference.model import Model
+    from src.utils.device import set_device
+    set_device("CPU", 0)
+    model = Model.load(str(folder), pre_ckpt_path=pre_ckpt_path)
+    paths = sorted(str(p) for p in (Path(data_root) / category / "test").glob("*/*.png"))[:images + 1]
+    pictures = [HRSample(path).load_image() for path in paths]
+    model.predict(pictures[0])
+    model.timings = dict.fromkeys(model.timings, 0.0)
+    started = time.perf_counter()
+    for picture in pictures[1:]:
+        model.predict(picture)
+    count = len(pictures) - 1
+    flops = 0
+    for task, tiles in model.assignment(pictures[0]):
+        bank = model.detectors[task.name].bank
+        grid = next(model.featurizers[task.name].view_batches([(pictures[0], tiles[0])])).shape[2:]
+        flops += 2 * len(tiles) * grid[0] * grid[1] * len(bank) * bank.dimension
+    return {"seconds": (time.perf_counter() - started) / count,
+            **{f"{part}_s": seconds / count for part, seconds in model.timings.items()},
+            "scoring_gflop": flops / 1e9, "images": count}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--data_root", default=None, help="dataset root (default: WORK_DIR/data, generated)")
@@ -185,13 +211,27 @@ def main():
         print(f"tiled model training: peak RSS {memory['peak_rss_bytes'] / 2**20:.0f} MiB, estimate "
               f"{memory['estimate_bytes'] / 2**20:.0f} MiB (projected features + bank of the largest task: "
               f"{(largest['projected_features'] + largest['bank']) / 2**20:.0f} MiB)")
-    bank = read_json(Path(args.hr_model or Path(args.work_dir) / "models" / args.category) / "task_0" / "bank.json",
-                     "bank")
+    folder = Path(args.hr_model or Path(args.work_dir) / "models" / args.category)
+    bank = read_json(folder / "task_0" / "bank.json", "bank")
+    python = python_per_image(folder, data_root, args.category, args.pre_ckpt_path)
     rates = blas_rates(bank["bank_size"], bank["dimension"])
     print(f"BLAS kernels: {', '.join(f'{lib}: {name}' for lib, name in rates['kernels'].items())}; sgemm 2048^3 "
           f"{rates['sgemm_gflops']:.0f} GFLOP/s, kNN {'x'.join(map(str, rates['knn_shape']))} "
           f"{rates['knn_gflops']:.0f} GFLOP/s ({rates['knn_over_sgemm']:.2f} of sgemm)")
-    write_json(args.json, {"rows": rows, "blas": rates, "data_root": str(data_root), "category": args.category,
+    floor = python["network_s"] + python["scoring_gflop"] / rates["sgemm_gflops"]
+    print(f"per {args.image_size}x{args.image_size} image, Python (Model.predict, {python['images']} images): "
+          f"{python['seconds']:.2f} s = network {python['network_s']:.2f} + scoring {python['scoring_s']:.2f} "
+          f"({python['scoring_gflop']:.0f} GFLOP, {python['scoring_gflop'] / python['scoring_s']:.0f} GFLOP/s) + map "
+          f"{python['map_s']:.2f}; floor {floor:.2f} s (that network time + the scoring FLOPs at the sgemm rate)")
+    acc = read_json(args.cpp_acc, "C++ runner results") if args.cpp_acc else {}
+    latency, images = acc.get("latency"), len(acc.get("scores", []))
+    if latency:
+        print(f"per image, C++ runner: {latency['total_ms'] / images / 1000:.2f} s = network "
+              f"{latency['network_ms'] / images / 1000:.2f} + scoring {latency['scoring_ms'] / images / 1000:.2f} "
+              f"({python['scoring_gflop'] * images / (latency['scoring_ms'] / 1000 or 1):.0f} GFLOP/s; "
+              f"OpenBLAS {'/'.join(latency.get('openblas_cores', [])) or 'unknown'}), model loads not counted")
+    write_json(args.json, {"rows": rows, "blas": rates, "python_per_image": python, "data_root": str(data_root),
+                           "category": args.category,
                            "eval_resize": args.eval_resize, "downscaled_bank_size": plain_bank,
                            "tiled_memory": memory, "tiled_jobs": model["jobs"]})
     print(f"written to {args.json}")

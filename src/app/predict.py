@@ -36,6 +36,8 @@ def predict(args):
             results.append(result.to_dict() | {"name": result.name})
         write_json(os.path.join(stage, "predict.json"), results)
     ng = sum(result["label"] == "NG" for result in results)
+    per_image = ", ".join(f"{part} {seconds / max(1, len(results)):.3f} s"
+                          for part, seconds in predictor.model.timings.items())
     print(f"{len(results)} images: {len(results) - ng} OK, {ng} NG (image threshold "
-          f"{predictor.image_threshold:.6g}); results in {output_dir}")
+          f"{predictor.image_threshold:.6g}); per image {per_image}; results in {output_dir}")
     return 0

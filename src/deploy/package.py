@@ -148,8 +148,8 @@ def one_source(sources, result_path):
 def read_latency(result_path, jobs):
     """The runner's timing summary over all jobs that ran (None unless each wrote latency.json; a job
     without a result folder had no inputs):
-    model load summed over runs, mean predict per network input, and C++ milliseconds per test image
-    (model runs + patch scoring of all its inputs)."""
+    model load summed over runs, mean predict per network input, the milliseconds of all model runs
+    (network) and of all patch scoring (scoring) and their sum, and the OpenBLAS kernels the runs scored with."""
     runs = []
     for job in jobs:
         if not os.path.isdir(job_path(result_path, job)):
@@ -165,4 +165,7 @@ def read_latency(result_path, jobs):
             "model_load_ms": sum(run.get("model_load_ms", 0.0) for run in runs),
             "mean_predict_ms": sum(entry["predict_ms"] for entry in per_input) / len(per_input),
             "inputs": len(per_input),
-            "total_ms": sum(entry["predict_ms"] + entry.get("score_ms", 0.0) for entry in per_input)}
+            "network_ms": sum(entry["predict_ms"] for entry in per_input),
+            "scoring_ms": sum(entry.get("score_ms", 0.0) for entry in per_input),
+            "total_ms": sum(entry["predict_ms"] + entry.get("score_ms", 0.0) for entry in per_input),
+            "openblas_cores": sorted({run["openblas_core"] for run in runs if "openblas_core" in run})}

@@ -13,7 +13,7 @@ normaliser, the grids are composed into one full-resolution map and the image sc
 policy. Images are batched ``batch_size`` network inputs at a time across images.
 """
 import os
-
+import time
 
 from src.data.sample import view_from_dict
 from src.patchcore.detector import PatchCoreDetector
@@ -52,6 +52,9 @@ class Model:
         self.batch_size = int(meta["batch_size"])
         self.task_generator = task_generator or routing_generator(meta.get("task_generator"), tasks,
                                                                   meta["fusion_weights"])
+        # seconds spent since loading: network (inputs and features), scoring (bank search and normaliser), map
+        # (composition, stitching, smoothing, image score); predict.py prints them per image
+        self.timings = {"network": 0.0, "scoring": 0.0, "map": 0.0}
 
     @classmethod
     def load(cls, checkpoint_root, pre_ckpt_path=None, task_generator=None, extractors=None):
@@ -118,8 +121,17 @@ class Model:
 
     def _scores(self, name, views, exclude_source=None):
         detector, featurizer = self.detectors[name], self.featurizers[name]
-        for features in featurizer.view_batches(views):
-            yield from detector.normalize(detector.patch_scores(features, exclude_source))
+        batches = featurizer.view_batches(views)
+        while True:
+            started = time.perf_counter()
+            features = next(batches, None)
+            scored = time.perf_counter()
+            self.timings["network"] += scored - started
+            if features is None:
+                return
+            grids = detector.normalize(detector.patch_scores(features, exclude_source))
+            self.timings["scoring"] += time.perf_counter() - scored
+            yield from grids
 
     def anomaly_map(self, tile_grids, thumbnail_grid):
         return compose_anomaly_map(tile_grids, self.image_size, thumbnail_grid, self.settings["thumbnail_merge"],
@@ -130,9 +142,11 @@ class Model:
         :meth:`grids`)."""
         results = []
         for tile_grids, thumbnail in self.grids(images, exclude_source):
+            started = time.perf_counter()
             amap = self.anomaly_map(tile_grids, thumbnail)
             grids = [grid for _, grid in tile_grids] + ([] if thumbnail is None else [thumbnail])
             results.append((self.image_score(amap, grids), amap))
+            self.timings["map"] += time.perf_counter() - started
         return results
 
     def predict(self, image):

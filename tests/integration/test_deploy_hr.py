@@ -7,6 +7,7 @@ bank has a normaliser), mobilenet_v2 with seeded random weights and 64-dimension
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -140,6 +141,12 @@ def test_run_infer_cpp_reports_eval_numbers_with_scores_computed_in_cpp(project,
     assert stdout.count("wrote ") >= 3 and all(f"result_Files/{name}" in stdout for name in JOBS)
     acc = read_json(cpp_run["work"] / f"acc_{CATEGORY}.json")
     assert acc["score_source"] == "cpp" and acc["latency"]["runs"] == 3 and acc["latency"]["inputs"] == 50
+    latency = acc["latency"]   # each image's time, split: network and scoring in C++, then postprocess.py's own
+    assert latency["network_ms"] > 0 and latency["scoring_ms"] > 0
+    assert abs(latency["network_ms"] + latency["scoring_ms"] - latency["total_ms"]) < 1e-6 * latency["total_ms"]
+    assert latency["openblas_cores"] and "none" not in latency["openblas_cores"]
+    assert re.search(r"ms per image in C\+\+ \(network \d+ \+ scoring \d+\) on CPU, OpenBLAS \w+; postprocess "
+                     r"\d+ ms per image \(stitching, maps, metrics\)", stdout)
     expected = read_json(project["eval"] / "metrics.json")
     assert acc["metrics"]["image_auroc"] == expected["image_auroc"]
     for key in METRIC_KEYS[1:]:

@@ -2,6 +2,7 @@
 layout and the dataset check."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -78,6 +79,8 @@ def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(mode
         assert np.load(tmp_path / f"{name}.npy").shape == (64, 64)
         ng += fields["label"] == "NG"
     assert f"7 images: {7 - ng} OK, {ng} NG" in result.stdout
+    times = re.search(r"per image network (\d+\.\d+) s, scoring (\d+\.\d+) s, map (\d+\.\d+) s", result.stdout)
+    assert times and float(times[1]) > 0 and float(times[2]) > 0
     assert len(json.loads((tmp_path / "predict.json").read_text())) == 7
 
 

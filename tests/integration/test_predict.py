@@ -80,7 +80,7 @@ def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(mode
         ng += fields["label"] == "NG"
     assert f"7 images: {7 - ng} OK, {ng} NG" in result.stdout
     times = re.search(r"per image network (\d+\.\d+) s, scoring (\d+\.\d+) s, map (\d+\.\d+) s", result.stdout)
-    assert times and float(times[1]) > 0 and float(times[2]) > 0
+    assert times and float(times[1]) > 0   # this tiny bank's scoring can round to 0.000 s
     assert len(json.loads((tmp_path / "predict.json").read_text())) == 7
 
 
@@ -94,6 +94,8 @@ def test_the_python_api_on_an_array_gives_the_files_result(model, dataset):
     assert from_array.fields["raw_score"] == from_file.fields["raw_score"]
     assert from_array.fields["regions"] == from_file.fields["regions"] and from_array.fields["input_path"] is None
     assert from_file.name == "001" and from_array.name == "array_000"
+    # every part of the two predictions took time, and was counted (predict.py prints them per image)
+    assert all(seconds > 0 for seconds in predictor.model.timings.values()), predictor.model.timings
 
 
 def test_an_unreadable_file_stops_predict_with_one_line_and_writes_nothing(model, dataset, tmp_path):

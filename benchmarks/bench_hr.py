@@ -156,6 +156,7 @@ def blas_rates(bank_rows, dim, queries=4096, repeats=3):
 def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
     """Model.predict (what predict.py runs, without its files) on the first ``images`` test images after one
     warm-up: seconds per image, split as Model.timings splits them, and the scoring FLOPs per image."""
+    from src.backbones.networks import feature_grid
     from src.data.sample import HRSample
     from src.inference.model import Model
     from src.utils.device import set_device
@@ -172,7 +173,8 @@ def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
     flops = 0
     for task, tiles in model.assignment(pictures[0]):
         bank = model.detectors[task.name].bank
-        grid = next(model.featurizers[task.name].view_batches([(pictures[0], tiles[0])])).shape[2:]
+        patch = model.detectors[task.name].patch_config
+        grid = feature_grid(patch["backbone_name"], patch["layers_to_extract_from"], tiles[0].input_size)
         flops += 2 * len(tiles) * grid[0] * grid[1] * len(bank) * bank.dimension
     return {"seconds": (time.perf_counter() - started) / count,
             **{f"{part}_s": seconds / count for part, seconds in model.timings.items()},

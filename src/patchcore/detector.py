@@ -59,19 +59,18 @@ def estimate_fit_bytes(num_patches, dim, patch_config):
     """Bytes :meth:`PatchCoreDetector.fit` holds at its peak beyond the runtime and one batch, by component."""
     percentage = float(patch_config["percentage"])
     sampler = build_sampler(patch_config["sampler"], percentage)
-    projected = num_patches * sampler.projection_dim(dim) * FLOAT32
-    bank = coreset_size(num_patches, percentage) * dim * FLOAT32
+    projected_dim = sampler.projection_dim(dim)
+    common = {"patches": num_patches, "projected_dim": projected_dim,
+              "projected_features": num_patches * projected_dim * FLOAT32,
+              "bank": coreset_size(num_patches, percentage) * dim * FLOAT32}
     if keeps_in_memory(num_patches, dim):
         features = num_patches * dim * FLOAT32
         selection = features + sampler.estimate_peak_bytes(num_patches, dim)
-        return {"patches": num_patches, "projected_dim": sampler.projection_dim(dim), "features": features,
-                "projected_features": projected, "selection": selection, "bank": bank,
-                "peak": max(selection, features + 2 * bank)}
+        return dict(common, features=features, selection=selection, peak=max(selection, features + 2 * common["bank"]))
     # the sampler works on our projected array (the greedy reorders it in place), we read the bank's rows back
-    selection = projected + sampler.estimate_peak_bytes(num_patches, dim, projected_resident=True)
-    return {"patches": num_patches, "projected_dim": sampler.projection_dim(dim), "features": 0,
-            "projected_features": projected, "selection": selection,
-            "bank": bank, "peak": max(selection, 2 * bank)}   # bank rows + faiss's copy of them
+    selection = common["projected_features"] + sampler.estimate_peak_bytes(num_patches, dim, projected_resident=True)
+    return dict(common, features=0, selection=selection,
+                peak=max(selection, 2 * common["bank"]))   # bank rows + faiss's copy of them
 
 
 def _rows(feature_batches):

@@ -114,10 +114,12 @@ def check_gemm(matmul=None, search=None, size=192, tolerance=1e-4):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
-    want = a.astype(np.float64) @ b.astype(np.float64)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    want = a64 @ b64
     got = (matmul or np.matmul)(a, b)
     error = float(np.abs(got - want).max() / np.abs(want).max())
-    distances = ((a.astype(np.float64)[:, None, :] - b.astype(np.float64)[None, :, :]) ** 2).sum(-1).min(1)
+    # every row of a to its nearest row of b, squared, in float64 (|x|^2 + |y|^2 - 2 x.y)
+    distances = ((a64 ** 2).sum(1)[:, None] + (b64 ** 2).sum(1)[None, :] - 2 * a64 @ b64.T).min(1)
     found = (search or _faiss_nearest)(a, b)
     error_knn = float(np.abs(found - distances).max() / distances.max())
     for what, value in (("a float32 matrix product (numpy)", error), ("a nearest-neighbour search (faiss)",

@@ -27,6 +27,7 @@ import numpy as np
 import tqdm
 
 from src.patchcore.sampling.kcenter_greedy import greedy_coreset_plain
+from src.patchcore.sampling.sampling_def import coreset_size
 
 DEFAULT_CHUNK_SIZE = 16384
 DEFAULT_OVERSAMPLE = 2.0
@@ -101,7 +102,7 @@ def two_round_peak_bytes(n, d, percentage, chunk_size, oversample, projected_dim
     (unless the caller holds them), the union's rows and indices, per thread a chunk's working arrays
     (norms, running values, distances: 16 bytes a point); afterwards the coreset copy (unless
     ``projected_resident``: the caller reads the rows itself)."""
-    k = max(1, int(n * percentage))
+    k = coreset_size(n, percentage)
     union = min(n, math.ceil(oversample * k))
     projected = 0 if (projected_resident or projected_dim == d) else n * projected_dim * 4
     threads = len(os.sched_getaffinity(0))

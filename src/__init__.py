@@ -6,6 +6,11 @@ entry point imports ``src`` first), and only where the user has not chosen a val
   slower for 3x3 convolutions;
 - ``OPENBLAS_CORETYPE`` where the bundled OpenBLAS would fall back to generic SSE3 kernels on an AVX2 or
   AVX-512 CPU (``src/utils/blas.py``; ~5x slower bank search).
+
+It then imports ``faiss``, so that faiss binds its own OpenMP runtime: loaded after ``mindspore``, faiss's
+OpenMP calls go to the libgomp MindSpore brought, which stays at one thread, and every bank search of a Python
+API caller (``Model.load`` then ``predict``, no ``set_device``) ran on one core (2048x2048 image: 2.7 s of
+scoring instead of 1.7 s on 2 cores).
 """
 import os
 
@@ -13,3 +18,5 @@ from src.utils.blas import choose_coretype
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 choose_coretype()
+
+import faiss  # noqa: E402,F401  (before mindspore: see above)

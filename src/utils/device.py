@@ -6,9 +6,8 @@ def set_device(device_target, device_id, threads=None):
     """Graph mode on ``device_target`` (CPU, GPU, Ascend) ``device_id``; faiss's OpenMP on ``threads`` threads
     (default: every CPU this process may use).
 
-    Why the threads: once MindSpore is loaded before faiss, faiss's OpenMP calls bind to the libgomp MindSpore
-    brought, which MindSpore leaves at one thread, so every bank search ran on one core (a 2048x2048 image's
-    scoring: 2.8 s instead of 1.8 s on 2 cores).
+    Entry points and workers state their threads here; ``import src`` already loads faiss before MindSpore, so
+    that faiss keeps its own OpenMP runtime (see ``src/__init__.py``).
     """
     import faiss
     import mindspore as ms

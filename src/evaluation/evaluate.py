@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from src.evaluation.metrics import (compute_imagewise_metrics, compute_pixelwise_metrics, decision_metrics, format_table,
-                                    mean_row)
+                                    mean_row, operating_points, operating_points_note, OPERATING_KEYS)
 from src.evaluation.visualize import comparison_picture, save_picture
 from src.patchcore.normalization import Thresholds
 from src.utils.errors import InputError
@@ -33,12 +33,13 @@ def evaluation_size(model_meta):
 
 
 def with_decisions(evaluators, thresholds, defect_types, resize):
-    """``evaluators`` and, when the model has ``thresholds``, the decisions it makes at them
-    (``decision_metrics``): AUROC ranks, users decide."""
+    """``evaluators``, the operating points of the scores (``operating_points``) and, when the model has
+    ``thresholds``, the decisions it makes at them (``decision_metrics``): AUROC ranks, users decide."""
+    evaluators = list(evaluators) + [functools.partial(operating_points, defect_types=defect_types)]
     if not thresholds:
-        return list(evaluators)
-    return list(evaluators) + [functools.partial(decision_metrics, thresholds=thresholds, defect_types=defect_types,
-                                                 resize=resize)]
+        return evaluators
+    return evaluators + [functools.partial(decision_metrics, thresholds=thresholds, defect_types=defect_types,
+                                           resize=resize)]
 
 
 def evaluate_maps(evaluators, scores, labels, maps, masks):
@@ -94,6 +95,8 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
     rows = [dict(clsname=clsname, **metrics)]
     table = format_table(rows + [mean_row(rows, columns)], columns)
     print(table)
+    if "image_counts" in metrics and any(metrics[key] is None for key in OPERATING_KEYS):
+        print(operating_points_note(metrics["image_counts"]))
     image_threshold = None if thresholds is None else Thresholds.from_dict(thresholds).image
     per_image = [{"name": name, "label": int(label), "image_score": float(score),
                   **({} if image_threshold is None else {"predicted_anomalous": bool(score >= image_threshold)})}

@@ -7,6 +7,13 @@ positive rate on normal pixels, integrated up to ``max_fpr`` (0.3) and divided b
 A metric that is undefined for the data (a single class present, no ground-truth region, no normal pixel) is
 ``None``, never a made-up number.
 
+Operating points (``operating_points``), for choosing a model by what a line would run it at (anomalib's PGn and
+PBn): ``tnr_at_fnr_n``, the share of good images passed when at most n% of defective images may escape, and
+``tpr_at_fpr_n``, the share of defective images caught when at most n% of good images may be rejected; ties
+count against the model. A 1% or 5% rate needs enough images of the class it limits: with fewer than
+``MIN_IMAGES_PER_RATE`` the value is None and ``image_counts`` says why. Per defect type, the margin of its
+lowest image score over the highest good image score (> 0: every image of the type is above every good one).
+
 PRO regions are the 8-connected components of each image's mask (like the MVTec AD evaluation code): two
 defect pixels touching only at a corner are one region. The curve is computed exactly, without a loop over
 thresholds: the mean overlap over R regions at threshold t is ``sum_r |{p in r: s_p >= t}| / (|r| R)``,
@@ -236,6 +243,60 @@ def format_table(rows, columns):
 
     separator = "|" + "|".join(":" + "-" * width + ":" for width in widths) + "|"
     return "\n".join([line(columns), separator] + [line(entries) for entries in cells])
+
+
+OPERATING_RATES = (1, 5)   # percent
+OPERATING_KEYS = tuple(f"tnr_at_fnr_{n}" for n in OPERATING_RATES) + tuple(f"tpr_at_fpr_{n}" for n in OPERATING_RATES)
+MIN_IMAGES_PER_RATE = 20
+
+
+def tnr_at_fnr(good_scores, defect_scores, percent):
+    """Share of good images below the highest threshold that lets at most ``percent``% of the defective images
+    escape (an image is NG when its score >= the threshold, so a good image tied with it is rejected)."""
+    misses = int(np.floor(len(defect_scores) * percent / 100 + 1e-9))
+    threshold = np.sort(defect_scores)[misses]
+    return float(np.mean(good_scores < threshold))
+
+
+def tpr_at_fpr(good_scores, defect_scores, percent):
+    """Share of defective images strictly above the good score that at most ``percent``% of the good images
+    exceed (a defective image tied with it is counted as missed)."""
+    false_alarms = int(np.floor(len(good_scores) * percent / 100 + 1e-9))
+    threshold = np.sort(good_scores)[::-1][false_alarms]
+    return float(np.mean(defect_scores > threshold))
+
+
+def operating_points(prediction_scores, gt_labels, prediction_masks=None, gt_masks=None, defect_types=None,
+                     **kwargs):
+    """HiAD-style evaluator: ``OPERATING_KEYS`` (None with fewer than ``MIN_IMAGES_PER_RATE`` images of the class
+    the rate limits, or without both classes), ``image_counts`` and, with ``defect_types`` (one name per image),
+    ``margin_per_defect_type`` and its smallest value, ``worst_margin``. See the module docstring."""
+    scores, labels = np.asarray(prediction_scores, np.float64).ravel(), np.asarray(gt_labels).ravel() > 0
+    good, defective = scores[~labels], scores[labels]
+    metrics = {key: None for key in OPERATING_KEYS}
+    metrics["image_counts"] = {"good": int(len(good)), "defective": int(len(defective)),
+                               "needed_per_rate": MIN_IMAGES_PER_RATE}
+    if len(good) and len(defective):
+        for n in OPERATING_RATES:
+            if len(defective) >= MIN_IMAGES_PER_RATE:
+                metrics[f"tnr_at_fnr_{n}"] = tnr_at_fnr(good, defective, n)
+            if len(good) >= MIN_IMAGES_PER_RATE:
+                metrics[f"tpr_at_fpr_{n}"] = tpr_at_fpr(good, defective, n)
+    if defect_types is not None:
+        types = np.asarray(defect_types)
+        margins = {} if not len(good) else {
+            str(kind): float(defective[types[labels] == kind].min() - good.max())
+            for kind in sorted(set(types[labels].tolist()))}
+        metrics["margin_per_defect_type"] = margins
+        metrics["worst_margin"] = min(margins.values()) if margins else None
+    return metrics
+
+
+def operating_points_note(image_counts):
+    """One line on why operating points are n/a (``image_counts`` of ``operating_points``)."""
+    return (f"operating points (tnr_at_fnr_n, tpr_at_fpr_n) need at least {image_counts['needed_per_rate']} images "
+            f"of the class the rate limits; this test set has {image_counts['good']} good and "
+            f"{image_counts['defective']} defective: n/a where too few")
 
 
 DECISION_KEYS = ("image_threshold", "image_precision", "image_recall", "image_fpr", "image_f1_at_threshold",

@@ -12,9 +12,10 @@ import sys
 
 import src  # noqa: F401
 from src.utils.io import write_json, write_text
-from src.evaluation.metrics import METRIC_KEYS, format_table, mean_row
+from src.evaluation.metrics import METRIC_KEYS, OPERATING_KEYS, format_table, mean_row
 
-COLUMNS = ["clsname", *METRIC_KEYS]
+# The operating points (n/a with too few test images of a class) and the worst defect type's margin.
+COLUMNS = ["clsname", *METRIC_KEYS, *OPERATING_KEYS, "worst_margin"]
 # The decisions at each model's threshold, shown beside the rankings when the rows have them.
 DECISION_COLUMNS = ["image_recall", "image_fpr", "pixel_f1_at_threshold"]
 

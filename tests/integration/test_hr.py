@@ -19,7 +19,7 @@ import pytest
 
 import src  # noqa: F401
 from conftest import ROOT, assert_one_line_error, digest, run_cli
-from src.evaluation.metrics import DECISION_KEYS, METRIC_KEYS
+from src.evaluation.metrics import DECISION_KEYS, METRIC_KEYS, OPERATING_KEYS
 from src.patchcore.detector import HRPatchCore
 from src.patchcore.scoring import compose_anomaly_map
 from src.training.trainer import HRTrainer
@@ -179,9 +179,14 @@ def test_eval_prints_the_table_and_writes_results_and_pictures(evaluated):
     lines = stdout.strip().splitlines()
     header = [k for k, line in enumerate(lines) if "clsname" in line][0]
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[header:header + 4]]
-    assert cells[0] == ["clsname", *METRIC_KEYS, *DECISION_KEYS]   # the rankings, then the decisions at threshold
+    # the rankings, the operating points, then the decisions at threshold
+    assert cells[0] == ["clsname", *METRIC_KEYS, *OPERATING_KEYS, "worst_margin", *DECISION_KEYS]
     assert cells[2][0] == CATEGORY and cells[3][0] == "mean" and cells[2][1:] == cells[3][1:]
     metrics = json.loads((evaluation / "metrics.json").read_text())
+    # 3 good and 2 defective test images: too few for any rate, said under the table; the margins are there
+    assert all(metrics[key] is None for key in OPERATING_KEYS) and "3 good and 2 defective: n/a" in stdout
+    margins = metrics["margin_per_defect_type"]
+    assert set(margins) == {"scratch", "stain"} and metrics["worst_margin"] == min(margins.values())
     for key in METRIC_KEYS:
         assert 0.0 <= metrics[key] <= 1.0
     assert cells[2][2] == f"{metrics['pixel_auroc']:g}"

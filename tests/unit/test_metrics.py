@@ -6,9 +6,10 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 import src  # noqa: F401
 from src.evaluation.evaluate import default_evaluators, evaluate_maps
-from src.evaluation.metrics import (METRIC_KEYS, compute_imagewise_metrics, compute_pixelwise_metrics,
-                         format_table, image_auroc, mean_row, pixel_ap, pixel_auroc, pixel_f1, pro_score,
-                         resize_for_evaluation)
+from src.evaluation.metrics import (METRIC_KEYS, MIN_IMAGES_PER_RATE, OPERATING_KEYS, compute_imagewise_metrics,
+                                    compute_pixelwise_metrics, format_table, image_auroc, mean_row, operating_points,
+                                    operating_points_note, pixel_ap, pixel_auroc, pixel_f1, pro_score,
+                                    resize_for_evaluation)
 
 
 def blob_masks(seed, count=4, size=24):
@@ -194,3 +195,40 @@ def test_table_layout_and_mean_row():
     table = format_table(rows + [mean], ["clsname", "pro", "pixel_ap"]).splitlines()
     assert table[3] == "|     b     |  n/a  |    n/a     |"
     assert table[-1] == "|   mean    | 0.625 |    n/a     |"
+
+
+def _best_rate_brute_force(good, defect, percent, rate_of, limit_of):
+    """Over every threshold (each score, just above each score, +inf; NG when score >= threshold): the best
+    ``rate_of`` among those whose ``limit_of`` is at most ``percent``%."""
+    candidates = np.concatenate([good, defect, np.nextafter(np.concatenate([good, defect]), np.inf), [np.inf]])
+    return max(rate_of(good, defect, t) for t in candidates if limit_of(good, defect, t) <= percent / 100 + 1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_operating_points_are_the_best_rates_within_the_allowed_errors(seed):
+    rng = np.random.default_rng(seed)
+    good = np.round(rng.normal(0, 1, 40), 1)          # rounded: ties within and across the classes
+    defect = np.round(rng.normal(1.5, 1, 30), 1)
+    scores, labels = np.concatenate([good, defect]), np.r_[np.zeros(40), np.ones(30)]
+    metrics = operating_points(scores, labels, defect_types=["good"] * 40 + ["cut"] * 20 + ["hole"] * 10)
+    for n in (1, 5):
+        assert metrics[f"tnr_at_fnr_{n}"] == _best_rate_brute_force(
+            good, defect, n, lambda g, d, t: np.mean(g < t), lambda g, d, t: np.mean(d < t))
+        assert metrics[f"tpr_at_fpr_{n}"] == _best_rate_brute_force(
+            good, defect, n, lambda g, d, t: np.mean(d >= t), lambda g, d, t: np.mean(g >= t))
+    assert metrics["margin_per_defect_type"] == {"cut": defect[:20].min() - good.max(),
+                                                 "hole": defect[20:].min() - good.max()}
+    assert metrics["worst_margin"] == min(metrics["margin_per_defect_type"].values())
+    assert metrics["image_counts"] == {"good": 40, "defective": 30, "needed_per_rate": MIN_IMAGES_PER_RATE}
+
+
+def test_operating_points_are_not_reported_from_too_few_images_of_the_limited_class():
+    good, defect = np.arange(25.0), np.arange(10.0, 15.0)     # 25 good, 5 defective
+    metrics = operating_points(np.r_[good, defect], np.r_[np.zeros(25), np.ones(5)], defect_types=None)
+    assert metrics["tnr_at_fnr_1"] is None and metrics["tnr_at_fnr_5"] is None   # the rate limits 5 defective
+    assert metrics["tpr_at_fpr_5"] == 0.0 and metrics["tpr_at_fpr_1"] == 0.0      # 25 good: reported
+    assert "worst_margin" not in metrics
+    note = operating_points_note(metrics["image_counts"])
+    assert "25 good and 5 defective" in note and "at least 20" in note
+    single = operating_points([0.1, 0.2], [0, 0], defect_types=["good", "good"])
+    assert all(single[key] is None for key in OPERATING_KEYS) and single["worst_margin"] is None

@@ -108,7 +108,7 @@ def downscaled_row(args, data_root, patch_config, data):
         started = time.perf_counter()
         trainer = HRTrainer(batch_size=4, tasks=A2OTaskGenerator().create_tasks(train, plan), config=config,
                             checkpoint_root=folder, log_root=os.path.join(folder, "logs"), vis_root=None,
-                            indexes=plan, pre_ckpt_path=args.pre_ckpt_path, seed=args.seed, image_score="grid_max")
+                            indexes=plan, pre_ckpt_path=args.pre_ckpt_path, seed=args.seed, image_score="max")
         plain_bank = trainer.train(train)["jobs"]["task_0"]["bank_size"]
         train_s = time.perf_counter() - started
         started = time.perf_counter()

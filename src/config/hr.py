@@ -100,7 +100,7 @@ def validate_hr(config, source):
         build_task_generator(hr["task_generator"], **params)
         check_thumbnail(hr["thumbnail"], effective_val_config(config) is not None)
         check_val_config(hr["val_config"])
-        for key in ("workers", "image_score_window", "eval_resize", "vis_size"):
+        for key in ("workers", "eval_resize", "vis_size"):
             _positive_int_or_none(hr[key], f"hr.{key}")
     except InputError as exc:
         raise InputError(source, str(exc)) from None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from src.config.hr import check_thumbnail, check_val_config, effective_val_config, validate_hr
 from src.patchcore.normalization import parse_threshold_policy
+from src.patchcore.scoring import build_image_score
 from src.patchcore.sampling import build_sampler
 from src.data.sample import as_width_height
 from src.tiling.plan import check_fusion_weights
@@ -94,7 +95,6 @@ class TilingSettings:
     task_generator_params: dict
     workers: int
     thumbnail: ThumbnailSettings
-    image_score_window: int
     eval_resize: int
     vis_size: int
 
@@ -111,20 +111,22 @@ class TilingSettings:
                    None if thumbnail is None else ThumbnailSettings(
                        tuple(thumbnail["thumbnail_size"]), thumbnail["merge"],
                        {k: v for k, v in thumbnail.items() if k not in ("thumbnail_size", "merge")}),
-                   hr["image_score_window"], hr["eval_resize"], hr["vis_size"])
+                   hr["eval_resize"], hr["vis_size"])
 
 
 @dataclass(frozen=True)
 class Config:
     """A whole validated config. ``hr`` is None for the 224-pixel model; ``val_config`` is the validation the
     model trains with (``hr.val_config`` or the top-level one; None: none); ``threshold`` the image-threshold
-    policy (``postprocess.threshold``)."""
+    policy (``postprocess.threshold``); ``image_score`` the ``image_score`` section, its policy filled in (None:
+    by tiling, see configs/patchcore.yaml)."""
     patch: PatchSettings
     data: DataSettings
     postprocess: dict
     hr: TilingSettings
     val_config: dict
     threshold: str
+    image_score: dict
     raw: dict   # the validated mapping (model.json's "config")
 
     @classmethod
@@ -140,9 +142,13 @@ class Config:
             val_config = check_val_config(effective_val_config(raw))
             threshold = raw["postprocess"].get("threshold", "f1")
             parse_threshold_policy(threshold)
+            image_score = dict(raw["image_score"])
+            if image_score["policy"] is None:
+                image_score["policy"] = "max" if hr is None else "window_max"
+            build_image_score(image_score, feature_stride=1)   # a bad name or parameter stops the run here
         except InputError as exc:
             raise InputError(source, str(exc)) from None
-        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, raw)
+        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, image_score, raw)
 
     def to_dict(self):
         return self.raw

@@ -1,9 +1,10 @@
 """postprocess.py's work: the C++ runner's outputs -> score grids -> maps, image scores and metrics.
 
 Each task folder's score grids (the runner's ``<stem>_scores.npy``, or its features scored here with the task's
-bank) go through the task's normaliser and are composed with ``src.patchcore.scoring`` exactly as
-``Model.predict`` composes them, so the numbers are eval.py's. Fused tiles: the runner only computes the
-features of every level, fused here with ``fuse_levels`` and scored in Python.
+bank) go through the task's normaliser and the model's ``ImageScorer`` (``src.patchcore.scoring``), as in
+``Model.predict``, so the numbers are eval.py's. Fused tiles: the runner only computes the features of every
+level, fused here with ``fuse_levels`` and scored in Python. A policy that needs the bank (``reweighted``) gets
+each grid's max-cell weight from the runner's features (runner_jobs has it keep them).
 """
 import os
 
@@ -14,7 +15,7 @@ from src.deploy.package import job_path, one_source, runner_features, score_grid
 from src.evaluation.evaluate import default_evaluators, evaluate_maps, with_decisions
 from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.featurizer import fuse_levels
-from src.patchcore.scoring import ImageScore, compose_anomaly_map
+from src.patchcore.scoring import ImageScorer, build_image_score
 from src.tiling.plan import TileIndex
 
 
@@ -32,8 +33,9 @@ def input_features(folder, entry, job, weights):
     return fuse_levels(levels, [TileIndex.from_dict(entry["tile"])], weights)
 
 
-def job_grids(job, entries, export_dir, result_path, weights):
-    """(normalised [h, w] score grid per input of ``entries``, "cpp"|"python") of one scoring job."""
+def job_grids(job, entries, export_dir, result_path, weights, policy):
+    """(normalised [h, w] score grid per input of ``entries``, the ``policy``'s max-cell weight per input or
+    None each, "cpp"|"python") of one scoring job."""
     folder, bank_dir = job_path(result_path, job), job_path(export_dir, job)
 
     def python_scores():
@@ -42,15 +44,22 @@ def job_grids(job, entries, export_dir, result_path, weights):
         return [detector.patch_scores(input_features(folder, entry, job, weights))[0] for entry in entries]
 
     raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in entries], job, python_scores)
-    # The normaliser is in bank.json: the index is read only when Python scores.
-    return PatchCoreDetector.load(bank_dir, index=False).normalize(np.stack(raw)), source
+    # The normaliser is in bank.json: the index is read only when Python scores or weighs.
+    grids = PatchCoreDetector.load(bank_dir, index=False).normalize(np.stack(raw))
+    if not policy.needs_weights:
+        return grids, [None] * len(grids), source
+    detector = PatchCoreDetector.load(bank_dir)
+    cell_weights = [detector.max_cell_weights(input_features(folder, entry, job, weights), grid[None],
+                                              policy.num_nn)[0] for entry, grid in zip(entries, raw)]
+    return grids, cell_weights, source
 
 
 def anomaly_maps(meta, export_dir, result_path, items):
     """(image scores, [H, W] maps, "cpp"|"python") from the runner's outputs: per-tile score grids -> the
     task's normaliser -> compose_anomaly_map -> the image-score policy, as Model.predict does."""
     hr = meta["hr"]
-    image_score = ImageScore.from_dict(hr["image_score"])
+    scorer = ImageScorer(hr["image_size"], build_image_score(hr["image_score"]), hr["thumbnail_merge"],
+                         hr["gaussian_sigma"])
     entries = {job["name"]: [] for job in scoring_jobs(meta)}
     for item, _ in items:
         for entry in item["inputs"]:
@@ -61,22 +70,23 @@ def anomaly_maps(meta, export_dir, result_path, items):
     verify_files(export_dir, meta, [job["bank_metadata"] for job in jobs])
     grids, sources = {}, []
     for job in jobs:
-        job_scores, source = job_grids(job, entries[job["name"]], export_dir, result_path, hr.get("fusion_weights"))
-        grids[job["name"]] = iter(job_scores)
+        job_scores, cell_weights, source = job_grids(job, entries[job["name"]], export_dir, result_path,
+                                                     hr.get("fusion_weights"), scorer.policy)
+        grids[job["name"]] = iter(zip(job_scores, cell_weights))
         sources.append(source)
     scores, maps = [], []
     for item, _ in items:
-        tile_grids, thumbnail = [], None
+        tile_grids, thumbnail, tile_weights, thumbnail_weight = [], None, [], []
         for entry in item["inputs"]:
-            grid = next(grids[entry["task"]])
+            grid, weight = next(grids[entry["task"]])
             if entry["tile"] is None:
-                thumbnail = grid
+                thumbnail, thumbnail_weight = grid, [weight]
             else:
                 tile_grids.append((TileIndex.from_dict(entry["tile"]), grid))
-        amap = compose_anomaly_map(tile_grids, tuple(hr["image_size"]), thumbnail, hr["thumbnail_merge"],
-                                   hr["gaussian_sigma"])
-        grids_of_image = [grid for _, grid in tile_grids] + ([] if thumbnail is None else [thumbnail])
-        scores.append(image_score(amap, grids_of_image))
+                tile_weights.append(weight)
+        score, amap = scorer(tile_grids, thumbnail, tile_weights + thumbnail_weight if scorer.policy.needs_weights
+                             else None)
+        scores.append(score)
         maps.append(amap)
     return np.asarray(scores, np.float64), maps, one_source(sources, result_path)
 

@@ -11,6 +11,7 @@ import numpy as np
 from src.data.sample import Sample
 from src.deploy.export import EXPORT_FILE, FORMAT_VERSION
 from src.inference.model import THUMBNAIL
+from src.patchcore.scoring import build_image_score
 from src.utils.errors import InputError
 from src.utils.io import read_json, sha256_of
 
@@ -68,6 +69,8 @@ def runner_jobs(mindir_path, input_dir, result_dir, save_features="0"):
         raise InputError(mindir_path, f"not a model listed in {os.path.join(export_dir, EXPORT_FILE)} ({listed})")
     jobs = scoring_jobs(meta)
     verify_files(export_dir, meta, sorted({job[key] for job in jobs for key in ("lite_mindir", "bank_file")}))
+    if build_image_score(meta["hr"]["image_score"]).needs_weights:
+        save_features = "1"   # postprocess.py weighs each grid's largest cell by the bank, from its feature
 
     def scoring(job):
         if not job["runner_scores"]:

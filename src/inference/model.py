@@ -5,7 +5,7 @@ config, the image view, tile plan and tasks file, every bank's fingerprint and s
 banks, image-score policy, thresholds, backbone checkpoint sha256, versions), ``tasks.json`` (the plan and
 which task scores which tile), ``task_<k>/`` (``faiss.index`` + ``bank.json``) and, with a thumbnail branch,
 ``thumbnail/``. A 224-pixel model is the one-tile case: a ``ResizeCrop`` view, one tile covering it, one task,
-no thumbnail and the ``grid_max`` image score.
+no thumbnail and the ``max`` image score.
 
 For one image (``src/patchcore/scoring.py``): tiles go to their task (fixed by the plan, or for Retrieve
 tasks to the nearest cluster centre), each task's bank gives a patch-score grid through the task's
@@ -19,7 +19,7 @@ from src.data.sample import view_from_dict
 from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.extractor import build_extractor, check_backbone_checkpoint, extractor_key
 from src.patchcore.featurizer import Featurizer
-from src.patchcore.scoring import ImageScore, compose_anomaly_map
+from src.patchcore.scoring import ImageScorer, build_image_score
 from src.tiling.plan import WholeImage
 from src.tiling.tasks import assign_tiles, load_tasks, routing_generator
 from src.utils.errors import InputError
@@ -48,7 +48,8 @@ class Model:
         self.view = view_from_dict(meta["view"])
         self.image_size = tuple(meta["image_size"])
         self.settings = meta["inference"]
-        self.image_score = ImageScore.from_dict(meta["image_score"])
+        self.scorer = ImageScorer(self.image_size, build_image_score(meta["image_score"]),
+                                  self.settings["thumbnail_merge"], self.settings["gaussian_sigma"])
         self.batch_size = int(meta["batch_size"])
         self.task_generator = task_generator or routing_generator(meta.get("task_generator"), tasks,
                                                                   meta["fusion_weights"])
@@ -99,28 +100,36 @@ class Model:
         return assign_tiles(image, self.tasks, self.indexes, self.task_generator)
 
     def grids(self, images, exclude_source=None):
-        """Per image: ([(TileIndex, normalised grid)], normalised thumbnail grid or None). ``exclude_source``:
-        a training image's position, to score without the bank entries it contributed (validation)."""
+        """Per image: ([(TileIndex, normalised grid)], normalised thumbnail grid or None, the policy's max-cell
+        weight per grid, tiles then thumbnail, or None when the policy needs none). ``exclude_source``: a
+        training image's position, to score without the bank entries it contributed (validation)."""
         for image in images:
             check_image_size(image, self.image_size)
-        per_image = [([], None) for _ in images]
+        tiles_of, thumbnails = [[] for _ in images], [None] * len(images)
+        weights_of = [[] for _ in images]
         views = {}
         for position, image in enumerate(images):
             for task, tiles in self.assignment(image):
                 views.setdefault(task.name, []).extend((position, image, tile) for tile in tiles)
         for name, entries in views.items():
-            for (position, _, tile), grid in zip(entries, self._scores(name, [(i, t) for _, i, t in entries],
-                                                                       exclude_source)):
-                per_image[position][0].append((tile, grid))
+            for (position, _, tile), (grid, weight) in zip(
+                    entries, self._scores(name, [(i, t) for _, i, t in entries], exclude_source)):
+                tiles_of[position].append((tile, grid))
+                weights_of[position].append(weight)
         if THUMBNAIL in self.detectors:
             whole = WholeImage(tuple(self.settings["thumbnail_size"]))
-            for position, grid in enumerate(self._scores(THUMBNAIL, [(image, whole) for image in images],
-                                                         exclude_source)):
-                per_image[position] = (per_image[position][0], grid)
-        return per_image
+            for position, (grid, weight) in enumerate(self._scores(THUMBNAIL, [(image, whole) for image in images],
+                                                                   exclude_source)):
+                thumbnails[position] = grid
+                weights_of[position].append(weight)
+        needs_weights = self.scorer.policy.needs_weights
+        return [(tiles, thumbnail, weights if needs_weights else None)
+                for tiles, thumbnail, weights in zip(tiles_of, thumbnails, weights_of)]
 
     def _scores(self, name, views, exclude_source=None):
+        """Yield (normalised grid, max-cell weight or None) of every view, scored by task ``name``."""
         detector, featurizer = self.detectors[name], self.featurizers[name]
+        policy = self.scorer.policy
         batches = featurizer.view_batches(views)
         while True:
             started = time.perf_counter()
@@ -129,23 +138,20 @@ class Model:
             self.timings["network"] += scored - started
             if features is None:
                 return
-            grids = detector.normalize(detector.patch_scores(features, exclude_source))
+            raw = detector.patch_scores(features, exclude_source)
+            weights = detector.max_cell_weights(features, raw, policy.num_nn, exclude_source) \
+                if policy.needs_weights else [None] * len(raw)
+            grids = detector.normalize(raw)
             self.timings["scoring"] += time.perf_counter() - scored
-            yield from grids
-
-    def anomaly_map(self, tile_grids, thumbnail_grid):
-        return compose_anomaly_map(tile_grids, self.image_size, thumbnail_grid, self.settings["thumbnail_merge"],
-                                   self.settings["gaussian_sigma"])
+            yield from zip(grids, weights)
 
     def predict_images(self, images, exclude_source=None):
         """[(image score, [H, W] anomaly map)] of HxWx3 uint8 images of the model's size (``exclude_source``: see
         :meth:`grids`)."""
         results = []
-        for tile_grids, thumbnail in self.grids(images, exclude_source):
+        for tile_grids, thumbnail, weights in self.grids(images, exclude_source):
             started = time.perf_counter()
-            amap = self.anomaly_map(tile_grids, thumbnail)
-            grids = [grid for _, grid in tile_grids] + ([] if thumbnail is None else [thumbnail])
-            results.append((self.image_score(amap, grids), amap))
+            results.append(self.scorer(tile_grids, thumbnail, weights))
             self.timings["map"] += time.perf_counter() - started
         return results
 

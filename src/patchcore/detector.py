@@ -163,6 +163,16 @@ class PatchCoreDetector:
         scores = bank.patch_scores(rows, int(self.patch_config["anomaly_scorer_num_nn"]))
         return scores.reshape(len(features), h, w).astype(np.float32)
 
+    def max_cell_weights(self, features, scores, num_nn, exclude_source=None):
+        """[B] eq. 7 weights (``MemoryBank.support_weight``) of each item's largest cell of ``scores`` [B, h, w],
+        from its feature in ``features`` [B, D, h, w] (the reweighted image score)."""
+        bank = self.bank if exclude_source is None else self._bank_without(int(exclude_source))
+        weights = []
+        for item_features, item_scores in zip(features, scores):
+            y, x = np.unravel_index(int(np.argmax(item_scores)), item_scores.shape)
+            weights.append(bank.support_weight(item_features[:, y, x], num_nn))
+        return weights
+
     def _bank_without(self, source):
         if source not in self._without:
             sources = np.asarray(self.metadata.get("sources", []))

@@ -45,6 +45,21 @@ class MemoryBank:
         distances, _ = self.index.search(features, int(num_nn))
         return distances.mean(axis=1)
 
+    def support_weight(self, feature, num_nn):
+        """The paper's eq. 7 weight of one patch ``feature`` [D] (``src/patchcore/scoring.py``, ``reweighted``):
+        ``1 - softmax(d)[0]``, d the Euclidean distances (float64) from the patch to its nearest entry m* and then
+        to the other ``num_nn - 1`` entries nearest to m*."""
+        query = np.ascontiguousarray(feature, np.float32).reshape(1, -1)
+        nearest = int(self.index.search(query, 1)[1][0, 0])
+        anchor = self.index.reconstruct(nearest)
+        count = min(int(num_nn), len(self))
+        neighbours = self.index.search(anchor.reshape(1, -1), count)[1][0]
+        support = [nearest] + [int(i) for i in neighbours if i != nearest][:count - 1]
+        rows = np.stack([self.index.reconstruct(i) for i in support]).astype(np.float64)
+        distances = np.sqrt(((rows - query.astype(np.float64)) ** 2).sum(axis=1))
+        exponentials = np.exp(distances - distances.max())   # the softmax, without overflow
+        return float(1.0 - exponentials[0] / exponentials.sum())
+
     def save(self, folder):
         """Write the index, then metadata with the index's sha256, each atomically."""
         index_path = os.path.join(folder, INDEX_FILE)

@@ -10,12 +10,24 @@ For one image:
 3. ONE gaussian at full resolution, ``gaussian_sigma`` pixels (the reference's 4). Tiles are fed to the
    network unresized, so a feature cell covers as many pixels as in the reference's 224-pixel input and the
    sigma carries over unchanged; smoothing each tile and then the stitched map would blur twice;
-4. the image score, by the model's policy:
-   - ``grid_max``: the largest patch score of any grid (the reference's image score);
+4. the image score, by the model's policy (``image_score.policy`` in the config, recorded in ``model.json``; any
+   policy with any tile plan):
+   - ``max``: the largest patch score of any grid (the reference's image score);
    - ``window_max``: the maximum of the map after a moving average (box filter) of ``window`` pixels, by
      default one feature cell. A plain maximum of a high-resolution map is set by single pixels (a bilinear
      overshoot, a border cell); averaging over one cell first makes the score the strongest cell-sized
-     evidence, so a defect as small as one cell still counts fully while a lone spike is diluted (HiAD).
+     evidence, so a defect as small as one cell still counts fully while a lone spike is diluted (HiAD);
+   - ``topk_mean``: the mean of the ``k`` largest patch scores over all grids;
+   - ``reweighted``: the paper's eq. 7 (Roth et al. 2022): the largest patch score s* times
+     ``1 - exp(d(m, m*)) / sum_{n in N(m*)} exp(d(m, n))``, m the patch, m* its nearest bank entry, N(m*) the
+     ``num_nn`` bank entries nearest to m* (m* first, as anomalib takes them), d the Euclidean distance. A patch
+     whose neighbourhood in the bank is dense gets a weight near 1 - 1/num_nn; one whose nearest entry is
+     isolated (a rare normal pattern) is trusted less. The weight needs the bank: the detector computes it for
+     each grid's largest cell (``PatchCoreDetector.max_cell_weights``) and the policy takes the one of the
+     grid holding the image's largest score.
+
+``ImageScorer`` does steps 1-4 for one model; ``Model.predict`` and postprocess.py (the C++ runner's grids) both
+go through it.
 """
 import cv2
 import numpy as np
@@ -23,7 +35,6 @@ import numpy as np
 from src.tiling.stitching import stitch
 from src.utils.errors import InputError
 
-IMAGE_SCORE_POLICIES = ("grid_max", "window_max")
 
 
 def tile_map(grid, box):
@@ -50,28 +61,120 @@ def gaussian_smooth(amap, sigma):
                             borderType=cv2.BORDER_REFLECT)
 
 
-class ImageScore:
-    """The image-score policy (module doc, step 4): ``ImageScore("grid_max")`` or ``("window_max", window)``."""
+class ImageScorePolicy:
+    """An image's score from its map and its grids (module doc, step 4). ``needs_weights``: the policy needs
+    ``PatchCoreDetector.max_cell_weights`` of every grid (with ``num_nn`` bank neighbours)."""
+    name = None
+    needs_weights = False
 
-    def __init__(self, policy, window=None):
-        if policy not in IMAGE_SCORE_POLICIES:
-            raise InputError("image_score", f"unknown policy {policy!r} (known: {', '.join(IMAGE_SCORE_POLICIES)})")
-        if policy == "window_max" and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise InputError("image_score_window", f"must be a positive integer, got {window!r}")
-        self.policy, self.window = policy, window if policy == "window_max" else None
+    def __call__(self, amap, grids, weights=None):
+        raise NotImplementedError
 
-    def __call__(self, amap, grids):
-        """The score of one image from its map and its [h, w] grids (tiles and thumbnail)."""
-        if self.policy == "grid_max":
-            return float(max(np.max(grid) for grid in grids))
-        return float((cv2.blur(amap, (self.window, self.window)) if self.window > 1 else amap).max())
+    def options(self):
+        """The policy's parameters, as recorded in ``model.json`` next to its name."""
+        return {}
 
     def to_dict(self):
-        return {"policy": self.policy, "window": self.window}
+        return {"policy": self.name, **self.options()}
 
-    @classmethod
-    def from_dict(cls, data):
-        return cls(data["policy"], data.get("window"))
+
+class MaxScore(ImageScorePolicy):
+    name = "max"
+
+    def __call__(self, amap, grids, weights=None):
+        return float(max(np.max(grid) for grid in grids))
+
+
+class WindowMax(ImageScorePolicy):
+    name = "window_max"
+
+    def __init__(self, window):
+        self.window = positive_int(window, "image_score.window")
+
+    def __call__(self, amap, grids, weights=None):
+        return float((cv2.blur(amap, (self.window, self.window)) if self.window > 1 else amap).max())
+
+    def options(self):
+        return {"window": self.window}
+
+
+class TopkMean(ImageScorePolicy):
+    name = "topk_mean"
+
+    def __init__(self, k):
+        self.k = positive_int(k, "image_score.k")
+
+    def __call__(self, amap, grids, weights=None):
+        cells = np.concatenate([np.ravel(grid) for grid in grids]).astype(np.float64)
+        k = min(self.k, len(cells))
+        return float(np.mean(np.partition(cells, len(cells) - k)[len(cells) - k:]))
+
+    def options(self):
+        return {"k": self.k}
+
+
+class Reweighted(ImageScorePolicy):
+    name = "reweighted"
+    needs_weights = True
+
+    def __init__(self, num_nn):
+        self.num_nn = positive_int(num_nn, "image_score.num_nn")
+
+    def __call__(self, amap, grids, weights=None):
+        if weights is None:
+            raise ValueError("the reweighted image score needs each grid's max-cell weight")
+        maxima = [float(np.max(grid)) for grid in grids]
+        best = int(np.argmax(maxima))
+        return float(weights[best] * maxima[best])
+
+    def options(self):
+        return {"num_nn": self.num_nn}
+
+
+IMAGE_SCORE_POLICIES = {policy.name: policy for policy in (MaxScore, WindowMax, TopkMean, Reweighted)}
+# Parameters a policy takes, and their defaults when the config gives none (window: one feature cell, filled by
+# the caller that knows the backbone).
+POLICY_DEFAULTS = {"max": {}, "window_max": {"window": None}, "topk_mean": {"k": 10}, "reweighted": {"num_nn": 9}}
+# model.json files written before the registry call ``max`` by its old name
+LEGACY_NAMES = {"grid_max": "max"}
+
+
+def positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(name, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def build_image_score(spec, feature_stride=None):
+    """The policy of ``spec``: a name, or {"policy": name, parameter: value, ...} (parameters of other policies,
+    as the config's flat ``image_score`` section has them, are ignored; missing ones take ``POLICY_DEFAULTS``;
+    ``window`` None: ``feature_stride``)."""
+    spec = {"policy": spec} if isinstance(spec, str) else dict(spec)
+    name = LEGACY_NAMES.get(spec.get("policy"), spec.get("policy"))
+    if name not in IMAGE_SCORE_POLICIES:
+        raise InputError("image_score.policy", f"unknown policy {name!r} (known: {', '.join(IMAGE_SCORE_POLICIES)})")
+    options = {key: spec.get(key) if spec.get(key) is not None else default
+               for key, default in POLICY_DEFAULTS[name].items()}
+    if name == "window_max" and options["window"] is None:
+        options["window"] = feature_stride
+    return IMAGE_SCORE_POLICIES[name](**options)
+
+
+class ImageScorer:
+    """Grids of one image -> (image score, full-resolution map), steps 1-4 of the module doc, for a model of
+    ``image_size`` (w, h) with its ``policy`` (an ImageScorePolicy)."""
+
+    def __init__(self, image_size, policy, thumbnail_merge="max", gaussian_sigma=4.0):
+        self.image_size, self.policy = tuple(image_size), policy
+        self.thumbnail_merge, self.gaussian_sigma = thumbnail_merge, gaussian_sigma
+
+    def __call__(self, tile_grids, thumbnail_grid=None, weights=None):
+        """``tile_grids``: [(TileIndex, normalised grid)]; ``weights``: the policy's max-cell weight per grid, in
+        the order tiles then thumbnail (policies with ``needs_weights``)."""
+        amap = compose_anomaly_map(tile_grids, self.image_size, thumbnail_grid, self.thumbnail_merge,
+                                   self.gaussian_sigma)
+        grids = [grid for _, grid in tile_grids] + ([] if thumbnail_grid is None else [thumbnail_grid])
+        return self.policy(amap, grids, weights), amap
 
 
 def cell_labels(mask, grid):

@@ -5,7 +5,8 @@ reference's 224-pixel PatchCore, one tile of the ``ResizeCrop`` view (shorter si
 crop ``data.imagesize``) with one A2O task, no thumbnail and the maximum patch score as the image score; with
 ``hr`` the image is resized to ``hr.image_size`` (the first training image's size by default), cut into tiles by
 ``MultiResolutionHRImageSpliter``, the configured task generator maps tiles to tasks, and the image score is the
-one-cell moving-average maximum of the map.
+one-cell moving-average maximum of the map by default. The image-score policy is the config's (any policy with
+any plan); ``tiled`` says whether the plan came from an ``hr`` section.
 """
 from dataclasses import dataclass
 
@@ -25,16 +26,12 @@ class ModelPlan:
     tasks: list
     task_generator: object
     task_generator_spec: dict
-    image_score: str
-    image_score_window: int = None
+    image_score: dict
+    tiled: bool
     thumbnail: dict = None
     fusion_weights: list = None
     val_config: dict = None
     workers: int = None
-
-    @property
-    def tiled(self):
-        return self.image_score == "window_max"
 
 
 def task_generator(hr, seed):
@@ -57,11 +54,12 @@ def plan_model(config, samples, seed):
         plan = MultiResolutionHRImageSpliter(size, size)
         generator = A2OTaskGenerator()
         return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator,
-                         {"name": "A2OTaskGenerator", "params": {}}, "grid_max", val_config=config.val_config)
+                         {"name": "A2OTaskGenerator", "params": {}}, config.image_score, False,
+                         val_config=config.val_config)
     image_size = hr.image_size or Sample(samples[0].image).original_size()
     viewed = [Sample(s.image, image_size=image_size, defect_type=s.defect_type) for s in samples]
     plan = MultiResolutionHRImageSpliter(image_size, hr.patch_size, hr.stride, hr.ds_factors)
     generator, spec = task_generator(hr, seed)
-    return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator, spec, "window_max",
-                     hr.image_score_window, config.raw["hr"]["thumbnail"],
+    return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator, spec, config.image_score, True,
+                     config.raw["hr"]["thumbnail"],
                      None if hr.fusion_weights is None else list(hr.fusion_weights), config.val_config, hr.workers)

@@ -52,7 +52,7 @@ from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE
 from src.patchcore.normalization import ScoreNormalizer, choose_thresholds
 from src.patchcore.sampling import build_sampler
-from src.patchcore.scoring import ImageScore
+from src.patchcore.scoring import build_image_score
 from src.tiling.plan import MultiResolutionHRImageSpliter, WholeImage, check_fusion_weights
 from src.tiling.tasks import RetrieveTaskGenerator, assign_tiles, load_tasks, save_tasks
 from src.training.jobs import (FINGERPRINT_VERSION, Job, TrainingRun, is_complete, peak_rss, sample_identity,
@@ -132,8 +132,9 @@ class HRTrainer:
     branch's settings when ``config`` is a ``Config`` (HiAD's ``config["thumbnail"]``); ``fusion_weights``: one per
     ds_factor of a multi-resolution plan; ``pre_ckpt_path``: backbone weights (None: seeded random);
     ``task_generator``: for Retrieve tasks, the generator used (routes test tiles; default: a
-    RetrieveTaskGenerator with the default descriptor); ``image_score_window``: moving-average window in
-    pixels (default: the backbone's feature stride); ``category``: the product category, recorded in
+    RetrieveTaskGenerator with the default descriptor); ``image_score``: the image-score policy, a name or
+    {"policy": name, parameter: value} (``src/patchcore/scoring.py``; ``window_max``'s window defaults to the
+    backbone's feature stride); ``category``: the product category, recorded in
     ``model.json`` (default: the name of ``checkpoint_root``); ``normalize_tasks``: fit every task's score
     normaliser on the validation images (needed where tasks or the thumbnail are merged; a one-task 224-pixel
     model keeps the reference's raw scores). ``gpu_ids`` arguments are accepted and ignored (CPU).
@@ -141,7 +142,7 @@ class HRTrainer:
 
     def __init__(self, batch_size=4, tasks=None, detector_class=PatchCoreDetector, config=None, fusion_weights=None,
                  checkpoint_root="saved_models", log_root="logs", vis_root="vis", indexes=None, pre_ckpt_path=None,
-                 seed=0, task_generator=None, task_generator_spec=None, image_score_window=None, vis_size=1024,
+                 seed=0, task_generator=None, task_generator_spec=None, vis_size=1024,
                  device_target="CPU", device_id=0, category=None, image_score="window_max", thumbnail=None,
                  normalize_tasks=True):
         if not tasks:
@@ -168,8 +169,7 @@ class HRTrainer:
         self.task_generator, self.task_generator_spec = task_generator, task_generator_spec
         self.feature_stride = feature_strides(self.config.patch.backbone_name,
                                               self.config.patch.layers_to_extract_from)[0]
-        self.image_score = ImageScore(image_score, (image_score_window or self.feature_stride)
-                                      if image_score == "window_max" else None)
+        self.image_score = build_image_score(image_score, self.feature_stride)
         self.vis_size = vis_size
         self.device = (device_target, device_id)
         self._extractors = {}
@@ -184,7 +184,7 @@ class HRTrainer:
                    checkpoint_root=checkpoint_root, log_root=os.path.join(checkpoint_root, "logs"), vis_root=None,
                    indexes=model_plan.plan, pre_ckpt_path=pre_ckpt_path, seed=seed,
                    task_generator=model_plan.task_generator, task_generator_spec=model_plan.task_generator_spec,
-                   image_score=model_plan.image_score, image_score_window=model_plan.image_score_window,
+                   image_score=model_plan.image_score,
                    device_target=device[0], device_id=device[1], category=category,
                    normalize_tasks=model_plan.tiled)
 
@@ -464,7 +464,7 @@ class HRTrainer:
                    fusion_weights=meta["fusion_weights"], checkpoint_root=checkpoint_root, log_root=log_root,
                    vis_root=vis_root, indexes=indexes, pre_ckpt_path=pre_ckpt_path, seed=meta["seed"],
                    task_generator=task_generator, task_generator_spec=meta["task_generator"],
-                   image_score=meta["image_score"]["policy"], image_score_window=meta["image_score"]["window"],
+                   image_score=meta["image_score"],
                    vis_size=vis_size)
 
     def load_model(self):

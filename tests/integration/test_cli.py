@@ -34,7 +34,7 @@ def test_train_writes_a_one_tile_model_and_its_bank(trained, dataset):
     assert meta["format"] == "patchcore-ms/model" and meta["pretrained"] is False and meta["seed"] == 0
     assert meta["config"]["data"]["imagesize"] == 64
     assert meta["view"] == {"name": "resize_crop", "resize": 72, "crop": 64} and meta["image_size"] == [64, 64]
-    assert meta["image_score"] == {"policy": "grid_max", "window": None}
+    assert meta["image_score"] == {"policy": "max"}
     assert list(meta["jobs"]) == ["task_0"] and meta["inference"]["thumbnail_size"] is None
     tasks = json.loads((folder / "tasks.json").read_text())
     assert [len(task["indexes"]) for task in tasks["tasks"]] == [1]   # one tile covers the 64x64 view

@@ -97,7 +97,7 @@ def test_export_records_shapes_settings_and_the_sha256_of_every_file(project):
     (task,) = meta["hr"]["tasks"].values()   # a 224-pixel model (here 64) is one tile, one task
     assert task["num_nn"] == bank["patch_config"]["anomaly_scorer_num_nn"] and task["runner_scores"] is True
     assert meta["hr"]["gaussian_sigma"] == trained["config"]["postprocess"]["gaussian_sigma"]
-    assert meta["hr"]["image_score"] == {"policy": "grid_max", "window": None} and meta["hr"]["eval_resize"] is None
+    assert meta["hr"]["image_score"] == {"policy": "max"} and meta["hr"]["eval_resize"] is None
     assert meta["files"]["task_0/faiss.index"] == bank["index_sha256"]
     assert sorted(meta["files"]) == [name for name in export_files(export) if name != "export.json"]
     for name, digest in meta["files"].items():
@@ -188,6 +188,30 @@ def test_python_scoring_of_runner_features_gives_the_same_numbers(project, cpp_r
     acc = read_json(tmp_path / f"acc_{CATEGORY}.json")
     assert acc["score_source"] == "python"
     assert_matches_eval(acc, project["eval"])
+
+
+@pytest.mark.parametrize("spec", [{"policy": "window_max", "window": 3}, {"policy": "topk_mean", "k": 5},
+                                  {"policy": "reweighted", "num_nn": 4}])
+def test_each_image_score_policy_scores_alike_in_python_and_from_the_cpp_runner(project, cpp_run, spec):
+    # The trained model with another policy: Model.predict (eval.py, predict.py and the service run it) against
+    # postprocess.py's composition of the runner's grids (and, for reweighted, its features and the bank).
+    from src.deploy.outputs import anomaly_maps
+    from src.deploy.package import load_manifest
+    from src.inference.model import Model
+    from src.patchcore.scoring import build_image_score
+    model = Model.load(str(project["category_dir"]), str(project["ckpts"]["trained"]))
+    model.scorer.policy = build_image_score(spec)
+    _, items = load_manifest(cpp_run["work"] / "preprocess_Result" / "manifest.json")
+    python_scores = np.array([score for _, _, score, _ in model.predict_samples([sample for _, sample in items])])
+    meta = read_json(project["export"] / "export.json")
+    meta["hr"]["image_score"] = spec
+    cpp_scores, _, source = anomaly_maps(meta, str(project["export"]), str(cpp_run["work"] / "result_Files"), items)
+    assert source == "cpp"
+    # the runner's network (MindSpore Lite) differs from MindSpore's by ~1e-6 relative, not the composition
+    np.testing.assert_allclose(cpp_scores, python_scores, rtol=1e-4, atol=0)
+    default = np.array([s["image_score"] for s in read_json(project["eval"] / "scores.json")])
+    assert not np.allclose(python_scores, default, rtol=1e-3)   # the policy changed the scores
+    assert len(set(python_scores.tolist())) == len(python_scores)
 
 
 def test_run_310_infer_takes_the_older_argument_order_and_reuses_inputs(project, cpp_run):

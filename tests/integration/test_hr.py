@@ -127,7 +127,7 @@ def test_normalisers_are_persisted_and_validation_maps_equal_inference_maps(trai
             stored[(int(item), int(row), int(col))] = detector.normalize(grid)
     # online (inference on the validation image) == offline (stored validation scores, normalised)
     anomalous = [k for k, item in enumerate(items) if item.label == 1][0]
-    (tile_grids, thumbnail), = model.grids([loaded[anomalous][0]])
+    (tile_grids, thumbnail, _), = model.grids([loaded[anomalous][0]])
     for index, grid in tile_grids:
         np.testing.assert_allclose(grid, stored[(anomalous, index.row, index.col)], atol=1e-6)
     np.testing.assert_allclose(thumbnail, stored[(anomalous, -1, -1)], atol=1e-6)
@@ -158,7 +158,7 @@ def test_no_seams_on_normal_images(trained, dataset):
     model = Model.load(str(folder))
     blended, averaged = [], []
     for path in sorted((dataset / CATEGORY / "test" / "good").iterdir()):
-        (grids, thumbnail), = model.grids([HRSample(str(path)).load_image()])
+        (grids, thumbnail, _), = model.grids([HRSample(str(path)).load_image()])
         blended.append(border_step_ratio(compose_anomaly_map(grids, (256, 256), thumbnail, sigma=0)))
         # the check can fail: the same tile maps averaged without a window (weights jump where a tile starts)
         plain = stitch([tile_map(g, i.main_index) for i, g in grids], [i for i, _ in grids], (256, 256), "mean")

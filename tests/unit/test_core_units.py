@@ -14,7 +14,7 @@ from src.data.mvtec import list_test_samples, list_train_samples
 from src.data.sample import ResizeCrop, Sample
 from src.patchcore.featurizer import network_input
 from src.patchcore.memory_bank import MemoryBank
-from src.patchcore.scoring import ImageScore, compose_anomaly_map, gaussian_smooth
+from src.patchcore.scoring import build_image_score, compose_anomaly_map, gaussian_smooth
 from src.tiling.plan import MultiResolutionHRImageSpliter
 from src.utils.errors import InputError
 from src.utils.io import staged_folder
@@ -119,7 +119,7 @@ def test_anomaly_map_matches_reference_upsampling_and_smoothing():
     (tile,) = MultiResolutionHRImageSpliter((224, 224), 224)   # a 224-pixel model: one tile covers the image
     amap = compose_anomaly_map([(tile, grid)], (224, 224), sigma=4)
     np.testing.assert_allclose(amap, gaussian_filter(torch_up, sigma=4), atol=1e-5)
-    assert ImageScore("grid_max")(amap, [grid]) == pytest.approx(grid.max())
+    assert build_image_score("max")(amap, [grid]) == pytest.approx(grid.max())
 
 
 @pytest.mark.parametrize("shape, sigma", [((2048, 96), 4.0), ((8, 8), 4.0), ((3, 40), 2.5), ((1, 1), 4.0)])

@@ -9,7 +9,7 @@ from src.utils.errors import InputError
 from src.patchcore import detector as detector_module
 from src.patchcore.detector import HRPatchCore, estimate_fit_bytes, read_rows
 from src.patchcore.featurizer import context_features
-from src.patchcore.scoring import ImageScore, compose_anomaly_map
+from src.patchcore.scoring import build_image_score, compose_anomaly_map
 from src.training.trainer import HRTrainer, schedule
 from src.tiling.tasks import A2OTaskGenerator
 from src.tiling.plan import Box, MultiResolutionHRImageSpliter
@@ -106,9 +106,9 @@ def test_image_score_dilutes_a_single_pixel_but_not_a_cell_sized_defect():
     spike[10, 10] = 1.0
     blob = np.zeros((64, 64), np.float32)
     blob[30:38, 30:38] = 1.0
-    assert ImageScore("window_max", 8)(spike, []) == pytest.approx(1 / 64)
-    assert ImageScore("window_max", 8)(blob, []) == pytest.approx(1.0)
-    assert ImageScore("window_max", 1)(spike, []) == 1.0
+    assert build_image_score({"policy": "window_max", "window": 8})(spike, []) == pytest.approx(1 / 64)
+    assert build_image_score({"policy": "window_max", "window": 8})(blob, []) == pytest.approx(1.0)
+    assert build_image_score({"policy": "window_max", "window": 1})(spike, []) == 1.0
 
 
 class FakeExtractor:

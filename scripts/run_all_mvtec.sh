@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Train and evaluate all 15 MVTec AD categories, then print a per-category table with a mean row
 # (also OUTPUT_DIR/results.md and OUTPUT_DIR/results.json).
-#   bash scripts/run_all_mvtec.sh DATASET_PATH [PRE_CKPT_PATH] [DEVICE_ID] [OUTPUT_DIR]
+#   bash scripts/run_all_mvtec.sh [--reference_bn] DATASET_PATH [PRE_CKPT_PATH] [DEVICE_ID] [OUTPUT_DIR]
+# --reference_bn: the authors' BatchNorm update (patch.reference_bn_update in configs/patchcore.yaml), which every
+# MVTec AD number they published includes: to reproduce their table.
 set -uo pipefail
-usage="usage: bash scripts/run_all_mvtec.sh DATASET_PATH [PRE_CKPT_PATH] [DEVICE_ID] [OUTPUT_DIR]"
+usage="usage: bash scripts/run_all_mvtec.sh [--reference_bn] DATASET_PATH [PRE_CKPT_PATH] [DEVICE_ID] [OUTPUT_DIR]"
+train_args=()
+if [[ "${1:-}" == --reference_bn ]]; then train_args=(-o reference_bn_update=true); shift; fi
 if [[ $# -lt 1 ]]; then echo "$usage" >&2; exit 2; fi
 here="$(cd "$(dirname "$0")" && pwd)"
 dataset_path=$1; pre_ckpt=${2:-none}; device_id=${3:-0}; output_dir=${4:-output}
@@ -17,7 +21,7 @@ done
 failed=()
 for c in "${present[@]}"; do
   echo "=== $c"
-  if ! bash "$here/run_train.sh" "$dataset_path" "$device_id" "$pre_ckpt" "$c" "$output_dir" || \
+  if ! bash "$here/run_train.sh" "$dataset_path" "$device_id" "$pre_ckpt" "$c" "$output_dir" ${train_args[@]+"${train_args[@]}"} || \
      ! bash "$here/run_eval.sh" "$dataset_path" "$device_id" "$pre_ckpt" "$c" "$output_dir"; then
     failed+=("$c")
   fi

@@ -122,7 +122,9 @@ def conv(in_channels, out_channels, kernel_size, stride=1, groups=1):
 
 
 def batch_norm(channels):
-    return nn.BatchNorm2d(channels, eps=BN_EPS)
+    # momentum: the share of the running statistics kept per train-mode batch, torch's momentum 0.1
+    # (reference_batch_norm_update)
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=0.9)
 
 
 class TappedBackbone(nn.Cell):
@@ -299,6 +301,22 @@ def load_pretrained(net, ckpt_path):
     if wrong:
         raise InputError(path, f"{len(wrong)} parameters have the wrong shape: {'; '.join(wrong[:3])}")
     ms.load_param_into_net(net, loaded, strict_load=True)
+
+
+def reference_batch_norm_update(net, side):
+    """The authors' BatchNorm update (``patch.reference_bn_update``): one forward pass of a ones image
+    [1, 3, side, side] through ``net`` (built up to its last tap) in train mode, so that every BatchNorm's
+    running statistics move 10% of the way to the batch's (``batch_norm``'s momentum; the variance unbiased, as
+    torch's); then back to eval mode. Runs in PyNative mode: a graph-mode call would compile ``net``, and
+    BatchNorm folding must come before its first compiled call."""
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        net.set_train(True)
+        net(ms.Tensor(np.ones((1, 3, side, side), np.float32)))
+    finally:
+        net.set_train(False)
+        ms.set_context(mode=mode)
 
 
 def build_backbone(backbone_name, layers_to_extract_from, pre_ckpt_path=None, seed=0):

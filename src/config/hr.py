@@ -15,7 +15,8 @@ VAL_CONFIG_KEYS = {"anomaly_syn_fn", "val_sample_ratio", "val_images", "max_patc
 THUMBNAIL_MERGES = ("max", "mean")
 # Patch-section keys the thumbnail branch may set differently from the tile branch.
 THUMBNAIL_PATCH_KEYS = {"backbone_name", "layers_to_extract_from", "merge_size", "percentage",
-                        "pretrain_embed_dimension", "target_embed_dimension", "sampler", "anomaly_scorer_num_nn"}
+                        "pretrain_embed_dimension", "target_embed_dimension", "sampler", "anomaly_scorer_num_nn",
+                        "reference_bn_update"}
 
 
 def _optional_size(value, name):

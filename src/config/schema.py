@@ -28,6 +28,7 @@ class PatchSettings:
     target_embed_dimension: int
     sampler: dict   # the sampler's name and every option (defaults filled in), as recorded in model.json
     anomaly_scorer_num_nn: int
+    reference_bn_update: int = None   # the side of the ones image of the authors' BatchNorm update; None: off
 
     @classmethod
     def from_dict(cls, patch, source):
@@ -50,7 +51,7 @@ class PatchSettings:
                 "merge_size": self.merge_size, "percentage": self.percentage,
                 "pretrain_embed_dimension": self.pretrain_embed_dimension,
                 "target_embed_dimension": self.target_embed_dimension, "sampler": dict(self.sampler),
-                "anomaly_scorer_num_nn": self.anomaly_scorer_num_nn}
+                "anomaly_scorer_num_nn": self.anomaly_scorer_num_nn, "reference_bn_update": self.reference_bn_update}
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,18 @@ class TilingSettings:
                    hr["eval_resize"], hr["vis_size"])
 
 
+def reference_bn_side(value, data, source):
+    """``patch.reference_bn_update`` as stored: None (off) or the side of the ones image (true: data.imagesize,
+    the authors' input shape; a model.json keeps the number)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return data.imagesize
+    if isinstance(value, int) and value > 0:
+        return value
+    raise InputError(source, f"reference_bn_update must be true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole validated config. ``hr`` is None for the 224-pixel model; ``val_config`` is the validation the
@@ -132,8 +145,9 @@ class Config:
     @classmethod
     def from_dict(cls, raw, source):
         """Parse and validate ``raw`` (sections patch, data, postprocess and optional hr); InputError on ``source``."""
-        patch = PatchSettings.from_dict(raw["patch"], source)
         data = DataSettings.from_dict(raw["data"], source)
+        raw["patch"]["reference_bn_update"] = reference_bn_side(raw["patch"].get("reference_bn_update"), data, source)
+        patch = PatchSettings.from_dict(raw["patch"], source)
         hr = None
         if "hr" in raw:
             validate_hr(raw, source)

@@ -3,7 +3,7 @@ import json
 import os
 
 from src.backbones.folding import fold_batchnorm
-from src.backbones.networks import build_backbone
+from src.backbones.networks import build_backbone, reference_batch_norm_update
 from src.patchcore.aggregation import PatchFeatureExtractor
 from src.utils.io import sha256_of
 from src.utils.errors import InputError
@@ -11,8 +11,8 @@ from src.utils.errors import InputError
 def extractor_key(patch_config):
     """What identifies the network ``build_extractor`` makes from ``patch_config`` (its cache key)."""
     keys = ("backbone_name", "layers_to_extract_from", "merge_size", "pretrain_embed_dimension",
-            "target_embed_dimension")
-    return json.dumps([patch_config[k] for k in keys])
+            "target_embed_dimension", "reference_bn_update")
+    return json.dumps([patch_config.get(k) for k in keys])
 
 
 def build_extractor(patch_config, pre_ckpt_path=None, seed=0, fold_bn=True):
@@ -20,9 +20,12 @@ def build_extractor(patch_config, pre_ckpt_path=None, seed=0, fold_bn=True):
 
     ``fold_bn``: fold each BatchNorm into its convolution (``src.backbones.folding``): the same function up to float
     rounding, one operator fewer per convolution. Off only to read the backbone's original parameters.
+    ``patch_config["reference_bn_update"]`` (a side length): the authors' BatchNorm update first (configs/patchcore.yaml).
     """
     backbone = build_backbone(patch_config["backbone_name"], patch_config["layers_to_extract_from"],
                               pre_ckpt_path=pre_ckpt_path, seed=seed)
+    if patch_config.get("reference_bn_update"):
+        reference_batch_norm_update(backbone, int(patch_config["reference_bn_update"]))
     if fold_bn:
         fold_batchnorm(backbone)
     extractor = PatchFeatureExtractor(backbone, patch_config)

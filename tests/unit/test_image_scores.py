@@ -92,3 +92,12 @@ def test_the_policy_defaults_by_tiling_and_tiled_comes_from_the_plan_not_the_pol
         tiled = plan_model(load_config(None, hr_overrides + ["image_score.policy=" + policy]), samples, 0)
         assert (plan.tiled, tiled.tiled) == (False, True)
         assert plan.image_score["policy"] == tiled.image_score["policy"] == policy
+
+
+def test_reference_bn_update_is_stored_as_the_side_of_the_ones_image():
+    assert load_config(None).patch.reference_bn_update is None
+    config = load_config(None, ["reference_bn_update=true", "imagesize=192", "resize=200"])
+    assert config.patch.reference_bn_update == 192 and config.raw["patch"]["reference_bn_update"] == 192
+    assert config.patch.to_dict()["reference_bn_update"] == 192       # what the extractor and bank.json get
+    with pytest.raises(InputError, match="reference_bn_update must be true or false"):
+        load_config(None, ["reference_bn_update=maybe"])

@@ -34,7 +34,8 @@ import src  # noqa: E402,F401  (environment set-up first)
 from src.utils.io import read_json, write_json  # noqa: E402
 from src.evaluation.metrics import format_table  # noqa: E402
 
-COLUMNS = ["model", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro", "train_s", "eval_s"]
+COLUMNS = ["model", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro", "tnr_at_fnr_5", "tpr_at_fpr_5",
+           "worst_margin", "train_s", "eval_s"]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "hr.json"
 
 
@@ -92,7 +93,7 @@ def downscaled_row(args, data_root, patch_config, data):
     from src.app.cli import set_device
     from src.data.mvtec import list_test_samples, list_train_samples
     from src.data.sample import Resize
-    from src.evaluation.evaluate import default_evaluators, evaluate_maps
+    from src.evaluation.evaluate import default_evaluators, evaluate_maps, with_decisions
     from src.inference.model import Model
     from src.tiling.plan import MultiResolutionHRImageSpliter
     from src.tiling.tasks import A2OTaskGenerator
@@ -120,7 +121,9 @@ def downscaled_row(args, data_root, patch_config, data):
             maps.append(cv2.resize(amap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR))
             masks.append(mask)
     labels = np.asarray([sample.label for sample in samples])
-    metrics = evaluate_maps(default_evaluators(args.eval_resize), np.asarray(scores), labels, maps, masks)
+    evaluators = with_decisions(default_evaluators(args.eval_resize), None, [s.defect_type for s in samples],
+                                args.eval_resize)   # the operating points; this model sets no threshold
+    metrics = evaluate_maps(evaluators, np.asarray(scores), labels, maps, masks)
     return dict(model=f"whole image at {side}x{side}", **metrics, train_s=train_s,
                 eval_s=time.perf_counter() - started), plain_bank
 

@@ -214,6 +214,29 @@ def test_each_image_score_policy_scores_alike_in_python_and_from_the_cpp_runner(
     assert len(set(python_scores.tolist())) == len(python_scores)
 
 
+def test_the_policy_in_model_json_scores_alike_through_eval_and_predict(project, tmp_path):
+    # eval.py and predict.py (and the service, which runs predict's load_model) both score by model.json's policy
+    import json
+    model_dir = tmp_path / CATEGORY
+    shutil.copytree(project["category_dir"], model_dir, ignore=shutil.ignore_patterns("eval", "export"))
+    meta = read_json(model_dir / "model.json")
+    meta["image_score"] = {"policy": "reweighted", "num_nn": 4}
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    ckpt = project["ckpts"]["trained"]
+    evaluated = run_command(python_command("eval.py", "--dataset_path", project["data"], "--category", CATEGORY,
+                                           "--output_dir", tmp_path, "--pre_ckpt_path", ckpt))
+    assert evaluated.returncode == 0, evaluated.stderr
+    scores = read_json(model_dir / "eval" / "scores.json")
+    images = [project["data"] / s["path"] for s in scores]
+    predicted = run_command(python_command("predict.py", "--model_dir", model_dir, "--pre_ckpt_path", ckpt,
+                                           "--output_dir", tmp_path / "predict", "--input", *images))
+    assert predicted.returncode == 0, predicted.stderr
+    raw = [entry["raw_score"] for entry in read_json(tmp_path / "predict" / "predict.json")]
+    np.testing.assert_allclose(raw, [s["image_score"] for s in scores], rtol=1e-6)
+    default = [s["image_score"] for s in read_json(project["eval"] / "scores.json")]
+    assert not np.allclose(raw, default, rtol=1e-3)   # the policy in model.json was used
+
+
 def test_run_310_infer_takes_the_older_argument_order_and_reuses_inputs(project, cpp_run):
     result = run_command(["bash", ROOT / "scripts" / "run_310_infer.sh", cpp_run["mindir"], project["data"], "n",
                           "0", CATEGORY],

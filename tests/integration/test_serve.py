@@ -69,6 +69,26 @@ def test_multipart_and_json_return_what_predict_returns(server, model_dir, datas
             assert body[key] == expected.fields[key], key
 
 
+def test_the_service_scores_by_the_models_image_score_policy(model_dir, dataset, tmp_path):
+    import shutil
+    from src.inference.predict import load_model
+    other = tmp_path / "model"
+    shutil.copytree(model_dir, other, ignore=shutil.ignore_patterns("eval"))
+    meta = json.loads((other / "model.json").read_text())
+    meta["image_score"] = {"policy": "topk_mean", "k": 3}
+    (other / "model.json").write_text(json.dumps(meta))
+    path = dataset / CATEGORY / "test" / "stain" / "001.png"
+    (expected,) = load_model(str(other)).predict(str(path))
+    (default,) = load_model(str(model_dir)).predict(str(path))
+    assert abs(expected.fields["raw_score"] - default.fields["raw_score"]) > 1e-3 * abs(default.fields["raw_score"])
+    process, url = launch(other)
+    try:
+        body = post_file(url, path.read_bytes()).json()
+    finally:
+        shut_down(process)
+    assert abs(body["raw_score"] - expected.fields["raw_score"]) <= 1e-6 * abs(expected.fields["raw_score"])
+
+
 def test_overlay_and_map_come_back_as_png_and_npy_without_pickle(server, dataset):
     from src.data.sample import decode_image
     body = post_json(server, image_bytes(dataset), return_map=True, return_overlay=True).json()

@@ -55,6 +55,7 @@ class Region(BaseModel):
     bbox: list[int]
     area: int
     max_score: float
+    source: str   # "pixel_threshold", or "score_peak": an NG image's peak when no pixel reached the threshold
 
 
 class ModelId(BaseModel):

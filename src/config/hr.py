@@ -6,7 +6,7 @@ any image is read or any output written: tile sizes (including ``patch_size`` la
 validation settings.
 """
 from src.utils.errors import InputError
-from src.training.validation import as_synthesizer
+from src.data.synthesizers import as_synthesizer
 from src.tiling.tasks import build_task_generator
 from src.data.sample import as_width_height
 from src.tiling.plan import MultiResolutionHRImageSpliter, check_fusion_weights

@@ -5,8 +5,10 @@ line, relative to the list's folder; blank lines and ``#`` comments skipped), an
 list of these. Every result holds, for one image: the raw image score (eval.py's), the score normalised to
 [0, 1] with the model's image threshold at 0.5, the OK/NG label at that threshold, the raw image and pixel
 thresholds, the regions of the pixel decision (connected components of map >= pixel threshold, 8-connected:
-bounding box [x, y, w, h] and area in the stored image's pixels, highest normalised pixel score) and the
-model's name and ``model.json`` sha256. ``res.print()``, ``res.save_to_json(dir)``, ``res.save_to_img(dir)``
+bounding box [x, y, w, h] and area in the stored image's pixels, highest normalised pixel score, ``source``
+"pixel_threshold") and the model's name and ``model.json`` sha256. An NG image always has a region: when no
+pixel reaches the pixel threshold, the region is where its score came from, the map's peak outlined at half
+its height above the map's median (``source`` "score_peak"), so a user told "defective" is shown where. ``res.print()``, ``res.save_to_json(dir)``, ``res.save_to_img(dir)``
 and ``res.save_map(dir)`` write ``<name>.json``, ``<name>.png`` (image | heat map | colour bar: the map's
 pixel scores normalised as the image score is, on one fixed 0-1 scale where 0.5 is the image threshold, with
 the outlines of the regions and the score and label) and ``<name>.npy`` (the raw map, in the pixels of the
@@ -128,6 +130,10 @@ class Predictor:
         original_size = sample.original_size()
         normalised = self.normalizer.transform(amap)
         decision = amap >= self.pixel_threshold if self.pixel_threshold is not None else np.zeros(amap.shape, bool)
+        label = "NG" if raw_score >= self.image_threshold else "OK"
+        source = "pixel_threshold"
+        if label == "NG" and not decision.any():
+            decision, source = score_peak(amap), "score_peak"
         count, labels, stats, _ = cv2.connectedComponentsWithStats(decision.astype(np.uint8), connectivity=8)
         sx, sy = original_size[0] / amap.shape[1], original_size[1] / amap.shape[0]
         view = sample.view
@@ -136,16 +142,25 @@ class Predictor:
             x, y, w, h, area = (int(v) for v in stats[component])
             box = view.to_original([x, y, w, h], original_size) if view is not None else [x, y, w, h]
             regions.append({"bbox": box, "area": int(round(area * sx * sy)),
-                            "max_score": float(normalised[labels == component].max())})
+                            "max_score": float(normalised[labels == component].max()), "source": source})
         regions.sort(key=lambda region: -region["max_score"])
         fields = {"input_path": os.path.abspath(sample.image_path) if sample.image_path else None,
                   "image_score": float(self.normalizer.transform(np.float64(raw_score))),
-                  "raw_score": float(raw_score), "label": "NG" if raw_score >= self.image_threshold else "OK",
+                  "raw_score": float(raw_score), "label": label,
                   "image_threshold": float(self.image_threshold),
                   "pixel_threshold": None if self.pixel_threshold is None else float(self.pixel_threshold),
                   "regions": regions, "image_size": list(original_size), "map_size": [amap.shape[1], amap.shape[0]],
                   "view": None if view is None else view.to_dict(), "model": self.identity}
         return Prediction(name, sample, image, amap, fields, normalised, decision)
+
+
+def score_peak(amap):
+    """[H, W] bool: the connected part (8-connected) of ``amap`` >= half-way between its median and its maximum
+    that holds the maximum: where the image's score came from, outlined at half height above the background."""
+    level = float(np.median(amap)) + 0.5 * (float(amap.max()) - float(np.median(amap)))
+    _, labels = cv2.connectedComponents((amap >= level).astype(np.uint8), connectivity=8)
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    return labels == labels[peak]
 
 
 def load_model(model_dir, pre_ckpt_path=None, device_target="CPU", device_id=0):

@@ -76,12 +76,29 @@ def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(mode
         for region in fields["regions"]:
             x, y, w, h = region["bbox"]
             assert 0 <= x and 0 <= y and x + w <= 72 and y + h <= 72 and region["area"] > 0
+            assert region["source"] in ("pixel_threshold", "score_peak")
+        assert fields["regions"] or fields["label"] == "OK"    # an NG image is always shown where
         assert np.load(tmp_path / f"{name}.npy").shape == (64, 64)
         ng += fields["label"] == "NG"
     assert f"7 images: {7 - ng} OK, {ng} NG" in result.stdout
     times = re.search(r"per image network (\d+\.\d+) s, scoring (\d+\.\d+) s, map (\d+\.\d+) s", result.stdout)
     assert times and float(times[1]) > 0   # this tiny bank's scoring can round to 0.000 s
     assert len(json.loads((tmp_path / "predict.json").read_text())) == 7
+
+
+def test_an_ng_image_without_a_pixel_over_the_threshold_gets_its_score_peak_as_region(model, dataset):
+    from src.inference.predict import load_model
+    predictor = load_model(str(model["dir"]))
+    predictor.pixel_threshold = float("inf")     # no pixel decides: the case of a pixel threshold set too high
+    (ok,) = predictor.predict(str(dataset / CATEGORY / "test" / "good" / "000.png"))
+    predictor.image_threshold = float("-inf")    # every image NG
+    for result in predictor.predict(str(dataset / CATEGORY / "test")):
+        (region,) = result.fields["regions"]
+        assert region["source"] == "score_peak" and result.label == "NG"
+        peak = np.unravel_index(int(np.argmax(result.raw_map)), result.raw_map.shape)
+        assert result.decision[peak] and 0 < result.decision.sum() < result.decision.size
+        assert region["max_score"] == pytest.approx(float(result.normalised_map.max()))
+    assert ok.fields["regions"] == [] or ok.label == "NG"     # an OK image gets no peak region
 
 
 def test_the_python_api_on_an_array_gives_the_files_result(model, dataset):

@@ -1,5 +1,5 @@
-"""The import graph of src/, read with ast (no module is imported): no import cycles, nothing below src.app
-imports src.app, nothing imports the top-level scripts.
+"""The import graph of src/, read with ast (no module is imported): no import cycles, every package imports only
+the packages below it in ``LAYERS``, nothing below src.app imports src.app, nothing imports the top-level scripts.
 
 Every import statement counts, also one inside a function: a deferred import still makes the module depend
 on the imported one. ``import a.b.c`` is an edge to the most specific module of that name (``a.b.c``, or
@@ -15,6 +15,12 @@ APP = "src.app"
 # Modules outside src/app allowed to import it: entry points of their own (an ``if __name__ == "__main__"``
 # block), like the model-zoo conversion script src/pthtockpt.py.
 ENTRY_POINTS = frozenset({"src.pthtockpt"})
+# The packages of src/, lowest first: each may import only the ones before it (and src's own __init__, the
+# environment set-up). The data flow config -> samples -> tiles -> features -> bank -> scores -> maps ->
+# decisions -> metrics runs through them; config sits above the components it validates with and below the
+# stages that read it.
+LAYERS = ("utils", "data", "tiling", "backbones", "patchcore", "config", "evaluation", "inference", "training",
+          "deploy", "app")
 
 
 def module_name(path, root):
@@ -125,6 +131,35 @@ def upward_imports(written, app=APP, entry_points=ENTRY_POINTS):
                 if inside(name) and entry not in found:
                     found.append(entry)
     return found
+
+
+def layer_violations(edges, layers=LAYERS, package="src"):
+    """['module -> module (line n)'] for every import of a package at or above the importer's own layer in
+    ``layers`` (imports inside one package are not checked here; cycles are)."""
+    rank = {f"{package}.{name}": position for position, name in enumerate(layers)}
+
+    def layer(module):
+        parts = module.split(".")
+        return ".".join(parts[:2]) if len(parts) > 1 else None
+
+    found = []
+    for source, targets in sorted(edges.items()):
+        for target, line in sorted(targets.items()):
+            own, other = layer(source), layer(target)
+            if own in rank and other in rank and own != other and rank[other] > rank[own]:
+                found.append(f"{source} -> {target} (line {line})")
+    return found
+
+
+def test_every_src_package_is_in_a_layer():
+    packages = {path.parent.name for path in (ROOT / "src").glob("*/__init__.py")}
+    assert packages == set(LAYERS)
+
+
+def test_no_import_in_src_runs_back_up_the_layers():
+    edges, _, _ = import_graph(ROOT)
+    found = layer_violations(edges)
+    assert not found, f"imports against the layer order {' < '.join(LAYERS)}:\n" + "\n".join(found)
 
 
 def script_imports(tops, scripts):
@@ -254,3 +289,12 @@ def test_checker_finds_upward_and_script_imports(tmp_path):
     (tmp_path / "eval.py").write_text("")
     assert script_imports(tops, top_level_scripts(tmp_path)) == ["src.core.util imports train (line 1)",
                                                                  "src.core.util imports eval (line 2)"]
+
+
+def test_checker_finds_an_import_back_up_the_layers(tmp_path):
+    files = {"src/__init__.py": "", "src/low/__init__.py": "", "src/low/a.py": "import os\n",
+             "src/high/__init__.py": "", "src/high/c.py": "from src.low.a import x\n",
+             "src/mid/__init__.py": "", "src/mid/b.py": "from src.low import a\n\ndef f():\n    from src.high.c import y\n"}
+    edges, _, _ = import_graph(write_tree(tmp_path, files))
+    assert layer_violations(edges, ("low", "mid", "high")) == ["src.mid.b -> src.high.c (line 4)"]   # deferred too
+    assert layer_violations(edges, ("low", "high", "mid")) == []

@@ -8,8 +8,9 @@ import pytest
 import src  # noqa: F401
 from src.utils.errors import InputError
 from src.data.sample import HRSample
-from src.training.validation import (MASK_EPSILON, SYNTHESIZERS, ColorShift, CutPaste, ImageBlending, RandomBox,
-                           build_synthesizer, build_validation_set)
+from src.data.synthesizers import (MASK_EPSILON, SYNTHESIZERS, ColorShift, CutPaste, ImageBlending, RandomBox,
+                                   build_synthesizer)
+from src.training.validation import build_validation_set
 
 NAMES = sorted(SYNTHESIZERS)
 

@@ -67,11 +67,16 @@ from src.utils.logs import file_logging
 
 logger = logging.getLogger("patchcore.hr")         # the main log file; console lines are printed (say)
 # Fewer validation images than this make a threshold a guess: training says so.
-MIN_VALIDATION_NORMAL, MIN_VALIDATION_ANOMALOUS = 10, 5
+MIN_VALIDATION_NORMAL, MIN_VALIDATION_ANOMALOUS = 10, 10
 
 
-def _rate(value):
-    return "n/a" if value is None else f"{value:.2f}"
+def _rate(hits, total):
+    """'0.80 (8/10, 95% interval 0.49-0.94)': a rate with its Wilson interval, since validation sets are small."""
+    if not total:
+        return "n/a"
+    from scipy.stats import binomtest
+    interval = binomtest(int(hits), int(total)).proportion_ci(method="wilson")
+    return f"{hits / total:.2f} ({hits}/{total}, 95% interval {interval.low:.2f}-{interval.high:.2f})"
 
 
 def validation_batches(items, batch_size):
@@ -433,11 +438,13 @@ class HRTrainer:
         policy = self.config.threshold
         thresholds = choose_thresholds(scores[labels == 0], scores[labels == 1], maps, masks, policy=policy)
         decision = decision_metrics(scores, labels, maps, masks, thresholds.to_dict())
+        flagged = scores >= thresholds.image
         in_bank = sum(item.bank_source is not None for item in run.validation)
         say("Thresholds (%s) from %d validation images (%d anomalous%s): image %.4g, pixel %.4g; "
             "on them: recall %s, false-alarm rate %s", policy, len(labels), int(labels.sum()),
             "" if not in_bank else f"; {in_bank} also in the bank, scored without their own entries",
-            thresholds.image, thresholds.pixel, _rate(decision["image_recall"]), _rate(decision["image_fpr"]))
+            thresholds.image, thresholds.pixel, _rate(int((flagged & (labels == 1)).sum()), int(labels.sum())),
+            _rate(int((flagged & (labels == 0)).sum()), int((labels == 0).sum())))
         if (labels == 0).sum() < MIN_VALIDATION_NORMAL or labels.sum() < MIN_VALIDATION_ANOMALOUS:
             say("Warning: %d normal and %d anomalous validation images are too few to set a threshold reliably "
                 "(at least %d and %d): raise val_config.val_images or val_sample_ratio, or check the rates on "

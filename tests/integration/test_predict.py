@@ -43,6 +43,8 @@ def test_training_sets_thresholds_on_validation_images_that_stay_in_the_bank(mod
     assert "Thresholds (f1) from 10 validation images" in model["train"].stdout
     assert "10 also in the bank, scored without their own entries" in model["train"].stdout
     assert "too few to set a threshold reliably" in model["train"].stdout   # 5 normal, 5 anomalous
+    # the rates on so few images come with their uncertainty
+    assert re.search(r"recall \d\.\d\d \(\d+/5, 95% interval \d\.\d\d-\d\.\d\d\)", model["train"].stdout)
 
 
 def test_eval_reports_the_decisions_at_the_persisted_threshold(model):

@@ -13,6 +13,12 @@ bit-identical). The same generator state gives the same output.
   multi-octave noise.
 - ``ColorShift``: an elliptical region whose colour is shifted by a random RGB offset.
 
+Subtle ones, like the defects inspection cares about (small, low-contrast; the default validation mix):
+- ``Scratch``: a thin polyline, 1-3 px wide, slightly darker or lighter.
+- ``Stain``: an irregular blob whose colour changes by a few percent, fading to its edge.
+- ``NoiseBlend``: a foreign texture at partial opacity under a smooth-noise mask (as DRAEM's anomalies).
+- ``Blur``: a locally blurred region.
+
 Sizes: ``min_size``/``max_size`` bound the footprint's width and height (drawn independently); an int
 is pixels, a float in (0, 1] a fraction of the image's shorter side. ``min_size=1`` allows 1-pixel
 defects.
@@ -214,7 +220,116 @@ class ColorShift(Synthesizer):
         return (original + offset.astype(np.float32)) / 255, _ellipse(box_h, box_w)
 
 
-SYNTHESIZERS = {cls.name: cls for cls in (RandomBox, CutPaste, ImageBlending, ColorShift)}
+def _signed_levels(rng, levels):
+    """A grey-level change drawn in ``levels`` (min, max), darker or lighter with equal odds."""
+    return float(rng.uniform(*levels)) * (1.0 if rng.uniform() < 0.5 else -1.0)
+
+
+class Scratch(Synthesizer):
+    """A thin scratch or crack: a gently bending polyline of 2-4 segments along the box's longer side,
+    ``width`` pixels wide (drawn in the (min, max) range), darker or lighter by ``contrast`` grey levels."""
+    name = "Scratch"
+
+    def __init__(self, min_size=0.08, max_size=0.35, width=(1, 3), contrast=(15, 45)):
+        super().__init__(min_size, max_size)
+        self.width = tuple(int(v) for v in _check_range(width, "width", 1, 64))
+        self.contrast = _check_range(contrast, "contrast", MASK_EPSILON + 1, 255)
+
+    def config(self):
+        return {**super().config(), "width": list(self.width), "contrast": list(self.contrast)}
+
+    def _defect(self, image, rng, box):
+        y, x, box_h, box_w = box
+        # From one end of the box's longer side to the other, each vertex off the last by ~5% of the length
+        long_side, short_side = max(box_h, box_w), min(box_h, box_w)
+        count = int(rng.integers(3, 6))
+        along = np.linspace(0, long_side - 1, count)
+        drift = np.cumsum(rng.normal(0, 0.05 * long_side, count))
+        across = np.clip((short_side - 1) / 2 + drift - drift.mean(), 0, short_side - 1)
+        xs, ys = (along, across) if box_w >= box_h else (across, along)
+        support = np.zeros((box_h, box_w), np.uint8)
+        points = np.round(np.stack([xs, ys], 1)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(support, [points], False, 1, 1)
+        width = int(rng.integers(self.width[0], self.width[1] + 1))
+        if width > 1:   # OpenCV's thickness t draws 2t - 1 pixels: widen the 1-pixel line instead
+            support = cv2.dilate(support, np.ones((width, width), np.uint8))
+        original = image[y:y + box_h, x:x + box_w].astype(np.float32)
+        return (original + np.float32(_signed_levels(rng, self.contrast))) / 255, support.astype(bool)
+
+
+class Stain(Synthesizer):
+    """A low-contrast stain or discolouration: an irregular blob (smooth noise inside an ellipse) whose colour
+    is scaled by 1 +- ``contrast`` with a slight tint, fading towards its edge."""
+    name = "Stain"
+
+    def __init__(self, min_size=0.04, max_size=0.15, contrast=(0.06, 0.2)):
+        super().__init__(min_size, max_size)
+        self.contrast = _check_range(contrast, "contrast", 0.01, 1)
+
+    def config(self):
+        return {**super().config(), "contrast": list(self.contrast)}
+
+    def _defect(self, image, rng, box):
+        y, x, box_h, box_w = box
+        ys = (np.arange(box_h) + 0.5 - box_h / 2) / (box_h / 2)
+        xs = (np.arange(box_w) + 0.5 - box_w / 2) / (box_w / 2)
+        radius = np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
+        shape = 1 - radius + 0.25 * smooth_noise(rng, box_h, box_w, max(2.0, min(box_h, box_w) / 3))
+        support = shape > 0.15
+        support[box_h // 2, box_w // 2] = True
+        strength = np.clip(shape / 0.5, 0, 1).astype(np.float32)[..., None]
+        tint = 1 + 0.3 * rng.uniform(-1, 1, 3).astype(np.float32)
+        factor = 1 + np.float32(_signed_levels(rng, self.contrast)) * tint * strength
+        original = image[y:y + box_h, x:x + box_w].astype(np.float32) / 255
+        return original * factor, support
+
+
+class NoiseBlend(Synthesizer):
+    """A foreign texture (coloured multi-octave noise) blended in under an irregular mask, thresholded smooth
+    noise, with an opacity drawn in ``opacity`` (DRAEM's Perlin-mask anomalies)."""
+    name = "NoiseBlend"
+
+    def __init__(self, min_size=0.05, max_size=0.2, opacity=(0.2, 0.6)):
+        super().__init__(min_size, max_size)
+        self.opacity = _check_range(opacity, "opacity", 0.01, 1)
+
+    def config(self):
+        return {**super().config(), "opacity": list(self.opacity)}
+
+    def _defect(self, image, rng, box):
+        y, x, box_h, box_w = box
+        noise = smooth_noise(rng, box_h, box_w, max(2.0, min(box_h, box_w) / 4))
+        support = (noise > 0.5) & _ellipse(box_h, box_w)
+        if not support.any():
+            support[box_h // 2, box_w // 2] = True
+        opacity = np.float32(rng.uniform(*self.opacity))
+        original = image[y:y + box_h, x:x + box_w].astype(np.float32) / 255
+        return original + opacity * (_noise_texture(rng, box_h, box_w) - original), support
+
+
+class Blur(Synthesizer):
+    """A locally blurred (out-of-focus or smeared) elliptical region: Gaussian blur of sigma drawn in ``sigma``."""
+    name = "Blur"
+
+    def __init__(self, min_size=0.05, max_size=0.2, sigma=(1.5, 4.0)):
+        super().__init__(min_size, max_size)
+        self.sigma = _check_range(sigma, "sigma", 0.3, 50)
+
+    def config(self):
+        return {**super().config(), "sigma": list(self.sigma)}
+
+    def _defect(self, image, rng, box):
+        y, x, box_h, box_w = box
+        sigma = float(rng.uniform(*self.sigma))
+        margin = int(np.ceil(3 * sigma))   # the blur reads this far around the box
+        top, left = max(0, y - margin), max(0, x - margin)
+        region = image[top:y + box_h + margin, left:x + box_w + margin].astype(np.float32) / 255
+        blurred = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        return blurred[y - top:y - top + box_h, x - left:x - left + box_w], _ellipse(box_h, box_w)
+
+
+SYNTHESIZERS = {cls.name: cls for cls in (RandomBox, CutPaste, ImageBlending, ColorShift, Scratch, Stain, NoiseBlend,
+                                          Blur)}
 # HiAD's class names (hiad.syn), including its spelling "RandomeBox".
 _HIAD_NAMES = {"RandomeBoxSynthesizer": "RandomBox", "RandomBoxSynthesizer": "RandomBox",
                "CutPasteAnomalySynthesizer": "CutPaste", "ImageBlendingSynthesizer": "ImageBlending",

@@ -1,9 +1,12 @@
 """The validation set built from normal training images (HiAD ``val_config``), some given a synthetic defect
 (``src/data/synthesizers.py``).
 
-``build_validation_set`` holds out a seeded share of the normal training images (or, with a share of 0, draws a
-few that stay in the banks) and gives a share of them a synthetic anomaly, round-robin over the synthesizers; images are loaded and altered only when an
-item is loaded, so a large validation set costs no memory until used.
+``build_validation_set`` holds out a seeded share of the normal training images and gives a share of them a
+synthetic anomaly (HiAD's way), or, with a share of 0, draws ``val_images`` that stay in the banks and uses each
+twice: as it is and with a synthetic anomaly, both scored without the image's own bank entries. So 10 training
+images give 10 normal and 10 anomalous validation images, whatever the tile plan. The anomalies go round-robin
+over the synthesizers; images are loaded and altered only when an item is loaded, so a large validation set
+costs no memory until used.
 """
 import os
 from dataclasses import dataclass
@@ -75,7 +78,7 @@ class LabelledItem:
 @dataclass(frozen=True)
 class ValidationSet:
     train_indices: list   # inputs left for training, ascending
-    items: list           # ValidationItems, in ascending source_index
+    items: list           # ValidationItems, in ascending (source_index, label)
     held_out: bool        # True: the items' images are not in the banks; False: they are (score them without)
 
 
@@ -85,13 +88,14 @@ def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=0.2, 
 
     ``images_or_samples``: HxWx3 uint8 arrays, Samples or image paths. With ``val_sample_ratio`` > 0 (HiAD's
     ``val_sample_ratio``) that share of them, rounded, at least one and never all, is held out of training;
-    ``max_items`` caps that number (e.g. HiAD's ``max_patch_number`` // tiles per image). With
-    ``val_sample_ratio`` 0 nothing is held out (every image trains the bank, as in the reference) and
-    ``val_images`` of them (at most ``max_items``) are drawn for validation; their scores are then computed
-    without their own bank entries. ``anomaly_ratio`` (HiAD's ``p``) of the validation images, rounded, get a
-    synthetic anomaly; with 0 < anomaly_ratio < 1 and at least two validation images there is at least one of
-    each label. The anomalous ones cycle through ``synthesizers`` (objects, names or config dicts) in a seeded
-    order, so each is used about equally.
+    ``max_items`` caps that number (e.g. HiAD's ``max_patch_number`` // tiles per image); ``anomaly_ratio``
+    (HiAD's ``p``) of them, rounded, get a synthetic anomaly, with 0 < anomaly_ratio < 1 and at least two
+    validation images at least one of each label. With ``val_sample_ratio`` 0 nothing is held out (every image
+    trains the bank, as in the reference): ``val_images`` of them (at most ``max_items``) are drawn, and each is
+    a normal validation item and, when ``anomaly_ratio`` > 0, also an anomalous one (``anomaly_ratio`` 1: only
+    the anomalous); their scores are computed without their own bank entries. The anomalous items cycle
+    through ``synthesizers`` (objects, names or config dicts) in a seeded order, so each is used about
+    equally.
     """
     sources = [Sample(s) if isinstance(s, (str, os.PathLike)) else s for s in images_or_samples]
     for position, source in enumerate(sources):
@@ -117,13 +121,21 @@ def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=0.2, 
         n_val = min(len(sources) - 1, max(1, round(val_sample_ratio * len(sources))), max_items or len(sources))
     else:
         n_val = min(len(sources), val_images or len(sources), max_items or len(sources))
-    chosen = rng.permutation(len(sources))[:n_val]
-    n_anomalous = round(anomaly_ratio * n_val)
-    if 0 < anomaly_ratio < 1 and n_val >= 2:
-        n_anomalous = min(max(n_anomalous, 1), n_val - 1)
+    chosen = [int(index) for index in rng.permutation(len(sources))[:n_val]]
     order = rng.permutation(len(synthesizers)) if synthesizers else []
-    assigned = {int(index): synthesizers[order[k % len(order)]] if k < n_anomalous else None
-                for k, index in enumerate(chosen)}
-    items = [ValidationItem(index, sources[index], assigned[index], seed, not held_out) for index in sorted(assigned)]
-    train = [index for index in range(len(sources)) if not held_out or index not in assigned]
+
+    def synthesizer(k):
+        return synthesizers[order[k % len(order)]]
+
+    if held_out:
+        n_anomalous = round(anomaly_ratio * n_val)
+        if 0 < anomaly_ratio < 1 and n_val >= 2:
+            n_anomalous = min(max(n_anomalous, 1), n_val - 1)
+        pairs = [(index, synthesizer(k) if k < n_anomalous else None) for k, index in enumerate(chosen)]
+    else:   # every drawn image as it is and with an anomaly: as many of each as images drawn
+        pairs = [(index, None) for index in chosen if anomaly_ratio < 1]
+        pairs += [(index, synthesizer(k)) for k, index in enumerate(chosen) if anomaly_ratio > 0]
+    pairs.sort(key=lambda pair: (pair[0], pair[1] is not None))
+    items = [ValidationItem(index, sources[index], syn, seed, not held_out) for index, syn in pairs]
+    train = [index for index in range(len(sources)) if not held_out or index not in dict(pairs)]
     return ValidationSet(train, items, held_out)

@@ -80,7 +80,12 @@ def bounding_box(mask):
     return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Those whose footprint fills its box (a rectangle, or an ellipse inscribed in it); the others draw a line or an
+# irregular shape inside it.
+FILLING = ["Blur", "ColorShift", "CutPaste", "ImageBlending", "RandomBox"]
+
+
+@pytest.mark.parametrize("name", FILLING)
 def test_sizes_in_pixels_and_fractions(name):
     image = noise_image(2, 40, 80)   # shorter side 40
     for min_size, max_size, side in [(12, 12, 12), (0.25, 0.25, 10), (1, 1, 1)]:
@@ -92,6 +97,28 @@ def test_sizes_in_pixels_and_fractions(name):
     synthesizer = build_synthesizer(name, min_size=3, max_size=0.5)
     heights, widths = zip(*(bounding_box(synthesizer(image, np.random.default_rng(seed))[1]) for seed in range(40)))
     assert min(heights + widths) >= 3 and max(heights + widths) <= 20 and len(set(heights + widths)) > 5
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - set(FILLING)))
+def test_line_and_blob_defects_stay_inside_their_box_at_any_size(name):
+    image = noise_image(2, 40, 80)
+    for min_size, max_size, side in [(12, 12, 12), (0.25, 0.25, 10), (3, 20, 20)]:
+        synthesizer = build_synthesizer(name, min_size=min_size, max_size=max_size)
+        for seed in range(5):
+            _, mask = synthesizer(image, np.random.default_rng(seed))
+            height, width = bounding_box(mask)
+            assert 1 <= height <= side and 1 <= width <= side, (name, min_size, height, width)
+
+
+def test_the_subtle_defects_are_thin_or_faint():
+    image = np.full((128, 128, 3), 128, np.uint8)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        changed, mask = build_synthesizer("Scratch", min_size=40, max_size=60)(image, rng)
+        assert not cv2.erode(mask, np.ones((5, 5), np.uint8)).any()      # no 5x5 square fits: a thin stroke
+        assert max(bounding_box(mask)) >= 20 and np.abs(changed.astype(int) - image)[mask > 0].max() <= 45
+        changed, mask = build_synthesizer("Stain", min_size=40, max_size=60)(image, rng)
+        assert np.abs(changed.astype(int) - image)[mask > 0].mean() <= 0.2 * 1.3 * 128   # a few percent of the colour
 
 
 def test_one_pixel_defects_change_exactly_one_pixel():
@@ -187,7 +214,7 @@ def test_factory_names_aliases_and_config_round_trip():
     assert type(build_synthesizer("RandomeBoxSynthesizer")) is RandomBox   # HiAD's spelling
     assert type(build_synthesizer("CutPasteAnomalySynthesizer")) is CutPaste
     with pytest.raises(InputError, match="unknown anomaly synthesizer"):
-        build_synthesizer("Scratch")
+        build_synthesizer("Sparkle")
     with pytest.raises(InputError, match="bad parameters"):
         build_synthesizer("RandomBox", colour=3)
     image = noise_image(8)
@@ -224,9 +251,9 @@ def test_validation_split_is_seeded():
 
 
 def test_synthesizers_are_used_round_robin():
-    images = [noise_image(i, 12, 12) for i in range(41)]
+    images = [noise_image(i, 12, 12) for i in range(81)]
     split = build_validation_set(images, NAMES, val_sample_ratio=0.5, seed=1, anomaly_ratio=1.0)
-    assert len(split.items) == 20 and all(item.label == 1 for item in split.items)
+    assert len(split.items) == 40 and all(item.label == 1 for item in split.items)
     assert collections.Counter(item.describe()["synthesizer"] for item in split.items) == {name: 5 for name in NAMES}
 
 

@@ -66,7 +66,13 @@ def test_a_zero_share_keeps_every_image_for_training_and_draws_validation_images
     images = [np.full((8, 8, 3), v, np.uint8) for v in range(12)]
     drawn = build_validation_set(images, ["RandomBox"], 0, seed=3, anomaly_ratio=0.5, val_images=6)
     assert drawn.train_indices == list(range(12)) and not drawn.held_out
-    assert len(drawn.items) == 6 and sorted(item.label for item in drawn.items) == [0, 0, 0, 1, 1, 1]
+    # each of the 6 drawn images twice: as it is and with an anomaly, so 6 + 6 whatever the share
+    assert len(drawn.items) == 12 and sorted(item.label for item in drawn.items) == [0] * 6 + [1] * 6
+    assert [item.source_index for item in drawn.items if item.label] == \
+        [item.source_index for item in drawn.items if not item.label]
+    assert all(item.bank_source == item.source_index for item in drawn.items)
+    only_normal = build_validation_set(images, [], 0, seed=3, anomaly_ratio=0, val_images=6)
+    assert [item.label for item in only_normal.items] == [0] * 6
     again = build_validation_set(images, ["RandomBox"], 0, seed=3, anomaly_ratio=0.5, val_images=6)
     assert [item.source_index for item in again.items] == [item.source_index for item in drawn.items]
     held = build_validation_set(images, ["RandomBox"], 0.25, seed=3)

@@ -76,8 +76,10 @@ def policy_rows(part, model_dir, data_root, category, pre_ckpt_path):
     from src.data.mvtec import list_test_samples
     from src.inference.model import Model
     from src.patchcore.scoring import ImageScorer, build_image_score
+    from src.backbones.networks import feature_strides
     model = Model.load(str(model_dir), pre_ckpt_path)
-    stride = model.meta["image_score"].get("window")
+    patch = next(iter(model.detectors.values())).patch_config
+    stride = feature_strides(patch["backbone_name"], patch["layers_to_extract_from"])[0]   # window_max's default
     model.scorer.policy = build_image_score(POLICIES[-1])   # the grids with the max-cell weights
     samples = [model.prepare(sample) for sample in list_test_samples(str(data_root), category)]
     started = time.perf_counter()
@@ -87,7 +89,7 @@ def policy_rows(part, model_dir, data_root, category, pre_ckpt_path):
     types = [sample.defect_type for sample in samples]
     rows = []
     for spec in POLICIES:
-        policy = build_image_score(spec, feature_stride=stride or 8)
+        policy = build_image_score(spec, feature_stride=stride)
         scorer = ImageScorer(model.scorer.image_size, policy, model.scorer.thumbnail_merge,
                              model.scorer.gaussian_sigma)
         scores = np.array([scorer(tiles, thumbnail, weights)[0] for tiles, thumbnail, weights in grids])

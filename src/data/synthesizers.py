@@ -59,11 +59,16 @@ def _pixels(size, shorter_side):
     return size if isinstance(size, int) else max(1, round(size * shorter_side))
 
 
-def _ellipse(height, width):
-    """Boolean ellipse inscribed in a height x width box; never empty (it holds the centre pixel)."""
+def _squared_radius(height, width):
+    """[height, width] squared distance of each pixel centre from the box's centre, 1 on the inscribed ellipse."""
     ys = (np.arange(height) + 0.5 - height / 2) / (height / 2)
     xs = (np.arange(width) + 0.5 - width / 2) / (width / 2)
-    return ys[:, None] ** 2 + xs[None, :] ** 2 <= 1
+    return ys[:, None] ** 2 + xs[None, :] ** 2
+
+
+def _ellipse(height, width):
+    """Boolean ellipse inscribed in a height x width box; never empty (it holds the centre pixel)."""
+    return _squared_radius(height, width) <= 1
 
 
 class Synthesizer:
@@ -271,10 +276,7 @@ class Stain(Synthesizer):
 
     def _defect(self, image, rng, box):
         y, x, box_h, box_w = box
-        ys = (np.arange(box_h) + 0.5 - box_h / 2) / (box_h / 2)
-        xs = (np.arange(box_w) + 0.5 - box_w / 2) / (box_w / 2)
-        radius = np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
-        shape = 1 - radius + 0.25 * smooth_noise(rng, box_h, box_w, max(2.0, min(box_h, box_w) / 3))
+        shape = 1 - np.sqrt(_squared_radius(box_h, box_w)) + 0.25 * smooth_noise(rng, box_h, box_w, max(2.0, min(box_h, box_w) / 3))
         support = shape > 0.15
         support[box_h // 2, box_w // 2] = True
         strength = np.clip(shape / 0.5, 0, 1).astype(np.float32)[..., None]

@@ -84,8 +84,7 @@ def anomaly_maps(meta, export_dir, result_path, items):
             else:
                 tile_grids.append((TileIndex.from_dict(entry["tile"]), grid))
                 tile_weights.append(weight)
-        score, amap = scorer(tile_grids, thumbnail, tile_weights + thumbnail_weight if scorer.policy.needs_weights
-                             else None)
+        score, amap = scorer(tile_grids, thumbnail, tile_weights + thumbnail_weight)
         scores.append(score)
         maps.append(amap)
     return np.asarray(scores, np.float64), maps, one_source(sources, result_path)

@@ -101,7 +101,7 @@ class Model:
 
     def grids(self, images, exclude_source=None):
         """Per image: ([(TileIndex, normalised grid)], normalised thumbnail grid or None, the policy's max-cell
-        weight per grid, tiles then thumbnail, or None when the policy needs none). ``exclude_source``: a
+        weight per grid, tiles then thumbnail, each None when the policy needs none). ``exclude_source``: a
         training image's position, to score without the bank entries it contributed (validation)."""
         for image in images:
             check_image_size(image, self.image_size)
@@ -122,9 +122,7 @@ class Model:
                                                                    exclude_source)):
                 thumbnails[position] = grid
                 weights_of[position].append(weight)
-        needs_weights = self.scorer.policy.needs_weights
-        return [(tiles, thumbnail, weights if needs_weights else None)
-                for tiles, thumbnail, weights in zip(tiles_of, thumbnails, weights_of)]
+        return list(zip(tiles_of, thumbnails, weights_of))
 
     def _scores(self, name, views, exclude_source=None):
         """Yield (normalised grid, max-cell weight or None) of every view, scored by task ``name``."""

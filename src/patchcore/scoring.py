@@ -170,7 +170,7 @@ class ImageScorer:
 
     def __call__(self, tile_grids, thumbnail_grid=None, weights=None):
         """``tile_grids``: [(TileIndex, normalised grid)]; ``weights``: the policy's max-cell weight per grid, in
-        the order tiles then thumbnail (policies with ``needs_weights``)."""
+        the order tiles then thumbnail (read only by policies with ``needs_weights``)."""
         amap = compose_anomaly_map(tile_grids, self.image_size, thumbnail_grid, self.thumbnail_merge,
                                    self.gaussian_sigma)
         grids = [grid for _, grid in tile_grids] + ([] if thumbnail_grid is None else [thumbnail_grid])

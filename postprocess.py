@@ -1,10 +1,12 @@
-"""Turn the C++ runner's outputs into scores, anomaly maps and metrics: acc_<CATEGORY>.log and acc_<CATEGORY>.json.
+"""Turn the C++ runner's outputs into scores, anomaly maps, decisions and metrics: acc_<CATEGORY>.log and
+acc_<CATEGORY>.json, and a picture of every NG image in ng_<CATEGORY>/.
 
 Patch scores come from <stem>_scores.npy (the runner scored with --bank_path) or, when no input has one,
 from the patch features <stem>_0.npy and the exported memory bank, in Python with faiss. Image scores,
 maps and metrics use the functions eval.py uses, so the numbers are comparable one to one: the tile grids of
 every task folder go through the task's normaliser and are stitched (with the thumbnail's) as eval.py does
-(see src/deploy/outputs.py).
+(see src/deploy/outputs.py). Every image also gets predict.py's decision (OK/NG at the model's threshold, its
+normalised score, its regions: an NG image always has one), in acc_<CATEGORY>.json's "predictions".
 """
 import argparse
 import os
@@ -72,7 +74,9 @@ def main():
     if not os.path.isdir(args.result_path):
         raise InputError(args.result_path, "result folder not found")
     started = time.perf_counter()
-    scores, metrics, source = evaluate(meta, args.export_dir, args.result_path, items)
+    picture_dir = os.path.join(args.output_dir, f"ng_{args.category}")
+    scores, metrics, predictions, source = evaluate(meta, args.export_dir, args.result_path, items,
+                                                    manifest["dataset_path"], picture_dir)
     postprocess_seconds = time.perf_counter() - started
 
     line = acc_line(metrics)
@@ -81,6 +85,10 @@ def main():
     latency = read_latency(args.result_path, scoring_jobs(meta))
     details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
                + timing_text(latency, len(items), source, postprocess_seconds))
+    if predictions is not None:
+        ng = sum(p["label"] == "NG" for p in predictions)
+        details += (f"\n{ng} NG, {len(predictions) - ng} OK at the image threshold {meta['hr']['thresholds']['image']:.6g}"
+                    + (f"; a picture of each NG in {picture_dir}" if ng else ""))
     log_path = os.path.join(args.output_dir, f"acc_{args.category}.log")
     write_text(log_path, f"{line}\n\n{table}\n\n{details}\n")
     write_json(os.path.join(args.output_dir, f"acc_{args.category}.json"), {
@@ -88,7 +96,9 @@ def main():
         "scores": [{"file": item.get("file", item.get("stem")),
                     "path": os.path.relpath(sample.image_path, manifest["dataset_path"]),
                     "defect_type": sample.defect_type, "label": int(sample.label), "image_score": float(score)}
-                   for (item, sample), score in zip(items, scores)]})
+                   for (item, sample), score in zip(items, scores)],
+        # predict.py's fields per image (OK/NG, normalised score, regions); null without thresholds
+        "predictions": predictions})
     print(line)
     print(f"({details}; written to {log_path})")
     return 0

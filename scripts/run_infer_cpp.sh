@@ -7,7 +7,8 @@
 #   NEED_PREPROCESS  y: make the model inputs from the test images; n: reuse OUTPUT_DIR/CATEGORY/preprocess_Result
 #   DEVICE_TYPE      CPU (default) or Ascend;  DEVICE_ID: default 0;  OUTPUT_DIR: default ./infer_output
 # Builds ascend310_infer when needed, scores the patches in C++ (--bank_path), computes the metrics and prints
-# the acc line; writes OUTPUT_DIR/CATEGORY/{preprocess_Result,result_Files,acc_CATEGORY.log,acc_CATEGORY.json}.
+# the acc line; writes OUTPUT_DIR/CATEGORY/{preprocess_Result,result_Files,acc_CATEGORY.log,acc_CATEGORY.json,ng_CATEGORY/}
+# (ng_CATEGORY/: a picture of every image decided NG, its regions outlined).
 # A high-resolution export (any of its models as MINDIR_PATH) runs the runner once per task folder and once
 # for the thumbnail, each with that folder's bank (a folder without inputs, a Retrieve task no tile was routed
 # to, is skipped). Fusion models: the runner computes the features of every tile level; postprocess.py fuses

@@ -111,7 +111,7 @@ def export_plan(checkpoint_dir):
                                                              "size": list(inference["thumbnail_size"])},
                 "thumbnail_merge": inference["thumbnail_merge"], "gaussian_sigma": inference["gaussian_sigma"],
                 "image_score": meta["image_score"], "eval_resize": evaluation_size(meta),
-                "thresholds": meta.get("thresholds")}}
+                "thresholds": meta.get("thresholds"), "score_normalizer": meta.get("score_normalizer")}}
 
     return ExportPlan(meta["category"], meta, meta["config"], inputs, copies, describe)
 

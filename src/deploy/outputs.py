@@ -2,7 +2,7 @@
 
 Each task folder's score grids (the runner's ``<stem>_scores.npy``, or its features scored here with the task's
 bank) go through the task's normaliser and the model's ``ImageScorer`` (``src.patchcore.scoring``), as in
-``Model.predict``, so the numbers are eval.py's. Fused tiles: the runner only computes the features of every
+``Model.predict``, so the numbers are eval.py's, and each image's OK/NG and regions are predict.py's. Fused tiles: the runner only computes the features of every
 level, fused here with ``fuse_levels`` and scored in Python. A policy that needs the bank (``reweighted``) gets
 each grid's max-cell weight from the runner's features (runner_jobs has it keep them).
 """
@@ -11,8 +11,12 @@ import os
 import numpy as np
 
 from src.data.sample import view_from_dict
+from src.deploy.export import EXPORT_FILE
 from src.deploy.package import job_path, one_source, runner_features, score_grids, scoring_jobs, verify_files
 from src.evaluation.evaluate import default_evaluators, evaluate_maps, with_decisions
+from src.inference.decisions import DecisionRule
+from src.inference.model import MODEL_FILE
+from src.inference.predict import make_prediction
 from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.featurizer import fuse_levels
 from src.patchcore.scoring import ImageScorer, build_image_score
@@ -90,13 +94,33 @@ def anomaly_maps(meta, export_dir, result_path, items):
     return np.asarray(scores, np.float64), maps, one_source(sources, result_path)
 
 
-def evaluate(meta, export_dir, result_path, items):
-    """(image scores, metrics, score source) with eval.py's evaluators (pixel metrics at eval_resize)."""
+def prediction_name(path):
+    """'scratch/000.png' -> 'scratch__000': unique within a dataset, as predict.py names files below a folder."""
+    return os.path.splitext(path)[0].replace("/", "__").replace(os.sep, "__")
+
+
+def evaluate(meta, export_dir, result_path, items, dataset_path, picture_dir):
+    """(image scores, metrics, predictions, score source) with eval.py's evaluators (pixel metrics at
+    eval_resize). predictions: predict.py's fields per image (OK/NG, regions), the picture of every NG image
+    written into ``picture_dir``; None when the export holds no thresholds (trained with val_config: null)."""
     scores, maps, source = anomaly_maps(meta, export_dir, result_path, items)
     view = view_from_dict(meta["preprocess"]["view"])
-    masks = [sample.with_view(view).load_mask() for _, sample in items]
-    labels = np.asarray([sample.label for _, sample in items])
+    samples = [sample.with_view(view) for _, sample in items]
+    masks = [sample.load_mask() for sample in samples]
+    labels = np.asarray([sample.label for sample in samples])
     hr = meta["hr"]
     evaluators = with_decisions(default_evaluators(hr["eval_resize"]), hr.get("thresholds"),
-                                [sample.defect_type for _, sample in items], hr["eval_resize"])
-    return scores, evaluate_maps(evaluators, scores, labels, maps, masks), source
+                                [sample.defect_type for sample in samples], hr["eval_resize"])
+    predictions = None
+    if hr.get("thresholds") and hr.get("score_normalizer"):
+        rule = DecisionRule(hr["thresholds"], hr["score_normalizer"], os.path.join(export_dir, EXPORT_FILE))
+        identity = {"name": meta["category"], "sha256": meta["files"][MODEL_FILE]}
+        predictions = []
+        for sample, score, amap in zip(samples, scores, maps):
+            name = prediction_name(os.path.relpath(sample.image_path, dataset_path))
+            prediction = make_prediction(name, sample, score, amap, rule, identity)
+            if prediction.label == "NG":
+                os.makedirs(picture_dir, exist_ok=True)
+                prediction.save_to_img(picture_dir)
+            predictions.append(prediction.to_dict())
+    return scores, evaluate_maps(evaluators, scores, labels, maps, masks), predictions, source

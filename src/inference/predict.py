@@ -4,11 +4,8 @@
 line, relative to the list's folder; blank lines and ``#`` comments skipped), an HxWx3 uint8 RGB array, or a
 list of these. Every result holds, for one image: the raw image score (eval.py's), the score normalised to
 [0, 1] with the model's image threshold at 0.5, the OK/NG label at that threshold, the raw image and pixel
-thresholds, the regions of the pixel decision (connected components of map >= pixel threshold, 8-connected:
-bounding box [x, y, w, h] and area in the stored image's pixels, highest normalised pixel score, ``source``
-"pixel_threshold") and the model's name and ``model.json`` sha256. An NG image always has a region: when no
-pixel reaches the pixel threshold, the region is where its score came from, the map's peak outlined at half
-its height above the map's median (``source`` "score_peak"), so a user told "defective" is shown where. ``res.print()``, ``res.save_to_json(dir)``, ``res.save_to_img(dir)``
+thresholds, the regions of the pixel decision (``src.inference.decisions``: an NG image always has one) and the
+model's name and ``model.json`` sha256. ``res.print()``, ``res.save_to_json(dir)``, ``res.save_to_img(dir)``
 and ``res.save_map(dir)`` write ``<name>.json``, ``<name>.png`` (image | heat map | colour bar: the map's
 pixel scores normalised as the image score is, on one fixed 0-1 scale where 0.5 is the image threshold, with
 the outlines of the regions and the score and label) and ``<name>.npy`` (the raw map, in the pixels of the
@@ -18,14 +15,13 @@ import collections
 import json
 import os
 
-import cv2
 import numpy as np
 
 from src.data.folders import images_below
 from src.data.sample import IMAGE_EXTENSIONS, Sample
 from src.evaluation.visualize import prediction_picture, save_picture
+from src.inference.decisions import DecisionRule
 from src.inference.model import MODEL_FILE, Model
-from src.patchcore.normalization import ScoreNormalizer
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_of, write_json
 
@@ -94,7 +90,8 @@ class Prediction:
     def save_to_img(self, folder):
         path = os.path.join(folder, f"{self.name}.png")
         with atomic_path(path) as tmp:
-            save_picture(tmp + ".png", prediction_picture(self.image, self.normalised_map, self.decision,
+            image = self.image if self.image is not None else self.sample.load_image()
+            save_picture(tmp + ".png", prediction_picture(image, self.normalised_map, self.decision,
                                                            self.fields["image_score"], self.label))
             os.replace(tmp + ".png", tmp)
 
@@ -109,13 +106,17 @@ class Predictor:
 
     def __init__(self, model, model_dir):
         self.model = model
-        thresholds, normalizer = model.meta.get("thresholds"), model.meta.get("score_normalizer")
-        if not thresholds or not normalizer:
-            raise InputError(os.path.join(model_dir, MODEL_FILE), "the model has no thresholds (it was trained "
-                                                                  "with val_config: null): retrain it with a val_config")
-        self.image_threshold, self.pixel_threshold = thresholds["image"], thresholds["pixel"]
-        self.normalizer = ScoreNormalizer.from_dict(normalizer)
+        self.rule = DecisionRule(model.meta.get("thresholds"), model.meta.get("score_normalizer"),
+                                 os.path.join(model_dir, MODEL_FILE))
         self.identity = {"name": model.meta["category"], "sha256": sha256_of(os.path.join(model_dir, MODEL_FILE))}
+
+    @property
+    def image_threshold(self):
+        return self.rule.image_threshold
+
+    @property
+    def pixel_threshold(self):
+        return self.rule.pixel_threshold
 
     def predict(self, inputs):
         """Yield a Prediction per image of ``inputs`` (module docstring), ``model.batch_size`` images at a time."""
@@ -127,40 +128,21 @@ class Predictor:
             yield self._result(name, sample, image, score, amap)
 
     def _result(self, name, sample, image, raw_score, amap):
-        original_size = sample.original_size()
-        normalised = self.normalizer.transform(amap)
-        decision = amap >= self.pixel_threshold if self.pixel_threshold is not None else np.zeros(amap.shape, bool)
-        label = "NG" if raw_score >= self.image_threshold else "OK"
-        source = "pixel_threshold"
-        if label == "NG" and not decision.any():
-            decision, source = score_peak(amap), "score_peak"
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(decision.astype(np.uint8), connectivity=8)
-        sx, sy = original_size[0] / amap.shape[1], original_size[1] / amap.shape[0]
-        view = sample.view
-        regions = []
-        for component in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[component])
-            box = view.to_original([x, y, w, h], original_size) if view is not None else [x, y, w, h]
-            regions.append({"bbox": box, "area": int(round(area * sx * sy)),
-                            "max_score": float(normalised[labels == component].max()), "source": source})
-        regions.sort(key=lambda region: -region["max_score"])
-        fields = {"input_path": os.path.abspath(sample.image_path) if sample.image_path else None,
-                  "image_score": float(self.normalizer.transform(np.float64(raw_score))),
-                  "raw_score": float(raw_score), "label": label,
-                  "image_threshold": float(self.image_threshold),
-                  "pixel_threshold": None if self.pixel_threshold is None else float(self.pixel_threshold),
-                  "regions": regions, "image_size": list(original_size), "map_size": [amap.shape[1], amap.shape[0]],
-                  "view": None if view is None else view.to_dict(), "model": self.identity}
-        return Prediction(name, sample, image, amap, fields, normalised, decision)
+        return make_prediction(name, sample, raw_score, amap, self.rule, self.identity, image)
 
 
-def score_peak(amap):
-    """[H, W] bool: the connected part (8-connected) of ``amap`` >= half-way between its median and its maximum
-    that holds the maximum: where the image's score came from, outlined at half height above the background."""
-    level = float(np.median(amap)) + 0.5 * (float(amap.max()) - float(np.median(amap)))
-    _, labels = cv2.connectedComponents((amap >= level).astype(np.uint8), connectivity=8)
-    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
-    return labels == labels[peak]
+def make_prediction(name, sample, raw_score, amap, rule, identity, image=None):
+    """The Prediction of one scored image: ``amap`` is its raw map in the view's pixels, ``rule`` the model's
+    DecisionRule, ``identity`` the model's name and sha256; ``image`` (the view's) is loaded when a picture needs it."""
+    original_size = sample.original_size()
+    decision = rule(raw_score, amap, sample.view, original_size)
+    fields = {"input_path": os.path.abspath(sample.image_path) if sample.image_path else None,
+              "image_score": decision.image_score, "raw_score": decision.raw_score, "label": decision.label,
+              "image_threshold": rule.image_threshold, "pixel_threshold": rule.pixel_threshold,
+              "regions": decision.regions, "image_size": list(original_size),
+              "map_size": [amap.shape[1], amap.shape[0]],
+              "view": None if sample.view is None else sample.view.to_dict(), "model": identity}
+    return Prediction(name, sample, image, amap, fields, decision.normalised_map, decision.mask)
 
 
 def load_model(model_dir, pre_ckpt_path=None, device_target="CPU", device_id=0):

@@ -19,8 +19,8 @@ Degenerate spread (high == low, e.g. all held-out scores equal): the spread fall
 ``max(|low|, 1) * 1e-6``, the map then being a steep step at the normal value; never a division by zero.
 
 Thresholds. ``choose_thresholds`` returns an image and a pixel threshold: the max-F1 threshold on the
-validation set when it holds anomalies (placed midway between the lowest flagged and the highest
-unflagged score), else a high quantile of the normal scores. Pixel maps are reduced to two histograms
+validation set when it holds anomalies (placed just above the highest score it does not flag), else a high
+quantile of the normal scores. Pixel maps are reduced to two histograms
 (normal / defect pixels) of 2**16 bins over the pooled score range, so any number of full-resolution maps
 costs O(bins) memory; the pixel threshold is then exact up to one bin width.
 """
@@ -48,8 +48,11 @@ def _max_f1_threshold(positives, negatives, lower, upper):
     ``negatives[k]`` normal scores, all within [lower[k], upper[k]]; a score is flagged when >= threshold.
 
     Returns (threshold, f1). Of tied F1 values the highest candidate wins (fewer false alarms). The
-    threshold lies midway between the chosen candidate's lower bound and the upper bound of the nearest
-    non-empty candidate below it, or at the lower bound when there is none.
+    threshold lies just above the nearest non-empty candidate below the chosen one (the smallest float32 above
+    its upper bound, so float32 scores compare the same everywhere), or at the lowest score when there is
+    none. Why not midway: every threshold in that gap scores the same on validation, the normal side of the
+    gap is measured while synthetic defects are cruder than real ones, and anything higher only loses the
+    real defects that score between them.
     """
     occupied = (positives + negatives) > 0
     positives, negatives, lower, upper = positives[occupied], negatives[occupied], lower[occupied], upper[occupied]
@@ -57,8 +60,10 @@ def _max_f1_threshold(positives, negatives, lower, upper):
     flagged = np.cumsum((positives + negatives)[::-1])[::-1]
     f1 = 2 * true_pos / (flagged + true_pos[0])   # = 2 P R / (P + R); true_pos[0] = all anomalous scores
     best = len(f1) - 1 - int(np.argmax(f1[::-1]))
-    threshold = lower[best] if best == 0 else (upper[best - 1] + lower[best]) / 2
-    return float(threshold), float(f1[best])
+    if best == 0:
+        return float(lower[0]), float(f1[0])
+    above = np.nextafter(np.float32(upper[best - 1]), np.float32(np.inf))
+    return float(min(above, lower[best])), float(f1[best])
 
 
 @dataclass(frozen=True)

@@ -455,6 +455,8 @@ class HRTrainer:
         if val_config and val_config.get("evaluators"):
             metrics = evaluate_maps(val_config["evaluators"], scores, labels, maps, masks)
             say("Validation metrics: %s", metrics)
+        for record, score in zip(meta["validation"]["items"], scores):
+            record["score"] = float(score)   # raw image score: the threshold can be re-chosen from model.json
         return thresholds, normalizer, dict(decision, **({} if metrics is None else metrics))
 
     # ------------------------------------------------------------------------------------------ inference

@@ -186,6 +186,37 @@ def test_maps_and_features_match_hrmodel_predict(project, cpp_run, python_model)
     assert scale > 0 and float(np.abs(cpp - features).max()) <= 1e-4 * scale
 
 
+def box_union(regions, shape):
+    covered = np.zeros(shape, bool)
+    for region in regions:
+        x, y, w, h = region["bbox"]
+        covered[y:y + h, x:x + w] = True
+    return covered
+
+
+def test_the_cpp_path_decides_as_predict_py_and_pictures_every_ng(project, cpp_run, python_model):
+    """postprocess.py's per-image decisions are predict.py's: the same OK/NG, normalised score and regions (up to
+    the runner's ~1e-4 numerical difference at region edges), a region for every NG, a picture of every NG."""
+    from src.inference.predict import Predictor
+    acc = read_json(cpp_run["work"] / f"acc_{CATEGORY}.json")
+    predictions = acc["predictions"]
+    paths = [project["data"] / CATEGORY / s["path"].split("/", 1)[1] for s in acc["scores"]]
+    expected = [p.to_dict() for p in Predictor(python_model, str(project["export"])).predict(paths)]
+    assert [p["input_path"] for p in predictions] == [e["input_path"] for e in expected] == [str(p) for p in paths]
+    assert [p["label"] for p in predictions] == [e["label"] for e in expected]
+    assert {"OK", "NG"} <= {p["label"] for p in predictions}   # both decisions occur: the comparison is not vacuous
+    for ours, theirs in zip(predictions, expected):
+        assert ours["model"] == theirs["model"] and ours["image_threshold"] == theirs["image_threshold"]
+        assert abs(ours["image_score"] - theirs["image_score"]) <= 1e-4
+        assert ours["label"] == "OK" or ours["regions"]
+        ours_box, theirs_box = (box_union(p["regions"], (256, 256)) for p in (ours, theirs))
+        union = (ours_box | theirs_box).sum()
+        assert union == 0 or (ours_box & theirs_box).sum() >= 0.9 * union
+    pictures = sorted(path.name for path in (cpp_run["work"] / f"ng_{CATEGORY}").iterdir())
+    assert pictures == sorted(f"{s['path'][:-4].replace('/', '__')}.png"   # e.g. synthetic_leather__test__good__001
+                              for s, p in zip(acc["scores"], predictions) if p["label"] == "NG")
+
+
 def test_python_scoring_of_runner_features_gives_the_same_scores(project, cpp_run, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(cpp_run["results"], results, ignore=shutil.ignore_patterns("*_scores.npy"))

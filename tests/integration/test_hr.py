@@ -102,9 +102,13 @@ def test_normalisers_are_persisted_and_validation_maps_equal_inference_maps(trai
     # the same held-out images and synthetic defects as in training (seeded)
     samples = [HRSample(s.image_path, image_size=(256, 256)) for s in list_train_samples(str(dataset), CATEGORY)]
     items = build_validation_set(samples, ["RandomBox"], 0.25, meta["seed"], 0.5).items
-    assert [item.describe() for item in items] == meta["validation"]["items"]
+    records = meta["validation"]["items"]
+    assert [item.describe() for item in items] == [{k: v for k, v in r.items() if k != "score"} for r in records]
     assert sorted(item.label for item in items) == [0, 1]
     loaded = [item.load() for item in items]
+    # each recorded raw score is the model's own score of that validation image (held out: nothing excluded)
+    scores = [score for score, _ in model.predict_images([image for image, _ in loaded])]
+    np.testing.assert_allclose(scores, [r["score"] for r in records], rtol=1e-6)
     by_position = {(index.row, index.col): index for index in model.indexes}
     stored = {}
     for job in JOBS:

@@ -92,9 +92,9 @@ def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(mode
 def test_an_ng_image_without_a_pixel_over_the_threshold_gets_its_score_peak_as_region(model, dataset):
     from src.inference.predict import load_model
     predictor = load_model(str(model["dir"]))
-    predictor.pixel_threshold = float("inf")     # no pixel decides: the case of a pixel threshold set too high
+    predictor.rule.pixel_threshold = float("inf")     # no pixel decides: the case of a pixel threshold set too high
     (ok,) = predictor.predict(str(dataset / CATEGORY / "test" / "good" / "000.png"))
-    predictor.image_threshold = float("-inf")    # every image NG
+    predictor.rule.image_threshold = float("-inf")    # every image NG
     for result in predictor.predict(str(dataset / CATEGORY / "test")):
         (region,) = result.fields["regions"]
         assert region["source"] == "score_peak" and result.label == "NG"

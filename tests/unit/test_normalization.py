@@ -53,8 +53,10 @@ def test_json_round_trip_gives_identical_numbers():
 def test_synthetic_anomalies_move_the_half_point_to_the_best_decision():
     normal, anomalous = np.arange(10.0), np.arange(20.0, 30.0)
     normalizer = ScoreNormalizer.fit(normal, anomalous_scores=anomalous)
-    assert normalizer.anchored_by_anomalies and normalizer.high == 14.5   # midway between 9 and 20
-    assert normalizer.transform(np.array([14.5]))[0] == pytest.approx(0.5)
+    # the half point sits just above the highest normal score, where the best decision is
+    assert normalizer.anchored_by_anomalies and normalizer.high == just_above(9.0)
+    assert normalizer.transform(np.array([just_above(9.0)]))[0] == pytest.approx(0.5)
+    assert normalizer.transform(np.array([9.0]))[0] < 0.5
     below = ScoreNormalizer.fit(normal, anomalous_scores=np.array([0.0, 1.0]))   # best threshold below the median
     assert not below.anchored_by_anomalies and below.high == pytest.approx(np.quantile(normal, 0.99))
 
@@ -85,14 +87,24 @@ def test_bad_dicts_are_input_errors(data):
         ScoreNormalizer.from_dict(data)
 
 
+def just_above(value):
+    return float(np.nextafter(np.float32(value), np.float32(np.inf)))
+
+
 def test_image_threshold_known_answers():
-    assert score_threshold([0.1, 0.2, 0.3], [0.7, 0.8]) == (pytest.approx(0.5), 1.0, "max_f1")
+    # Just above the highest score left unflagged, not midway: a subtler defect at 0.31 is caught too.
+    assert score_threshold([0.1, 0.2, 0.3], [0.7, 0.8]) == (just_above(0.3), 1.0, "max_f1")
+    assert 0.3 < just_above(0.3) < 0.3 + 1e-7
     # Flagging >= 0.5 catches all 3 anomalies with one false alarm (F1 6/7), better than >= 0.7 (F1 0.8).
     threshold, f1, _ = score_threshold([0.1, 0.2, 0.3, 0.6], [0.5, 0.7, 0.8])
-    assert threshold == pytest.approx(0.4) and f1 == pytest.approx(6 / 7)
+    assert threshold == just_above(0.3) and f1 == pytest.approx(6 / 7)
     # Tied normal and anomalous score: the tie is flagged as a whole.
     threshold, f1, _ = score_threshold([0.0, 1.0], [1.0, 2.0])
-    assert threshold == pytest.approx(0.5) and f1 == pytest.approx(0.8)
+    assert threshold == just_above(0.0) and f1 == pytest.approx(0.8)
+    # Everything flagged: the lowest score itself.
+    assert score_threshold([0.5], [0.2, 0.3, 0.4, 0.6])[0] == 0.2
+    # A gap narrower than a float32 step: the lowest flagged score itself, never above it.
+    assert score_threshold([0.3], [0.3 + 1e-12]) == (0.3 + 1e-12, 1.0, "max_f1")
     normal = np.arange(1000.0)
     assert score_threshold(normal) == (pytest.approx(np.quantile(normal, 0.99)), None, "normal_quantile")
 
@@ -131,7 +143,7 @@ def test_pixel_threshold_separates_known_classes():
     normal_max, defect_min = scores[labels == 0].max(), scores[labels == 1].min()
     bin_width = (scores.max() - scores.min()) / PIXEL_BINS
     assert method == "max_f1" and f1 == 1.0
-    assert threshold == pytest.approx((normal_max + defect_min) / 2, abs=bin_width)
+    assert normal_max < threshold <= defect_min and threshold == pytest.approx(normal_max, abs=2 * bin_width)
 
 
 def test_pixel_threshold_is_near_the_exact_best_f1():
@@ -158,7 +170,7 @@ def test_pixel_threshold_without_defects_is_a_normal_quantile():
 def test_choose_thresholds_and_json_round_trip():
     maps, masks = separable_maps()
     chosen = choose_thresholds([0.1, 0.2, 0.3], [0.7, 0.8], maps, masks)
-    assert chosen.image == pytest.approx(0.5) and chosen.image_method == "max_f1" and chosen.pixel_f1 == 1.0
+    assert chosen.image == just_above(0.3) and chosen.image_method == "max_f1" and chosen.pixel_f1 == 1.0
     restored = Thresholds.from_dict(json.loads(json.dumps(chosen.to_dict())))
     assert restored == chosen
     only_normal = choose_thresholds([0.1, 0.2, 0.3])

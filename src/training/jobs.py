@@ -154,11 +154,22 @@ def train_job(run, job, featurizer, log):
 def score_validation(run, job, detector, featurizer, stage, log):
     """Raw validation grids -> ``validation.npz``; fit the job's normaliser on them. Returns the file's sha256."""
     grids, items, rows, cols, anomalous = [], [], [], [], []
+    # An image's normal and defective validation items differ only where the defect is: a view whose network
+    # inputs are byte-identical to one already scored (same image, same excluded entries) reuses its grid.
+    same_source, source = {}, None
     for position, indexes in _grouped(job.val_views):
-        image, mask = run.validation[position].load()
-        exclude = run.validation[position].bank_source
-        scored = [grid for features in featurizer.view_batches([(image, index) for index in indexes])
-                  for grid in detector.patch_scores(features, exclude)]
+        item = run.validation[position]
+        image, mask = item.load()
+        exclude = item.bank_source
+        if getattr(item, "source_index", None) != source or source is None:
+            same_source, source = {}, getattr(item, "source_index", None)
+        keys = [(index, tuple(hashlib.blake2b(np.ascontiguousarray(level)).digest() for level in index.views(image)))
+                for index in indexes]
+        new = [(image, index) for index, key in zip(indexes, keys) if key not in same_source]
+        computed = iter([grid for features in featurizer.view_batches(new)
+                         for grid in detector.patch_scores(features, exclude)])
+        scored = [same_source[key] if key in same_source else same_source.setdefault(key, next(computed))
+                  for key in keys]
         for index, grid in zip(indexes, scored):
             grids.append(grid)
             items.append(position)

@@ -55,8 +55,8 @@ from src.patchcore.sampling import build_sampler
 from src.patchcore.scoring import build_image_score
 from src.tiling.plan import MultiResolutionHRImageSpliter, WholeImage, check_fusion_weights
 from src.tiling.tasks import RetrieveTaskGenerator, assign_tiles, load_tasks, save_tasks
-from src.training.jobs import (FINGERPRINT_VERSION, Job, TrainingRun, is_complete, peak_rss, sample_identity,
-                               sha256_json, synthesizer_config)
+from src.training.jobs import (FINGERPRINT_VERSION, VALIDATION_FILE, Job, TrainingRun, is_complete, peak_rss,
+                               sample_identity, sha256_json, synthesizer_config)
 from src.training.memory import job_cost, job_estimate, report_memory, report_peak
 from src.training.runner import make_runner, schedule
 from src.training.validation import LabelledItem, build_validation_set
@@ -418,21 +418,50 @@ class HRTrainer:
             raise InputError(message) if kind == "error" else RuntimeError(message)
         return stats, peaks
 
+    def _stored_grids(self, run, detectors):
+        """Per validation item, what ``Model.grids`` gives for it (tile grids, thumbnail grid, weights), rebuilt
+        from the raw grids each job stored when it fitted its normaliser (``validation.npz``): the images are
+        scored once, not twice. None when the jobs scored no validation or the policy needs the features."""
+        if not self.normalize_tasks or self.image_score.needs_weights:
+            return None
+        by_position = {(index.row, index.col): index for index in self.indexes}
+        tiles, thumbnails = [[] for _ in run.validation], [None] * len(run.validation)
+        for name, job in run.jobs.items():   # the tasks in Model.grids' order, then the thumbnail
+            if not job.val_views:
+                continue   # a routed task no validation tile went to
+            with np.load(os.path.join(self.checkpoint_root, name, VALIDATION_FILE)) as stored:
+                grids = detectors[name].normalize(stored["grids"])
+                for grid, item, row, col in zip(grids, stored["items"], stored["rows"], stored["cols"]):
+                    if row < 0:
+                        thumbnails[item] = grid
+                    else:
+                        tiles[item].append((by_position[(int(row), int(col))], grid))
+        return [(tile_grids, thumbnail, [None] * (len(tile_grids) + (thumbnail is not None)))
+                for tile_grids, thumbnail in zip(tiles, thumbnails)]
+
     def _thresholds(self, run, val_config, meta):
         """Image and pixel thresholds (``postprocess.threshold`` policy) from the validation images' maps and
-        scores, computed by the trained model's own inference (``Model.predict_images``), as eval.py computes
-        them; validation images that are in the bank are scored without their own entries."""
+        scores, as the trained model's own inference (``Model.predict_images``) and eval.py compute them;
+        validation images that are in the bank are scored without their own entries."""
         detectors = {name: self.detector_class.load(os.path.join(self.checkpoint_root, name)) for name in run.jobs}
-        model = Model(meta, self.tasks, self.indexes, detectors,
-                      make_featurizers(detectors, meta, self.pre_ckpt_path, self._extractors), self.task_generator)
-        scores, maps, masks = [], [], []
-        for items, exclude in validation_batches(run.validation, self.batch_size):
-            loaded = [item.load() for item in items]
-            for (score, amap), (_, mask) in zip(model.predict_images([image for image, _ in loaded], exclude),
-                                                loaded):
-                scores.append(score)
-                maps.append(amap)
-                masks.append(mask)
+        stored = self._stored_grids(run, detectors)
+        featurizers = {} if stored is not None else make_featurizers(detectors, meta, self.pre_ckpt_path,
+                                                                      self._extractors)
+        model = Model(meta, self.tasks, self.indexes, detectors, featurizers, self.task_generator)
+
+        def scored():
+            """(score, map, mask) per validation item, in order."""
+            if stored is not None:
+                for item, grids in zip(run.validation, stored):
+                    yield *model.scorer(*grids), item.load()[1]
+                return
+            for items, exclude in validation_batches(run.validation, self.batch_size):
+                loaded = [item.load() for item in items]
+                for (score, amap), (_, mask) in zip(model.predict_images([image for image, _ in loaded], exclude),
+                                                    loaded):
+                    yield score, amap, mask
+
+        scores, maps, masks = (list(column) for column in zip(*scored()))
         labels = np.asarray([item.label for item in run.validation])
         scores = np.asarray(scores)
         policy = self.config.threshold

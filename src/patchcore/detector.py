@@ -184,8 +184,8 @@ class PatchCoreDetector:
         return self._without[source]
 
     def normalize(self, scores):
-        """Scores through the task's normaliser (unchanged without one)."""
-        return scores if self.normalizer is None else self.normalizer.transform(np.asarray(scores, np.float32))
+        """[..., h, w] score grids through the task's normaliser (unchanged without one)."""
+        return scores if self.normalizer is None else self.normalizer.transform_grids(np.asarray(scores, np.float32))
 
     def save(self, folder, metadata):
         """Write ``faiss.index`` and ``bank.json`` (``metadata`` + the normaliser) into ``folder``."""

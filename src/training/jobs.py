@@ -32,9 +32,9 @@ task_logger = logging.getLogger("patchcore.task")  # per-task files only, never 
 VALIDATION_FILE = "validation.npz"
 SPILL_FILE = "features.f32"
 MIB = 2 ** 20
-# Bumped when what a bank holds changes for the same inputs: 3, the normaliser anchored just above the highest
-# unflagged validation score (was midway), so a resume retrains banks fitted the old way.
-FINGERPRINT_VERSION = 3
+# Bumped when what a bank holds changes for the same inputs, so a resume retrains banks fitted the old way: 3, the
+# normaliser anchored just above the highest unflagged validation score (was midway); 4, its edge rings.
+FINGERPRINT_VERSION = 4
 
 
 def sha256_json(obj):
@@ -179,7 +179,7 @@ def score_validation(run, job, detector, featurizer, stage, log):
             cols.append(getattr(index, "col", -1))
             anomalous.append(cell_labels(_view_mask(mask, index), grid.shape))
     grids, anomalous = np.stack(grids), np.stack(anomalous)
-    detector.normalizer = ScoreNormalizer.fit(grids[~anomalous], anomalous_scores=grids[anomalous])
+    detector.normalizer = ScoreNormalizer.fit_grids(grids, anomalous)
     log.info("normaliser from %d normal and %d anomalous validation cells: %s", int((~anomalous).sum()),
              int(anomalous.sum()), detector.normalizer.to_dict())
     path = os.path.join(stage, VALIDATION_FILE)

@@ -151,7 +151,7 @@ def test_normalisers_are_persisted_and_validation_maps_equal_inference_maps(trai
                 mask = mask[box.y:box.y + box.height, box.x:box.x + box.width]
             labels.append(cell_labels(mask, grids.shape[1:]))
         labels = np.stack(labels)
-        refit = ScoreNormalizer.fit(grids[~labels], anomalous_scores=grids[labels])
+        refit = ScoreNormalizer.fit_grids(grids, labels)
         assert detector.normalizer == refit
         assert json.loads((folder / job / "bank.json").read_text())["normalizer"] == refit.to_dict()
         for grid, item, row, col in zip(grids, item_ids, rows, cols):

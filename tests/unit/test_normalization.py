@@ -7,8 +7,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import src  # noqa: F401
 from src.utils.errors import InputError
-from src.patchcore.normalization import (PIXEL_BINS, ScoreNormalizer, Thresholds, choose_thresholds, pixel_threshold,
-                               score_threshold)
+from src.patchcore.normalization import (EDGE_DEPTH, PIXEL_BINS, EdgeRings, ScoreNormalizer, Thresholds,
+                                         choose_thresholds, edge_distance, pixel_threshold, score_threshold)
 
 
 def test_anchors_map_to_documented_values():
@@ -197,3 +197,53 @@ def test_bad_threshold_inputs_are_input_errors():
         pixel_threshold([np.zeros((4, 4))], [np.ones((4, 4))])
     with pytest.raises(InputError):
         Thresholds.from_dict({"image": 0.5})
+
+
+def ringed_grids(rng, count=40, size=24):
+    """Normal grids whose cells one in from the edge run high and wide, as a tile's do next to the padding."""
+    grids = rng.normal(1.0, 0.1, (count, size, size)).astype(np.float32)
+    ring = edge_distance((size, size), EDGE_DEPTH) == 1
+    grids[:, ring] = grids[:, ring] * 3 + 2
+    return grids, ring
+
+
+def test_edge_rings_put_every_ring_on_the_interior_and_keep_the_order_within_a_ring():
+    grids, ring = ringed_grids(np.random.default_rng(7))
+    rings = EdgeRings.fit(grids, np.ones(grids.shape, bool))
+    assert len(rings.low) == EDGE_DEPTH + 1
+    equalised = rings.apply(grids)
+    assert equalised.dtype == np.float32
+    interior = edge_distance(grids.shape[1:], EDGE_DEPTH) == EDGE_DEPTH
+    np.testing.assert_array_equal(equalised[:, interior], grids[:, interior])      # the interior as it was
+    for cells in (equalised[:, ring], equalised[:, interior]):
+        assert np.quantile(cells, (0.5, 0.99)) == pytest.approx(np.quantile(grids[:, interior], (0.5, 0.99)), rel=1e-5)
+    assert np.array_equal(np.argsort(equalised[:, ring].ravel()), np.argsort(grids[:, ring].ravel()))
+    # before: the ring holds every grid's maximum; after: it is as likely as the interior to hold it
+    assert (grids.reshape(len(grids), -1).argmax(1) == np.flatnonzero(ring.ravel())[:, None]).any(0).all()
+    top = equalised.reshape(len(grids), -1).argmax(1)
+    assert np.isin(top, np.flatnonzero(ring.ravel())).mean() < 0.5
+
+
+def test_a_task_normaliser_fits_the_rings_on_normal_cells_and_round_trips():
+    grids, ring = ringed_grids(np.random.default_rng(8))
+    anomalous = np.zeros(grids.shape, bool)
+    anomalous[:5, 10:14, 10:14] = True
+    grids[anomalous] += 5.0
+    normalizer = ScoreNormalizer.fit_grids(grids, anomalous)
+    assert normalizer.edge_rings == EdgeRings.fit(grids, ~anomalous)
+    restored = ScoreNormalizer.from_dict(json.loads(json.dumps(normalizer.to_dict())))
+    assert restored == normalizer
+    np.testing.assert_array_equal(restored.transform_grids(grids), normalizer.transform(normalizer.edge_rings.apply(grids)))
+    plain = ScoreNormalizer.fit_grids(grids, anomalous, edge_depth=0)
+    assert plain.edge_rings is None and np.array_equal(plain.transform_grids(grids), plain.transform(grids))
+    old = {k: v for k, v in plain.to_dict().items() if k != "edge_rings"}   # written before edge rings
+    assert ScoreNormalizer.from_dict(old) == plain
+
+
+def test_edge_rings_on_small_grids_and_bad_dicts():
+    assert edge_distance((3, 5), EDGE_DEPTH).max() == 1 and edge_distance((1, 4), EDGE_DEPTH).max() == 0
+    rings = EdgeRings.fit(np.random.default_rng(9).normal(size=(6, 5, 5)), np.ones((6, 5, 5), bool))
+    assert len(rings.low) == 3   # rings 0, 1 and the centre
+    for data in ({"low": [1.0], "high": [0.5]}, {"low": [0.0, 1.0], "high": [2.0]}, {"high": [1.0]}):
+        with pytest.raises(InputError):
+            EdgeRings.from_dict(data)

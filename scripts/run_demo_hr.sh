@@ -3,7 +3,7 @@
 # few pixels wide), tiled PatchCore (512-pixel tiles, one memory bank, thumbnail branch, validation-based score
 # normalisation; configs/hr_patchcore.yaml) with ImageNet MobileNetV2, exported and run by the C++ runner
 # (ascend310_infer, one run per task folder), then the same PatchCore on the whole image downscaled to 224x224,
-# side by side. About 4 minutes on 2 cores (240 s in the last run).
+# side by side. About 4 minutes on 2 cores (243 s in the last run).
 #   bash scripts/run_demo_hr.sh [OUT_DIR]     (default demo_output/hr; a log of the run is OUT_DIR/demo_hr.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."

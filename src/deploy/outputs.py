@@ -21,6 +21,7 @@ from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.featurizer import fuse_levels
 from src.patchcore.scoring import ImageScorer, build_image_score
 from src.tiling.plan import TileIndex
+from src.utils.io import staged_folder
 
 
 def file_stem(file):
@@ -116,11 +117,11 @@ def evaluate(meta, export_dir, result_path, items, dataset_path, picture_dir):
         rule = DecisionRule(hr["thresholds"], hr["score_normalizer"], os.path.join(export_dir, EXPORT_FILE))
         identity = {"name": meta["category"], "sha256": meta["files"][MODEL_FILE]}
         predictions = []
-        for sample, score, amap in zip(samples, scores, maps):
-            name = prediction_name(os.path.relpath(sample.image_path, dataset_path))
-            prediction = make_prediction(name, sample, score, amap, rule, identity)
-            if prediction.label == "NG":
-                os.makedirs(picture_dir, exist_ok=True)
-                prediction.save_to_img(picture_dir)
-            predictions.append(prediction.to_dict())
+        with staged_folder(picture_dir) as stage:   # replaced as a whole: no picture left from an earlier run
+            for sample, score, amap in zip(samples, scores, maps):
+                name = prediction_name(os.path.relpath(sample.image_path, dataset_path))
+                prediction = make_prediction(name, sample, score, amap, rule, identity)
+                if prediction.label == "NG":
+                    prediction.save_to_img(stage)
+                predictions.append(prediction.to_dict())
     return scores, evaluate_maps(evaluators, scores, labels, maps, masks), predictions, source

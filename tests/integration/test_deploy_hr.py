@@ -228,10 +228,14 @@ def test_the_cpp_path_decides_as_predict_py_and_pictures_every_ng(project, cpp_r
     meta["hr"]["thresholds"] = dict(meta["hr"]["thresholds"], image=split)
     predictor.rule.image_threshold = split
     manifest, items = load_manifest(cpp_run["inputs"] / "manifest.json")
+    (tmp_path / "ng").mkdir()
+    (tmp_path / "ng" / "from_an_earlier_run.png").write_bytes(b"stale")
     _, _, predictions, _ = evaluate(meta, str(project["export"]), str(cpp_run["results"]), items,
                                     manifest["dataset_path"], str(tmp_path / "ng"))
     assert {"OK", "NG"} <= {p["label"] for p in predictions}   # both decisions occur: the comparison is not vacuous
     compare(predictions)
+    # the folder holds this run's NG pictures only
+    assert len(list((tmp_path / "ng").iterdir())) == sum(p["label"] == "NG" for p in predictions)
 
 
 def test_python_scoring_of_runner_features_gives_the_same_scores(project, cpp_run, tmp_path):

@@ -167,7 +167,8 @@ def texture_row(name, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--part", choices=["tuning", "heldout", "all"], default="tuning")
+    parser.add_argument("--part", choices=["tuning", "heldout", "all", *PHOTOS], default="tuning",
+                        help="a part, all textures, or one texture")
     parser.add_argument("--work_dir", default=str(ROOT / "output" / "realphoto"), help="data and models")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/patchcore-realphoto"),
                         help="where the photographs are kept once fetched")
@@ -180,7 +181,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="default benchmarks/results/realphoto_<part>.json")
     args = parser.parse_args()
-    names = [n for n, spec in PHOTOS.items() if args.part in ("all", spec["part"])]
+    names = [n for n, spec in PHOTOS.items() if args.part in ("all", spec["part"], n)]
     rows = [texture_row(name, args) for name in names]
     mean = {key: float(np.mean([row[key] for row in rows])) for key in COLUMNS[1:]}
     print(format_table([{k: row[k] for k in COLUMNS} for row in rows] + [dict(texture="mean", **mean)], COLUMNS))

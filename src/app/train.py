@@ -13,6 +13,7 @@ from src.app import cli
 from src.data.folders import folder_test_samples
 from src.tiling.tasks import PrintTasks
 from src.training.model_plan import plan_model
+from src.training.runner import build_runner
 from src.training.trainer import HRTrainer
 from src.utils.errors import InputError
 from src.utils.io import write_json
@@ -35,13 +36,13 @@ def train(args, config):
                     len(listed), len(sizes), ", ".join(f"{w}x{h}" for w, h in sizes[:4]) + (", ..." if len(sizes) > 4
                                                                                            else ""),
                     model_plan.samples[0].view)
+    runner = build_runner(config.runner["backend"], workers=args.workers or model_plan.workers)
     trainer = HRTrainer.from_model_plan(config, model_plan, folder, args.pre_ckpt_path, args.seed,
-                                        (args.device_target, args.device_id), args.category)
+                                        (args.device_target, args.device_id), args.category, runner)
     view = model_plan.samples[0].view
     val_samples = [] if not args.val_dir else \
         [sample.with_view(view) for sample in folder_test_samples(args.val_dir, args.val_mask_dir)]
-    meta = trainer.train(model_plan.samples, workers=args.workers or model_plan.workers,
-                         val_config=model_plan.val_config, val_samples=val_samples)
+    meta = trainer.train(model_plan.samples, val_config=model_plan.val_config, val_samples=val_samples)
     write_json(os.path.join(folder, "train_result.json"),
                {"category": args.category, "total_seconds": round(time.perf_counter() - started, 3),
                 "jobs": meta["jobs"]})

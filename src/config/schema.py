@@ -140,6 +140,7 @@ class Config:
     val_config: dict
     threshold: str
     image_score: dict
+    runner: dict   # where training jobs run: {"backend": name} (src/training/runner.py)
     raw: dict   # the validated mapping (model.json's "config")
 
     @classmethod
@@ -162,7 +163,10 @@ class Config:
             build_image_score(image_score, feature_stride=1)   # a bad name or parameter stops the run here
         except InputError as exc:
             raise InputError(source, str(exc)) from None
-        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, image_score, raw)
+        runner = dict(raw.get("runner") or {"backend": "local"})   # models trained before the section: local
+        if not isinstance(runner.get("backend"), str):
+            raise InputError(source, f"runner.backend must be a name, got {runner.get('backend')!r}")
+        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, image_score, runner, raw)
 
     def to_dict(self):
         return self.raw

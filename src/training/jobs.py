@@ -3,9 +3,11 @@
 A ``Job`` names its patch config and its views (which tiles of which training images; validation views
 likewise); a ``TrainingRun`` is everything a worker needs to train jobs (plain data: it is sent to spawned
 processes). ``run_jobs`` trains named jobs one after the other in this process, reporting each result; the
-runners (``src/training/runner.py``) decide where that happens. A job's folder is written through a staging
-folder and appears only when complete; its ``bank.json`` records the job's fingerprint (everything the bank
-depends on), so a rerun keeps the banks that verify (:func:`is_complete`).
+runners (``src/training/runner.py``) decide where that happens. A job returns its bank as a ``JobResult``
+(the files' bytes and sha256): the driver verifies and writes it, so a worker needs no access to the
+checkpoint folder. A job's folder is written through a staging folder and appears only when complete; its
+``bank.json`` records the job's fingerprint (everything the bank depends on), so a rerun keeps the banks that
+verify (:func:`is_complete`).
 """
 import contextlib
 import hashlib
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import resource
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -85,13 +88,41 @@ class TrainingRun:
     validation: list
     grids: dict             # job name -> feature grid (h, w)
     fingerprints: dict      # job name -> fingerprint
-    checkpoint_root: str
+    scratch_root: str       # where a job builds its bank (and spills features); None: the system's temp folder
     log_root: str
     seed: int
     pre_ckpt_path: str
     meta: dict              # data normalisation, batch size, fusion weights, thumbnail size (as in model.json)
     detector_class: type
     device: tuple
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A trained job as its worker hands it over: the bank folder's files, their sha256 and the statistics."""
+    name: str
+    files: dict             # file name -> bytes
+    sha256: dict            # file name -> hex digest, taken where the files were written
+    stats: dict
+
+    @classmethod
+    def collect(cls, name, folder, stats):
+        files = {}
+        for file in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, file), "rb") as f:
+                files[file] = f.read()
+        return cls(name, files, {file: hashlib.sha256(data).hexdigest() for file, data in files.items()}, stats)
+
+    def write(self, checkpoint_root):
+        """Verify every file against its sha256, then write ``checkpoint_root/<name>`` through a staging folder:
+        the folder appears complete or not at all."""
+        for file, data in self.files.items():
+            if hashlib.sha256(data).hexdigest() != self.sha256.get(file):
+                raise RuntimeError(f"{self.name}/{file}: the bytes received differ from those the worker wrote")
+        with staged_folder(os.path.join(checkpoint_root, self.name)) as stage:
+            for file, data in self.files.items():
+                with open(os.path.join(stage, file), "wb") as f:
+                    f.write(data)
 
 
 def _grouped(views):
@@ -119,7 +150,7 @@ def _view_mask(mask, view):
 
 
 def train_job(run, job, featurizer, log):
-    """Train one job's bank into ``checkpoint_root/<job>`` (through a staging folder). Returns statistics."""
+    """Train one job's bank in a scratch folder of ``run.scratch_root``. Returns its ``JobResult``."""
     started = time.perf_counter()
     grid = run.grids[job.name]
 
@@ -131,7 +162,10 @@ def train_job(run, job, featurizer, log):
         return run.samples[position].load_image()
 
     detector = run.detector_class(job.patch_config, run.seed)
-    with staged_folder(os.path.join(run.checkpoint_root, job.name)) as stage:
+    if run.scratch_root:
+        os.makedirs(run.scratch_root, exist_ok=True)
+    # named like a staging folder, so a killed run's leftovers in the checkpoint folder are recognised
+    with tempfile.TemporaryDirectory(prefix=f".{job.name}.partial-", dir=run.scratch_root) as stage:
         spill = os.path.join(stage, SPILL_FILE)
         stats = detector.fit(featurizer.view_batches(job_views(image, groups)),
                              len(job.train_views) * grid[0] * grid[1], spill)
@@ -149,8 +183,8 @@ def train_job(run, job, featurizer, log):
         if job.val_views:
             metadata["validation_sha256"] = score_validation(run, job, detector, featurizer, stage, log)
         detector.save(stage, metadata)
-    stats["seconds"] = round(time.perf_counter() - started, 3)
-    return stats
+        stats["seconds"] = round(time.perf_counter() - started, 3)
+        return JobResult.collect(job.name, stage, stats)
 
 
 def score_validation(run, job, detector, featurizer, stage, log):
@@ -189,7 +223,7 @@ def score_validation(run, job, detector, featurizer, stage, log):
 
 def run_jobs(run, names, report, extractors=None):
     """Train ``names`` one after the other, stopping at the first failure. ``report(kind, name, payload)``
-    receives ("done", name, stats), ("error", name, message) for bad input, ("crash", name, message) else."""
+    receives ("done", name, JobResult), ("error", name, message) for bad input, ("crash", name, message) else."""
     extractors = {} if extractors is None else extractors
     for name in names:
         job = run.jobs[name]

@@ -1,10 +1,5 @@
 """What a training job costs: its memory estimate (printed before training, with the measured peak after) and
 its work (pixels through the network), used to spread jobs over workers."""
-import logging
-import os
-
-import psutil
-
 from src.patchcore.detector import estimate_fit_bytes
 from src.training.jobs import MIB
 
@@ -22,28 +17,20 @@ def job_estimate(job, grid, batch_size, image_size):
     return dict(estimate, batch=batch, total=estimate["peak"] + batch)
 
 
-def report_memory(estimates, runtime, workers, say):
-    """Print the memory estimate of the largest job to train; choose the worker count. Returns it."""
+def report_memory(estimates, runtime, say):
+    """Print the memory estimate of the largest job to train (its worker's peak: runtime plus the job)."""
     if not estimates:
-        return 0
+        return
     largest = max(estimates, key=lambda n: estimates[n]["total"])
     e = estimates[largest]
-    per_worker = runtime + e["total"]
-    available = psutil.virtual_memory().available
-    chosen = workers or int(min(len(estimates), os.cpu_count() or 1, max(1, available // per_worker)))
     patches = e["patches"]
     held, what = (e["features"], f"features {e['features'] / MIB:.0f} MiB ({patches} patches, kept in memory)") \
         if e["features"] else (e["projected_features"], f"projected features {e['projected_features'] / MIB:.0f} MiB "
                                                          f"({patches} patches x {e['projected_dim']}, full rows spilled)")
     say("Memory estimate for %s, the largest of %d jobs to train: %s + coreset selection working memory %.0f MiB "
         "(then bank %.0f MiB) + one batch %.0f MiB + runtime (MindSpore and model; measured) %.0f MiB = %.0f MiB per "
-        "worker; %.0f MiB available -> %d worker(s)%s", largest, len(estimates), what, (e["peak"] - held) / MIB,
-        e["bank"] / MIB, e["batch"] / MIB, runtime / MIB, per_worker / MIB, available / MIB, chosen,
-        "" if workers is None else " (as requested)")
-    if chosen * per_worker > available:
-        say("Warning: %d workers need about %.0f MiB, more than the %.0f MiB available", chosen,
-            chosen * per_worker / MIB, available / MIB, level=logging.WARNING)
-    return chosen
+        "worker", largest, len(estimates), what, (e["peak"] - held) / MIB, e["bank"] / MIB, e["batch"] / MIB,
+        runtime / MIB, (runtime + e["total"]) / MIB)
 
 
 def report_peak(estimates, runtime, peaks, say):

@@ -1,17 +1,33 @@
-"""Runners: where training jobs run. One interface, ``runner.run(run, plan, report) -> [peak RSS per process]``:
-``plan`` is a list of job-name lists, one per worker (see :func:`schedule`), and ``report(kind, name, payload)``
-hears ("done", job, stats), ("error", job, message) for bad input and ("crash", job, message) otherwise.
+"""Runners: where training jobs run, chosen by name (``runner.backend``) from ``RUNNERS``. One interface:
+``runner.run(run, needs, report, say) -> [peak RSS per process]``, where ``needs`` maps each job to train to its
+``JobNeeds`` (work and memory) and ``report(kind, name, payload)`` hears ("done", job, JobResult), ("error", job,
+message) for bad input and ("crash", job, message) otherwise; the caller writes each result (the workers write
+nothing into the checkpoint folder).
 
-- ``SerialRunner``: every job in this process, one after the other (one worker, or a Python API caller).
-- ``LocalProcessRunner``: one spawned process per worker, sharing the cores; a failure terminates the others
-  (complete banks stay for a resume).
+- ``local``: this machine. One worker: every job in this process, one after the other (also a Python API
+  caller's choice). More: one spawned process per worker, sharing the cores, jobs spread by :func:`schedule`;
+  a failure terminates the others (complete banks stay for a resume). The worker count is the one asked for,
+  else as many as fit in the available memory (at most one per core and one per job).
 """
+import logging
 import multiprocessing
 import os
 import queue as queue_module
+from dataclasses import dataclass
 
-from src.training.jobs import peak_rss, run_jobs
+import psutil
+
+from src.training.jobs import MIB, peak_rss, run_jobs
 from src.utils.device import set_device
+from src.utils.errors import InputError
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """What a job asks of a worker: ``cost``, its work (pixels through the network), and ``memory``, the bytes
+    its worker process holds at its peak (runtime included)."""
+    cost: float
+    memory: int
 
 
 def schedule(costs, workers):
@@ -38,70 +54,99 @@ def worker_main(run, names, messages, threads):
     messages.put(("rss", None, peak_rss()))
 
 
-class SerialRunner:
-    """Runs every worker's jobs in this process; ``extractors`` caches networks across jobs and calls."""
+def _serial(run, plan, report, extractors):
+    """Every worker's jobs in this process; ``extractors`` caches networks across jobs and calls."""
+    failed = []
 
-    def __init__(self, extractors=None):
+    def relay(kind, name, payload):
+        report(kind, name, payload)
+        if kind != "done":
+            failed.append(name)
+
+    for names in plan:
+        run_jobs(run, names, relay, extractors)
+        if failed:
+            break
+    return [peak_rss()]
+
+
+def _processes(run, plan, report):
+    """One spawned worker process per entry of the plan, ``cpu_count // workers`` threads each."""
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    threads = max(1, (os.cpu_count() or 1) // len(plan))
+    processes = [context.Process(target=worker_main, args=(run, names, messages, threads), daemon=True)
+                 for names in plan]
+    for process in processes:
+        process.start()
+    peaks = [peak_rss()]
+    finished, errors = 0, []
+
+    def relay(kind, name, payload):
+        report(kind, name, payload)
+        if kind != "done":
+            errors.append(payload)
+
+    while finished < len(processes):
+        try:
+            kind, name, payload = messages.get(timeout=1.0)
+        except queue_module.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead and not errors:
+                relay("crash", None, f"a worker process died (exit code {dead[0].exitcode}); see {run.log_root}")
+            if errors:
+                break
+            continue
+        if kind == "rss":
+            peaks.append(payload)
+            finished += 1
+        else:
+            relay(kind, name, payload)
+            if errors:
+                break
+    for process in processes:
+        if errors and process.is_alive():
+            process.terminate()   # completed banks stay for a resume
+        process.join()
+    return peaks
+
+
+class LocalRunner:
+    """This machine (module docstring). ``workers``: None (as many as fit) or a positive integer."""
+
+    def __init__(self, workers=None, extractors=None):
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise InputError("workers", f"must be a positive integer, got {workers!r}")
+        self.workers = workers
         self.extractors = {} if extractors is None else extractors
 
-    def run(self, run, plan, report):
-        failed = []
+    def choose_workers(self, needs, say):
+        """The worker count: the one asked for, else what the largest job's memory allows. Says why."""
+        per_worker = max(need.memory for need in needs.values())
+        available = psutil.virtual_memory().available
+        chosen = self.workers or int(min(len(needs), os.cpu_count() or 1, max(1, available // per_worker)))
+        say("%.0f MiB available, %.0f MiB per worker -> %d worker(s)%s", available / MIB, per_worker / MIB, chosen,
+            "" if self.workers is None else " (as requested)")
+        if chosen * per_worker > available:
+            say("Warning: %d workers need about %.0f MiB, more than the %.0f MiB available", chosen,
+                chosen * per_worker / MIB, available / MIB, level=logging.WARNING)
+        return chosen
 
-        def relay(kind, name, payload):
-            report(kind, name, payload)
-            if kind != "done":
-                failed.append(name)
-
-        for names in plan:
-            run_jobs(run, names, relay, self.extractors)
-            if failed:
-                break
-        return [peak_rss()]
-
-
-class LocalProcessRunner:
-    """One spawned worker process per entry of the plan, ``cpu_count // workers`` threads each."""
-
-    def run(self, run, plan, report):
-        context = multiprocessing.get_context("spawn")
-        messages = context.Queue()
-        threads = max(1, (os.cpu_count() or 1) // len(plan))
-        processes = [context.Process(target=worker_main, args=(run, names, messages, threads), daemon=True)
-                     for names in plan]
-        for process in processes:
-            process.start()
-        peaks = [peak_rss()]
-        finished, errors = 0, []
-
-        def relay(kind, name, payload):
-            report(kind, name, payload)
-            if kind != "done":
-                errors.append(payload)
-
-        while finished < len(processes):
-            try:
-                kind, name, payload = messages.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead and not errors:
-                    relay("crash", None, f"a worker process died (exit code {dead[0].exitcode}); see {run.log_root}")
-                if errors:
-                    break
-                continue
-            if kind == "rss":
-                peaks.append(payload)
-                finished += 1
-            else:
-                relay(kind, name, payload)
-                if errors:
-                    break
-        for process in processes:
-            if errors and process.is_alive():
-                process.terminate()   # completed banks stay for a resume
-            process.join()
-        return peaks
+    def run(self, run, needs, report, say):
+        if not needs:
+            return [peak_rss()]
+        costs = {name: need.cost for name, need in needs.items()}
+        plan = schedule(costs, self.choose_workers(needs, say))
+        for number, names in enumerate(plan):
+            say("Worker %d: %s (estimated cost %.3g Mpx)", number, ", ".join(names), sum(costs[n] for n in names) / 1e6)
+        return _serial(run, plan, report, self.extractors) if len(plan) == 1 else _processes(run, plan, report)
 
 
-def make_runner(workers, extractors=None):
-    """The runner for ``workers`` workers on this machine."""
-    return SerialRunner(extractors) if workers <= 1 else LocalProcessRunner()
+RUNNERS = {"local": LocalRunner}
+
+
+def build_runner(backend="local", **options):
+    """The runner registered as ``backend``, made with ``options`` (e.g. ``workers`` for ``local``)."""
+    if backend not in RUNNERS:
+        raise InputError("runner.backend", f"unknown backend {backend!r} (known: {', '.join(sorted(RUNNERS))})")
+    return RUNNERS[backend](**options)

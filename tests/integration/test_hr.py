@@ -24,6 +24,7 @@ from src.patchcore.detector import HRPatchCore
 from src.patchcore.scoring import compose_anomaly_map
 from src.training.trainer import HRTrainer
 from src.tiling.plan import MultiResolutionHRImageSpliter
+from src.utils.errors import InputError
 
 CATEGORY = "synthetic_leather"
 SMALL = ["--config", os.path.join(ROOT, "configs", "hr_patchcore.yaml"), "-o", "hr.patch_size=128",
@@ -287,6 +288,56 @@ def test_resume_after_kill_gives_identical_banks(trained, dataset, tmp_path):
         assert f"{job} done" not in result.stdout
     assert bank_digests(target) == bank_digests(folder)   # = the uninterrupted single-worker run
     assert not [name for name in os.listdir(target) if name.startswith(".")]
+
+
+def test_an_injected_runner_gets_each_jobs_needs_and_its_workers_write_nothing_into_the_model(dataset, tmp_path):
+    """A runner that runs every job with scratch space of its own, as a remote worker would, and hands the results
+    back: the trainer writes the same banks, byte for byte, as with the default local runner."""
+    import dataclasses
+    from src.data.sample import HRSample
+    from src.tiling.tasks import O2OTaskGenerator
+    from src.training.jobs import run_jobs
+    train = [HRSample(str(p), image_size=256) for p in sorted((dataset / CATEGORY / "train" / "good").iterdir())]
+    plan = MultiResolutionHRImageSpliter(256, 128)
+    config = {"patch": {"backbone_name": "mobilenet_v2", "layers_to_extract_from": ["features.6", "features.13"],
+                        "percentage": 0.1, "pretrain_embed_dimension": 64, "target_embed_dimension": 64},
+              "thumbnail": {"thumbnail_size": 64, "merge": "max"}}
+
+    class RemoteLike:
+        def __init__(self):
+            self.needs, self.model = None, None
+
+        def run(self, run, needs, report, say):
+            self.needs = needs
+            for name in sorted(needs):
+                before = sorted(os.listdir(self.model))
+                results = []
+                run_jobs(dataclasses.replace(run, scratch_root=str(tmp_path / "worker")), [name],
+                         lambda *message: results.append(message))
+                assert sorted(os.listdir(self.model)) == before, name   # the job wrote nothing there
+                for message in results:
+                    report(*message)
+            return [0]
+
+    runner, digests = RemoteLike(), {}
+    val_config = {"anomaly_syn_fn": ["RandomBox"], "val_sample_ratio": 0.25}
+    for label in ("local", "injected"):
+        folder = tmp_path / label
+        os.makedirs(folder)
+        runner.model = folder
+        trainer = HRTrainer(batch_size=4, tasks=O2OTaskGenerator().create_tasks(train, plan), config=config,
+                            checkpoint_root=str(folder), log_root=str(tmp_path / label / "logs"), vis_root=None,
+                            indexes=plan, pre_ckpt_path=None, seed=0, runner=runner if label == "injected" else None)
+        trainer.train(train, val_config=val_config)
+        digests[label] = {f"{job}/{name}": digest(folder / job / name)
+                          for job in [f"task_{k}" for k in range(4)] + ["thumbnail"] for name in BANK_FILES}
+    assert digests["injected"] == digests["local"]
+    assert sorted(runner.needs) == [f"task_{k}" for k in range(4)] + ["thumbnail"]
+    assert all(need.cost > 0 and need.memory > 2 ** 20 for need in runner.needs.values())
+    with pytest.raises(InputError, match="workers"):
+        HRTrainer(batch_size=4, tasks=O2OTaskGenerator().create_tasks(train, plan), config=config,
+                  checkpoint_root=str(tmp_path / "x"), indexes=plan, runner=runner).train(
+            train, workers=2, val_config=val_config)
 
 
 def test_api_retrieve_tasks_with_multi_resolution_fusion_train_and_route(dataset, tmp_path):

@@ -1,6 +1,9 @@
 """High-resolution mode, the parts without a trained model: streamed fit, memory estimate, scheduling, context
 features, map composition, image score, fusion weights (the end-to-end tests are in tests/integration/test_hr.py).
 """
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 
@@ -10,7 +13,8 @@ from src.patchcore import detector as detector_module
 from src.patchcore.detector import HRPatchCore, estimate_fit_bytes, read_rows
 from src.patchcore.featurizer import context_features
 from src.patchcore.scoring import build_image_score, compose_anomaly_map
-from src.training.trainer import HRTrainer, schedule
+from src.training.runner import schedule
+from src.training.trainer import HRTrainer
 from src.tiling.tasks import A2OTaskGenerator
 from src.tiling.plan import Box, MultiResolutionHRImageSpliter
 
@@ -74,6 +78,34 @@ def test_schedule_balances_cost_largest_first_not_round_robin():
     plan = schedule(costs, 2)
     assert plan == [["a", "d", "e"], ["b", "c", "f"]]   # loads 17 and 14; round robin would give 18 and 13
     assert schedule({"a": 1}, 3) == [["a"]]
+
+
+def test_a_job_result_lands_whole_only_when_every_file_matches_its_sha256(tmp_path):
+    from src.training.jobs import JobResult
+    built = tmp_path / "worker"
+    built.mkdir()
+    (built / "faiss.index").write_bytes(b"index bytes")
+    (built / "bank.json").write_text("{}")
+    result = JobResult.collect("task_0", built, {"bank_size": 1})
+    root = tmp_path / "model"
+    result.write(root)
+    assert sorted(os.listdir(root / "task_0")) == ["bank.json", "faiss.index"]
+    assert (root / "task_0" / "faiss.index").read_bytes() == b"index bytes"
+    damaged = dataclasses.replace(result, files={**result.files, "faiss.index": b"index bytez"})
+    with pytest.raises(RuntimeError, match="task_0/faiss.index"):
+        damaged.write(root)
+    assert (root / "task_0" / "faiss.index").read_bytes() == b"index bytes"   # the earlier bank stays
+    assert not [name for name in os.listdir(root) if name.startswith(".")]
+
+
+def test_runners_are_chosen_by_name():
+    from src.training.runner import LocalRunner, build_runner
+    runner = build_runner("local", workers=2)
+    assert isinstance(runner, LocalRunner) and runner.workers == 2
+    with pytest.raises(InputError, match="runner.backend.*unknown backend 'cluster'.*known: local"):
+        build_runner("cluster")
+    with pytest.raises(InputError, match="workers"):
+        build_runner("local", workers=0)
 
 
 def test_context_features_cut_the_tile_out_of_the_coarser_map():

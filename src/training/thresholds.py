@@ -1,0 +1,105 @@
+"""The trained model's image and pixel thresholds, from its validation images' scores and maps.
+
+The validation images are scored as the model's own inference (``Model.predict_images``) and eval.py score them;
+those in the bank without their own entries. Where the jobs stored their raw validation grids when they fitted
+their normalisers (``validation.npz``), the scores are composed from those grids instead: each image is scored
+once, not twice.
+"""
+import logging
+import os
+
+import numpy as np
+
+from src.evaluation.evaluate import evaluate_maps
+from src.evaluation.metrics import decision_metrics
+from src.patchcore.normalization import ScoreNormalizer, choose_thresholds
+from src.training.jobs import VALIDATION_FILE
+
+# Fewer validation images than this make a threshold a guess: training says so.
+MIN_VALIDATION_NORMAL, MIN_VALIDATION_ANOMALOUS = 10, 10
+
+
+def rate(hits, total):
+    """'0.80 (8/10, 95% interval 0.49-0.94)': a rate with its Wilson interval, since validation sets are small."""
+    if not total:
+        return "n/a"
+    from scipy.stats import binomtest
+    interval = binomtest(int(hits), int(total)).proportion_ci(method="wilson")
+    return f"{hits / total:.2f} ({hits}/{total}, 95% interval {interval.low:.2f}-{interval.high:.2f})"
+
+
+def validation_batches(items, batch_size):
+    """Yield ([items], excluded bank source or None): items in the bank one at a time (each without its own
+    entries), the others ``batch_size`` at a time."""
+    batch = []
+    for item in items:
+        if item.bank_source is not None:
+            yield [item], item.bank_source
+        else:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch, None
+                batch = []
+    if batch:
+        yield batch, None
+
+
+def stored_grids(run, detectors, indexes, checkpoint_root):
+    """Per validation item, what ``Model.grids`` gives for it (tile grids, thumbnail grid, weights), rebuilt from
+    the raw grids each job of ``run`` stored in ``checkpoint_root/<job>/validation.npz``."""
+    by_position = {(index.row, index.col): index for index in indexes}
+    tiles, thumbnails = [[] for _ in run.validation], [None] * len(run.validation)
+    for name, job in run.jobs.items():   # the tasks in Model.grids' order, then the thumbnail
+        if not job.val_views:
+            continue   # a routed task no validation tile went to
+        with np.load(os.path.join(checkpoint_root, name, VALIDATION_FILE)) as stored:
+            grids = detectors[name].normalize(stored["grids"])
+            for grid, item, row, col in zip(grids, stored["items"], stored["rows"], stored["cols"]):
+                if row < 0:
+                    thumbnails[item] = grid
+                else:
+                    tiles[item].append((by_position[(int(row), int(col))], grid))
+    return [(tile_grids, thumbnail, [None] * (len(tile_grids) + (thumbnail is not None)))
+            for tile_grids, thumbnail in zip(tiles, thumbnails)]
+
+
+def validation_results(model, items, stored, batch_size):
+    """(score, map, mask) per validation item, in order: composed from ``stored`` grids, or scored by ``model``."""
+    if stored is not None:
+        for item, grids in zip(items, stored):
+            yield *model.scorer(*grids), item.load()[1]
+        return
+    for batch, exclude in validation_batches(items, batch_size):
+        loaded = [item.load() for item in batch]
+        for (score, amap), (_, mask) in zip(model.predict_images([image for image, _ in loaded], exclude), loaded):
+            yield score, amap, mask
+
+
+def model_thresholds(results, items, policy, val_config, say):
+    """Thresholds (``postprocess.threshold`` ``policy``) from ``results`` (:func:`validation_results`) of the
+    validation ``items``; says the rates they give on them. Returns (thresholds, score normaliser dict, metrics,
+    raw image scores)."""
+    scores, maps, masks = (list(column) for column in zip(*results))
+    labels = np.asarray([item.label for item in items])
+    scores = np.asarray(scores)
+    thresholds = choose_thresholds(scores[labels == 0], scores[labels == 1], maps, masks, policy=policy)
+    decision = decision_metrics(scores, labels, maps, masks, thresholds.to_dict())
+    flagged = scores >= thresholds.image
+    in_bank = sum(item.bank_source is not None for item in items)
+    say("Thresholds (%s) from %d validation images (%d anomalous%s): image %.4g, pixel %.4g; "
+        "on them: recall %s, false-alarm rate %s", policy, len(labels), int(labels.sum()),
+        "" if not in_bank else f"; {in_bank} also in the bank, scored without their own entries",
+        thresholds.image, thresholds.pixel, rate(int((flagged & (labels == 1)).sum()), int(labels.sum())),
+        rate(int((flagged & (labels == 0)).sum()), int((labels == 0).sum())))
+    if (labels == 0).sum() < MIN_VALIDATION_NORMAL or labels.sum() < MIN_VALIDATION_ANOMALOUS:
+        say("Warning: %d normal and %d anomalous validation images are too few to set a threshold reliably "
+            "(at least %d and %d): raise val_config.val_images or val_sample_ratio, or check the rates on "
+            "labelled images with eval.py", int((labels == 0).sum()), int(labels.sum()), MIN_VALIDATION_NORMAL,
+            MIN_VALIDATION_ANOMALOUS, level=logging.WARNING)
+    # score normaliser: raw scores to [0, 1] with the image threshold at 0.5 (predict.py's image score)
+    normalizer = ScoreNormalizer.at_threshold(scores[labels == 0], thresholds.image).to_dict()
+    metrics = None
+    if val_config and val_config.get("evaluators"):
+        metrics = evaluate_maps(val_config["evaluators"], scores, labels, maps, masks)
+        say("Validation metrics: %s", metrics)
+    return thresholds, normalizer, dict(decision, **({} if metrics is None else metrics)), scores

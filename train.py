@@ -10,7 +10,12 @@ from src.app import cli
 def main():
     parser = cli.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes for the banks (default: as many as fit in memory)")
+                        help="local worker processes for the banks (default: as many as fit in memory)")
+    parser.add_argument("--backend", choices=["local", "ray"], default=None,
+                        help="where the banks are trained (default: the config's runner.backend, local)")
+    parser.add_argument("--ray_address", default=None, help="with --backend ray: a running cluster, auto or "
+                                                            "HOST:PORT (default: runner.address, else Ray on "
+                                                            "this machine); docs/scaling.md")
     parser.add_argument("--val_dir", default=None, help="real labelled validation images for the thresholds: good/ "
                                                         "and one folder per defect type")
     parser.add_argument("--val_mask_dir", default=None, help="with --val_dir: their masks (<type>/<stem>_mask.png)")

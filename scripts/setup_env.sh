@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the project's Python packages from the registries (idempotent).
-# Usage: bash scripts/setup_env.sh [--test]     (--test adds pytest, hypothesis and torch for parity tests)
+# Usage: bash scripts/setup_env.sh [--test]     (--test adds pytest, hypothesis, torch for parity tests and Ray for
+# the distributed-training tests; users who train on a Ray cluster: pip install -r requirements-distributed.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 stamp=".venv/.installed-$(basename "$reqs" .txt)"
-want=$(cat requirements.txt "$reqs" | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-distributed.txt "$reqs" | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi

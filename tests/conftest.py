@@ -102,6 +102,12 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def bank_digests(folder, jobs):
+    """sha256 of every file of each job's bank folder (index, bank.json, validation scores), by "job/file"."""
+    return {f"{job}/{name}": digest(os.path.join(folder, job, name)) for job in jobs
+            for name in ("faiss.index", "bank.json", "validation.npz")}
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 

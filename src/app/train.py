@@ -18,6 +18,18 @@ from src.training.trainer import HRTrainer
 from src.utils.errors import InputError
 from src.utils.io import write_json
 
+def make_runner(args, config, model_plan):
+    """The runner of ``--backend`` (else ``runner.backend``) with its own options."""
+    backend = args.backend or config.runner["backend"]
+    if backend == "local":
+        if args.ray_address:
+            raise InputError("--ray_address", "only with --backend ray")
+        return build_runner("local", workers=args.workers or model_plan.workers)
+    if args.workers:
+        raise InputError("--workers", f"only with --backend local (the {backend} backend places the jobs itself)")
+    return build_runner(backend, address=args.ray_address or config.runner.get("address"))
+
+
 def train(args, config):
     """Train ``args.category``; returns 0."""
     listed = cli.training_samples(args)
@@ -36,7 +48,7 @@ def train(args, config):
                     len(listed), len(sizes), ", ".join(f"{w}x{h}" for w, h in sizes[:4]) + (", ..." if len(sizes) > 4
                                                                                            else ""),
                     model_plan.samples[0].view)
-    runner = build_runner(config.runner["backend"], workers=args.workers or model_plan.workers)
+    runner = make_runner(args, config, model_plan)
     trainer = HRTrainer.from_model_plan(config, model_plan, folder, args.pre_ckpt_path, args.seed,
                                         (args.device_target, args.device_id), args.category, runner)
     view = model_plan.samples[0].view

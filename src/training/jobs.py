@@ -27,6 +27,7 @@ from src.patchcore.memory_bank import METADATA_FILE
 from src.patchcore.normalization import ScoreNormalizer
 from src.patchcore.scoring import cell_labels
 from src.tiling.plan import WholeImage
+from src.utils.device import set_device
 from src.utils.errors import InputError
 from src.utils.io import sha256_of, staged_folder
 from src.utils.logs import file_logging
@@ -219,6 +220,24 @@ def score_validation(run, job, detector, featurizer, stage, log):
     path = os.path.join(stage, VALIDATION_FILE)
     np.savez(path, grids=grids, items=np.asarray(items), rows=np.asarray(rows), cols=np.asarray(cols))
     return sha256_of(path)
+
+
+_MINDSPORE_THREADS = []   # what this process gave MindSpore: it takes a thread count once per process
+
+
+def prepare_worker(run, threads):
+    """Set up a worker process for ``run``'s jobs: ``threads`` for MindSpore, BLAS and faiss's OpenMP alike,
+    the device and the seed. A process may be set up again for further jobs (a Ray worker is reused)."""
+    import src  # noqa: F401  (ONEDNN_MAX_CPU_ISA before mindspore loads)
+    import mindspore as ms
+    from mindspore.device_context.cpu.op_tuning import threads_num
+    from threadpoolctl import threadpool_limits
+    if not _MINDSPORE_THREADS:
+        threads_num(threads)
+        _MINDSPORE_THREADS.append(threads)
+    threadpool_limits(threads)
+    set_device(*run.device, threads=threads)
+    ms.set_seed(run.seed)
 
 
 def run_jobs(run, names, report, extractors=None):

@@ -4,6 +4,7 @@
 message) for bad input and ("crash", job, message) otherwise; the caller writes each result (the workers write
 nothing into the checkpoint folder).
 
+- ``ray``: every job a Ray task on a cluster (``src/training/ray_runner.py``).
 - ``local``: this machine. One worker: every job in this process, one after the other (also a Python API
   caller's choice). More: one spawned process per worker, sharing the cores, jobs spread by :func:`schedule`;
   a failure terminates the others (complete banks stay for a resume). The worker count is the one asked for,
@@ -17,8 +18,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from src.training.jobs import MIB, peak_rss, run_jobs
-from src.utils.device import set_device
+from src.training.jobs import MIB, peak_rss, prepare_worker, run_jobs
 from src.utils.errors import InputError
 
 
@@ -42,14 +42,7 @@ def schedule(costs, workers):
 
 def worker_main(run, names, messages, threads):
     """Entry point of a spawned worker process."""
-    import src  # noqa: F401  (ONEDNN_MAX_CPU_ISA before mindspore loads)
-    import mindspore as ms
-    from mindspore.device_context.cpu.op_tuning import threads_num
-    from threadpoolctl import threadpool_limits
-    threads_num(threads)           # the workers share the cores: MindSpore, BLAS and faiss's OpenMP alike
-    threadpool_limits(threads)
-    set_device(*run.device, threads=threads)
-    ms.set_seed(run.seed)
+    prepare_worker(run, threads)   # the workers share the cores
     run_jobs(run, names, lambda kind, name, payload: messages.put((kind, name, payload)))
     messages.put(("rss", None, peak_rss()))
 
@@ -142,7 +135,12 @@ class LocalRunner:
         return _serial(run, plan, report, self.extractors) if len(plan) == 1 else _processes(run, plan, report)
 
 
-RUNNERS = {"local": LocalRunner}
+def _ray_runner(**options):
+    from src.training.ray_runner import RayRunner   # Ray is imported only when this backend is chosen
+    return RayRunner(**options)
+
+
+RUNNERS = {"local": LocalRunner, "ray": _ray_runner}
 
 
 def build_runner(backend="local", **options):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import src  # noqa: F401
-from conftest import ROOT, assert_one_line_error, digest, run_cli
+from conftest import ROOT, assert_one_line_error, bank_digests, digest, run_cli
 from src.evaluation.metrics import DECISION_KEYS, METRIC_KEYS, OPERATING_KEYS
 from src.patchcore.detector import HRPatchCore
 from src.patchcore.scoring import compose_anomaly_map
@@ -32,15 +32,10 @@ SMALL = ["--config", os.path.join(ROOT, "configs", "hr_patchcore.yaml"), "-o", "
          "-o", "hr.thumbnail={thumbnail_size: 64}",
          "-o", "hr.val_config={anomaly_syn_fn: [RandomBox], val_sample_ratio: 0.25}"]
 JOBS = [f"task_{k}" for k in range(9)] + ["thumbnail"]
-BANK_FILES = ("faiss.index", "bank.json", "validation.npz")
 
 
 def common(dataset, out, seed=0):
     return ["--dataset_path", str(dataset), "--category", CATEGORY, "--output_dir", str(out), "--seed", str(seed)]
-
-
-def bank_digests(folder):
-    return {f"{job}/{name}": digest(os.path.join(folder, job, name)) for job in JOBS for name in BANK_FILES}
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +281,7 @@ def test_resume_after_kill_gives_identical_banks(trained, dataset, tmp_path):
     assert "Worker 1:" in result.stdout
     for job in finished:
         assert f"{job} done" not in result.stdout
-    assert bank_digests(target) == bank_digests(folder)   # = the uninterrupted single-worker run
+    assert bank_digests(target, JOBS) == bank_digests(folder, JOBS)   # = the uninterrupted single-worker run
     assert not [name for name in os.listdir(target) if name.startswith(".")]
 
 
@@ -329,8 +324,7 @@ def test_an_injected_runner_gets_each_jobs_needs_and_its_workers_write_nothing_i
                             checkpoint_root=str(folder), log_root=str(tmp_path / label / "logs"), vis_root=None,
                             indexes=plan, pre_ckpt_path=None, seed=0, runner=runner if label == "injected" else None)
         trainer.train(train, val_config=val_config)
-        digests[label] = {f"{job}/{name}": digest(folder / job / name)
-                          for job in [f"task_{k}" for k in range(4)] + ["thumbnail"] for name in BANK_FILES}
+        digests[label] = bank_digests(folder, [f"task_{k}" for k in range(4)] + ["thumbnail"])
     assert digests["injected"] == digests["local"]
     assert sorted(runner.needs) == [f"task_{k}" for k in range(4)] + ["thumbnail"]
     assert all(need.cost > 0 and need.memory > 2 ** 20 for need in runner.needs.values())

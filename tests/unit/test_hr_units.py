@@ -102,10 +102,20 @@ def test_runners_are_chosen_by_name():
     from src.training.runner import LocalRunner, build_runner
     runner = build_runner("local", workers=2)
     assert isinstance(runner, LocalRunner) and runner.workers == 2
-    with pytest.raises(InputError, match="runner.backend.*unknown backend 'cluster'.*known: local"):
+    with pytest.raises(InputError, match="runner.backend.*unknown backend 'cluster'.*known: local, ray"):
         build_runner("cluster")
     with pytest.raises(InputError, match="workers"):
         build_runner("local", workers=0)
+
+
+def test_a_ray_task_asks_for_its_jobs_memory_and_one_device_of_the_target():
+    from src.training.ray_runner import task_options
+    from src.training.runner import JobNeeds
+    need = JobNeeds(cost=1e6, memory=3 * 2 ** 30)
+    cpu = task_options(need, "CPU", 2, 3)
+    assert cpu == {"num_cpus": 2, "memory": 3 * 2 ** 30, "max_retries": 3, "retry_exceptions": False}
+    assert task_options(need, "Ascend", 1, 2)["resources"] == {"NPU": 1}
+    assert task_options(need, "GPU", 1, 2)["num_gpus"] == 1 and "resources" not in task_options(need, "GPU", 1, 2)
 
 
 def test_context_features_cut_the_tile_out_of_the_coarser_map():

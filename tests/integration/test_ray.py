@@ -1,0 +1,112 @@
+"""Training on a Ray cluster (src/training/ray_runner.py): a local cluster of a head and two one-CPU worker nodes on
+127.0.0.1 (no dashboard, 200 MB object stores), started here and always shut down.
+
+The banks trained as Ray tasks equal, byte for byte, those of a local run; every job's log reaches the log folder;
+a resume sends nothing to the cluster; a job that fails on a node ends the run with its one-line error, and the
+finished banks stay. Without --backend ray nothing imports Ray (tests/unit/test_architecture.py does not cover
+that: a subprocess checks sys.modules)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Every node of the test cluster on 127.0.0.1: Ray then neither binds to nor looks for this machine's outward
+# address (read when Ray is imported; train.py's subprocesses inherit it).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import ray  # noqa: E402  (installed for the tests by scripts/setup_env.sh --test: requirements-distributed.txt)
+
+import src  # noqa: E402,F401
+from conftest import ROOT, bank_digests, run_cli  # noqa: E402
+
+CATEGORY = "synthetic_leather"
+SMALL = ["--config", os.path.join(ROOT, "configs", "hr_patchcore.yaml"), "-o", "hr.patch_size=128",
+         "-o", "percentage=0.1", "-o", "hr.task_generator=o2o", "-o", "hr.thumbnail={thumbnail_size: 64}",
+         "-o", "hr.val_config={anomaly_syn_fn: [RandomBox], val_sample_ratio: 0.25}"]
+JOBS = [f"task_{k}" for k in range(4)] + ["thumbnail"]
+
+
+def common(dataset, out):
+    return ["--dataset_path", str(dataset), "--category", CATEGORY, "--output_dir", str(out), "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from src.data.synthetic import generate_category
+    root = tmp_path_factory.mktemp("data")
+    generate_category(str(root), category=CATEGORY, texture="leather", image_size=(256, 256), n_train=8,
+                      n_test_good=1, n_test_defect_per_type=1, defect_types=("stain",), seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+    node = dict(object_store_memory=200 * 2 ** 20)
+    started = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False, **node))
+    try:
+        for _ in range(2):
+            started.add_node(num_cpus=1, **node)
+        started.wait_for_nodes()
+        yield started
+    finally:
+        started.shutdown()
+
+
+def test_banks_trained_as_ray_tasks_equal_a_local_run_and_a_resume_sends_nothing(dataset, cluster, tmp_path):
+    local = run_cli("train.py", *common(dataset, tmp_path / "local"), *SMALL, "--workers", "1")
+    assert local.returncode == 0, local.stderr
+    remote = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, "--backend", "ray",
+                     "--ray_address", cluster.address)
+    assert remote.returncode == 0, remote.stderr
+    assert "Ray cluster:" in remote.stdout and "5 jobs as tasks" in remote.stdout
+    assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == bank_digests(tmp_path / "local" / CATEGORY, JOBS)
+    for job in JOBS:   # each job's log came back from its node
+        assert "features: image" in (tmp_path / "ray" / CATEGORY / "logs" / f"{job}.log").read_text(), job
+    again = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, "--backend", "ray",
+                    "--ray_address", cluster.address)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming: 5 of 5 banks are complete and verified" in again.stdout and "Ray cluster:" not in again.stdout
+    assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == bank_digests(tmp_path / "local" / CATEGORY, JOBS)
+
+
+def test_a_node_that_reads_other_image_bytes_fails_its_job_with_one_line_and_finished_banks_stay(
+        dataset, cluster, tmp_path):
+    from src.data.sample import HRSample
+    from src.tiling.plan import MultiResolutionHRImageSpliter
+    from src.tiling.tasks import O2OTaskGenerator
+    from src.training import ray_runner
+    from src.training.trainer import HRTrainer
+    from src.utils.errors import InputError
+    train = [HRSample(str(p), image_size=256) for p in sorted((dataset / CATEGORY / "train" / "good").iterdir())]
+    plan = MultiResolutionHRImageSpliter(256, 128)
+    bad = str(train[-1].image_path)
+
+    class OtherBytesOnTheNodes(ray_runner.RayRunner):
+        """What the driver read of the last image is not what the nodes read."""
+        def image_sha256(self, run):
+            return [("0" * 64 if str(sample.image_path) == bad else sha)
+                    for sample, sha in zip(run.samples, super().image_sha256(run))]
+
+    folder = tmp_path / "model"
+    trainer = HRTrainer(batch_size=4, tasks=O2OTaskGenerator().create_tasks(train, plan),
+                        config={"patch": {"backbone_name": "mobilenet_v2",
+                                          "layers_to_extract_from": ["features.6", "features.13"],
+                                          "percentage": 0.1, "pretrain_embed_dimension": 64,
+                                          "target_embed_dimension": 64}},
+                        checkpoint_root=str(folder), log_root=str(tmp_path / "logs"), vis_root=None, indexes=plan,
+                        runner=OtherBytesOnTheNodes(address=cluster.address))
+    with pytest.raises(InputError) as raised:
+        trainer.train(train)
+    message = str(raised.value)
+    assert bad in message and "other bytes" in message and "\n" not in message
+    assert not (folder / "model.json").exists()
+    assert not ray.is_initialized()   # the runner disconnected the driver it connected
+
+
+def test_without_the_ray_backend_nothing_imports_ray():
+    code = ("import sys, src\nfrom src.training.runner import build_runner\nfrom src.training import trainer\n"
+            "build_runner('local')\nimport src.app.train\nprint('ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

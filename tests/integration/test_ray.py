@@ -2,12 +2,15 @@
 127.0.0.1 (no dashboard, 200 MB object stores), started here and always shut down.
 
 The banks trained as Ray tasks equal, byte for byte, those of a local run; every job's log reaches the log folder;
-a resume sends nothing to the cluster; a job that fails on a node ends the run with its one-line error, and the
-finished banks stay. Without --backend ray nothing imports Ray (tests/unit/test_architecture.py does not cover
+a resume sends nothing to the cluster; a worker killed mid-job is retried and the banks are still the same; Ctrl-C
+on the driver ends the run and its tasks; a job that fails on a node ends the run with its one-line error, and
+the finished banks stay. Without --backend ray nothing imports Ray (tests/unit/test_architecture.py does not cover
 that: a subprocess checks sys.modules)."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,7 +20,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray  # noqa: E402  (installed for the tests by scripts/setup_env.sh --test: requirements-distributed.txt)
 
 import src  # noqa: E402,F401
-from conftest import ROOT, bank_digests, run_cli  # noqa: E402
+from conftest import ROOT, bank_digests, python_command, run_cli  # noqa: E402
 
 CATEGORY = "synthetic_leather"
 SMALL = ["--config", os.path.join(ROOT, "configs", "hr_patchcore.yaml"), "-o", "hr.patch_size=128",
@@ -53,21 +56,87 @@ def cluster():
         started.shutdown()
 
 
-def test_banks_trained_as_ray_tasks_equal_a_local_run_and_a_resume_sends_nothing(dataset, cluster, tmp_path):
-    local = run_cli("train.py", *common(dataset, tmp_path / "local"), *SMALL, "--workers", "1")
+@pytest.fixture(scope="module")
+def local_banks(dataset, tmp_path_factory):
+    """The banks of the same training on this machine, one worker."""
+    out = tmp_path_factory.mktemp("local")
+    local = run_cli("train.py", *common(dataset, out), *SMALL, "--workers", "1")
     assert local.returncode == 0, local.stderr
+    return bank_digests(out / CATEGORY, JOBS)
+
+
+def running_jobs():
+    """Processes of Ray workers running a training job (Ray titles them after the task)."""
+    import psutil
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if "ray::train_remote" in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def start_training(dataset, out, cluster):
+    return subprocess.Popen(python_command("train.py", *common(dataset, out), *SMALL, "--backend", "ray",
+                                           "--ray_address", cluster.address),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_a_running_job(process, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        jobs = running_jobs()
+        if jobs:
+            return jobs[0]
+        time.sleep(0.05)
+    return None
+
+
+def test_banks_trained_as_ray_tasks_equal_a_local_run_and_a_resume_sends_nothing(dataset, cluster, local_banks,
+                                                                                   tmp_path):
     remote = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, "--backend", "ray",
                      "--ray_address", cluster.address)
     assert remote.returncode == 0, remote.stderr
     assert "Ray cluster:" in remote.stdout and "5 jobs as tasks" in remote.stdout
-    assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == bank_digests(tmp_path / "local" / CATEGORY, JOBS)
+    assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == local_banks
     for job in JOBS:   # each job's log came back from its node
         assert "features: image" in (tmp_path / "ray" / CATEGORY / "logs" / f"{job}.log").read_text(), job
     again = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, "--backend", "ray",
                     "--ray_address", cluster.address)
     assert again.returncode == 0, again.stderr
     assert "Resuming: 5 of 5 banks are complete and verified" in again.stdout and "Ray cluster:" not in again.stdout
-    assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == bank_digests(tmp_path / "local" / CATEGORY, JOBS)
+    assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == local_banks
+
+
+def test_a_worker_killed_mid_job_is_retried_and_the_banks_equal_an_uninterrupted_run(dataset, cluster, local_banks,
+                                                                                      tmp_path):
+    process = start_training(dataset, tmp_path, cluster)
+    try:
+        victim = wait_for_a_running_job(process)
+        assert victim is not None, "no job started within 120 s"
+        victim.kill()
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert bank_digests(tmp_path / CATEGORY, JOBS) == local_banks
+
+
+def test_ctrl_c_on_the_driver_cancels_the_remaining_jobs_and_keeps_what_finished(dataset, cluster, tmp_path):
+    process = start_training(dataset, tmp_path, cluster)
+    try:
+        assert wait_for_a_running_job(process) is not None, "no job started within 120 s"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    # With Ray loaded the interrupted driver ends through Ray's own exit handling (exit code 1, a "SIGTERM received"
+    # report, not cli.run's 130); the tasks it owned are cancelled.
+    assert process.returncode != 0, stderr[-1500:]
+    assert not (tmp_path / CATEGORY / "model.json").exists()
+    deadline = time.monotonic() + 60
+    while running_jobs() and time.monotonic() < deadline:   # cancelled tasks end with their workers
+        time.sleep(0.2)
+    assert not running_jobs()
 
 
 def test_a_node_that_reads_other_image_bytes_fails_its_job_with_one_line_and_finished_banks_stay(

@@ -35,7 +35,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 import src  # noqa: E402,F401  (environment set-up first)
-from src.data.synthetic import DEFECT_TYPES, add_defect  # noqa: E402
+from src.data.synthetic import DEFECT_TYPES, add_defect, write_item  # noqa: E402
 from src.evaluation.metrics import format_table  # noqa: E402
 from src.utils.io import read_json, sha256_of, staged_folder, write_json  # noqa: E402
 
@@ -104,12 +104,6 @@ def _crop(photo, area, size, rng):
     return np.ascontiguousarray(photo[y:y + size, x:x + size]), [x, y]
 
 
-def _write_png(path, rgb_or_gray):
-    image = rgb_or_gray if rgb_or_gray.ndim == 2 else cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"{path}: could not be written")
-
-
 def generate(name, photo_path, root, n_train, n_test_good, n_test_defect_per_type, seed, size=IMAGE_SIZE):
     """Write ``root/realphoto_<name>`` in the MVTec AD layout (``size`` x ``size`` crops), with ``generation.json``
     naming the photograph and every crop's corner in it."""
@@ -124,16 +118,11 @@ def generate(name, photo_path, root, n_train, n_test_good, n_test_defect_per_typ
         for folder, split, index, defect_type in jobs:
             rng = np.random.default_rng([seed, sorted(PHOTOS).index(name), split, index])
             image, corner = _crop(photo, spec["train" if split == 0 else "test"], size, rng)
-            entry = {"image": f"{folder}/{index:03d}.png", "crop_xy": corner}
+            defect = None
             if defect_type is not None:
                 # "photo" is no generated texture: a contamination is any of the generated ones.
-                image, mask, entry["defect"] = add_defect(image, defect_type, rng, *DEFECT_PX, texture="photo")
-                entry["mask"] = f"ground_truth/{defect_type}/{index:03d}_mask.png"
-                os.makedirs(os.path.join(stage, "ground_truth", defect_type), exist_ok=True)
-                _write_png(os.path.join(stage, entry["mask"]), mask)
-            os.makedirs(os.path.join(stage, folder), exist_ok=True)
-            _write_png(os.path.join(stage, entry["image"]), image)
-            files.append(entry)
+                image, *defect = add_defect(image, defect_type, rng, *DEFECT_PX, texture="photo")
+            files.append(dict(write_item(stage, folder, index, image, defect), crop_xy=corner))
         write_json(os.path.join(stage, "generation.json"), dict(
             generator="benchmarks/bench_realphoto.py", category=category, source=spec, image_size=size,
             seed=seed, defect_px=list(DEFECT_PX), files=files))

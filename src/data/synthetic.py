@@ -323,6 +323,20 @@ def _write_png(path, array):
         f.write(encoded.tobytes())
 
 
+def write_item(stage, folder, index, image, defect=None):
+    """Write ``folder/<index>.png`` of a category being built in ``stage`` and, for a ``defect`` (mask, info from
+    :func:`add_defect`), ``ground_truth/<type>/<index>_mask.png``. Returns the item's ``generation.json`` entry."""
+    entry = {"image": f"{folder}/{index:03d}.png"}
+    if defect is not None:
+        mask, entry["defect"] = defect
+        entry["mask"] = f"ground_truth/{entry['defect']['type']}/{index:03d}_mask.png"
+        os.makedirs(os.path.join(stage, "ground_truth", entry["defect"]["type"]), exist_ok=True)
+        _write_png(os.path.join(stage, entry["mask"]), mask)
+    os.makedirs(os.path.join(stage, folder), exist_ok=True)
+    _write_png(os.path.join(stage, entry["image"]), image)
+    return entry
+
+
 def generate_category(root, category="synthetic_leather", texture="leather", image_size=(256, 256), n_train=20,
                       n_test_good=5, n_test_defect_per_type=5, defect_types=DEFECT_TYPES, seed=0,
                       min_defect_px=None, max_defect_px=None, overwrite=False, progress=False):
@@ -356,18 +370,10 @@ def generate_category(root, category="synthetic_leather", texture="leather", ima
     with staged_folder(final) as stage:
         for folder, split, index, defect_type in tqdm(jobs, desc=f"generating {category}", disable=not progress):
             rng = np.random.default_rng([seed, split, index])
-            image = normal_image(texture, rng, width, height)
-            name = f"{index:03d}.png"
-            entry = {"image": f"{folder}/{name}"}
+            image, defect = normal_image(texture, rng, width, height), None
             if defect_type is not None:
-                image, mask, entry["defect"] = add_defect(image, defect_type, rng, min_defect_px, max_defect_px,
-                                                          texture)
-                entry["mask"] = f"ground_truth/{defect_type}/{index:03d}_mask.png"
-                os.makedirs(os.path.join(stage, "ground_truth", defect_type), exist_ok=True)
-                _write_png(os.path.join(stage, entry["mask"]), mask)
-            os.makedirs(os.path.join(stage, folder), exist_ok=True)
-            _write_png(os.path.join(stage, entry["image"]), image)
-            files.append(entry)
+                image, *defect = add_defect(image, defect_type, rng, min_defect_px, max_defect_px, texture)
+            files.append(write_item(stage, folder, index, image, defect))
         write_json(os.path.join(stage, "generation.json"), dict(
             generator="src/data/synthetic.py", category=category, texture=texture, image_size=[width, height],
             seed=seed, defect_types=list(defect_types), min_defect_px=min_defect_px, max_defect_px=max_defect_px,

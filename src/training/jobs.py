@@ -96,6 +96,7 @@ class TrainingRun:
     meta: dict              # data normalisation, batch size, fusion weights, thumbnail size (as in model.json)
     detector_class: type
     device: tuple
+    sample_sha256: list     # each training image's sha256 as the driver read it (a remote node checks its own)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from src.patchcore.aggregation import to_patch_rows
 from src.patchcore.sampling import build_sampler
 from src.tiling.plan import WholeImage
 from src.tiling.tasks import assign_tiles
-from src.training.jobs import FINGERPRINT_VERSION, Job, sample_identity, sha256_json, synthesizer_config
+from src.training.jobs import FINGERPRINT_VERSION, Job, sha256_json, synthesizer_config
 from src.training.validation import build_validation_set
 from src.utils.errors import InputError
 
@@ -71,11 +71,11 @@ def job_grid(job):
     return feature_grid(patch["backbone_name"], patch["layers_to_extract_from"], job.input_size)
 
 
-def job_fingerprints(jobs, samples, items, meta):
+def job_fingerprints(jobs, identities, items, meta):
     """{name: fingerprint}: everything each job's bank depends on (``FINGERPRINT_VERSION``, the training images'
-    contents, the validation items, the model's view, size, seed, weights, input normalisation, batch size and
+    ``identities`` (``sample_identity``: content and size), the validation items, the model's view, size, seed, weights, input normalisation, batch size and
     fusion weights from ``meta``, and the job itself)."""
-    run_identity = {"version": FINGERPRINT_VERSION, "samples": [sample_identity(s) for s in samples],
+    run_identity = {"version": FINGERPRINT_VERSION, "samples": identities,
                     "validation": [item.describe() | {"synthesizer_config": synthesizer_config(item)}
                                    for item in items],
                     **{k: meta[k] for k in ("view", "image_size", "seed", "backbone_checkpoint_sha256", "data",

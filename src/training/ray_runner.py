@@ -127,8 +127,9 @@ class RayRunner:
 
     @staticmethod
     def image_sha256(run):
-        """The sha256 of each training image as the driver reads it: every task checks its images against it."""
-        return [sample_identity(sample)["sha256"] for sample in run.samples]
+        """The sha256 of each training image as the driver read it (for the fingerprints): every task checks its
+        images against it."""
+        return run.sample_sha256
 
     @staticmethod
     def _write_log(log_root, name, text):

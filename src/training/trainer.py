@@ -48,7 +48,7 @@ from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.scoring import build_image_score
 from src.tiling.plan import MultiResolutionHRImageSpliter, check_fusion_weights
 from src.tiling.tasks import RetrieveTaskGenerator, load_tasks, save_tasks
-from src.training.jobs import TrainingRun
+from src.training.jobs import TrainingRun, sample_identity
 from src.training.manifest import bank_digest, complete_jobs, prepare_model_folder, remove_stale_jobs
 from src.training.memory import job_cost, job_estimate, report_memory, report_peak
 from src.training.planning import job_fingerprints, job_grid, plan_jobs, probe_runtime, validation_set
@@ -198,10 +198,12 @@ class HRTrainer:
         grids = {name: job_grid(job) for name, job in jobs.items()}
         runtime = probe_runtime(jobs, grids, meta, self.image_size, self.batch_size, self.pre_ckpt_path,
                                 self._extractors)
-        fingerprints = job_fingerprints(jobs, samples, items, meta)
+        identities = [sample_identity(sample) for sample in samples]   # each image read and hashed once
+        fingerprints = job_fingerprints(jobs, identities, items, meta)
         # banks are built beside their final place (spilled features too): one filesystem, a rename to land
         run = TrainingRun(jobs, samples, items, grids, fingerprints, self.checkpoint_root, self.log_root,
-                          self.seed, self.pre_ckpt_path, meta, self.detector_class, self.device)
+                          self.seed, self.pre_ckpt_path, meta, self.detector_class, self.device,
+                          [identity["sha256"] for identity in identities])
 
         os.makedirs(self.log_root, exist_ok=True)
         with file_logging(logger, os.path.join(self.log_root, "train.log")):

@@ -19,15 +19,20 @@ from src.utils.errors import InputError
 from src.utils.io import write_json
 
 def make_runner(args, config, model_plan):
-    """The runner of ``--backend`` (else ``runner.backend``) with its own options."""
+    """The runner of ``--backend`` (else ``runner.backend``) with its options (the config's ``runner`` entries,
+    ``--ray_address`` over ``runner.address``)."""
     backend = args.backend or config.runner["backend"]
+    options = {key: value for key, value in config.runner.items() if key != "backend" and value is not None}
+    if args.ray_address:
+        options["address"] = args.ray_address
     if backend == "local":
-        if args.ray_address:
-            raise InputError("--ray_address", "only with --backend ray")
+        if options:
+            raise InputError("--ray_address" if args.ray_address else f"runner.{sorted(options)[0]}",
+                             "only with --backend ray")
         return build_runner("local", workers=args.workers or model_plan.workers)
     if args.workers:
         raise InputError("--workers", f"only with --backend local (the {backend} backend places the jobs itself)")
-    return build_runner(backend, address=args.ray_address or config.runner.get("address"))
+    return build_runner(backend, **options)
 
 
 def train(args, config):

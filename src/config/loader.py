@@ -83,3 +83,21 @@ def load_config(path=None, overrides=None):
     if not config["hr"]["enabled"]:
         del config["hr"]  # plain mode: the config (and bank.json) look exactly as without the section
     return Config.from_dict(config, path or DEFAULT_CONFIG_PATH)
+
+
+def hiad_config(config):
+    """A ``Config`` from HiAD-style ``{"patch": ..., "data": ..., "postprocess": ...}`` sections over the defaults of
+    configs/patchcore.yaml (HiAD's ``patch_size`` entry is ignored: the tiles come from the plan)."""
+    if isinstance(config, Config):
+        return config
+    raw = load_config(None).to_dict()
+    config = dict(config or {})
+    unknown = set(config) - {"patch", "data", "postprocess", "thumbnail"}
+    if unknown:
+        raise InputError("config", f"unknown sections {sorted(unknown)}")
+    for section in ("patch", "data", "postprocess"):
+        given = {k: v for k, v in (config.get(section) or {}).items() if k != "patch_size"}
+        if set(given) - set(raw[section]):
+            raise InputError("config", f"unknown {section} entries {sorted(set(given) - set(raw[section]))}")
+        raw[section] = {**raw[section], **given}
+    return Config.from_dict(raw, "config")

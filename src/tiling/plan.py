@@ -228,3 +228,11 @@ def crop_levels(image, index):
     size = (index.main_index.width, index.main_index.height)
     return [tile] + [cv2.resize(image[b.y:b.y + b.height, b.x:b.x + b.width], size, interpolation=cv2.INTER_AREA)
                      for b in index.low_resolution_indexes or []]
+
+
+def plan_image_size(indexes):
+    """(w, h) of the plan: its parameter, or the extent of its tiles."""
+    if isinstance(indexes, MultiResolutionHRImageSpliter):
+        return indexes.image_size
+    return (max(i.main_index.x + i.main_index.width for i in indexes),
+            max(i.main_index.y + i.main_index.height for i in indexes))

@@ -1,30 +1,45 @@
 """The model folder's housekeeping: which banks of an earlier run are complete and kept, staging leftovers of a
-killed run, banks of tasks the model no longer has, and the sha256 of each bank for ``model.json`` (written last:
-the model is complete only once it exists)."""
+killed run, banks of tasks the model no longer has, the sha256 of each bank for ``model.json`` (written last: the
+model is complete only once it exists), and what model.json holds besides the banks."""
 import contextlib
 import os
+from logging import WARNING
+import platform
 import shutil
 
-from src.inference.model import MODEL_FILE, THUMBNAIL
+import numpy as np
+
+from src.inference.model import MODEL_FILE, MODEL_FORMAT, MODEL_VERSION, TASKS_FILE, THUMBNAIL
 from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE
+from src.tiling.tasks import save_tasks
 from src.training.jobs import is_complete
 from src.utils.io import sha256_of
 
 
-def prepare_model_folder(root, jobs):
-    """Mark the model incomplete (no model.json) and drop staging folders of ``jobs`` left by a killed run."""
+def prepare_model_folder(root, jobs, tasks, indexes, say):
+    """Mark the model incomplete (no model.json), drop staging folders of ``jobs`` left by a killed run and write
+    ``tasks.json`` (returns its path)."""
     os.makedirs(root, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(root, MODEL_FILE))
     for entry in os.listdir(root):
         if entry.startswith(".") and ".partial-" in entry and entry[1:].split(".partial-")[0] in jobs:
             shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+    tasks_path = os.path.join(root, TASKS_FILE)
+    save_tasks(tasks_path, tasks, indexes)
+    say("Tasks config is saved as: %s", tasks_path)
+    for task in tasks:
+        say(str(task))
+    return tasks_path
 
 
-def complete_jobs(root, fingerprints, detector_class, warn):
-    """The jobs whose bank in ``root`` verifies and was trained with the same fingerprint (kept on a resume)."""
-    return sorted(name for name in fingerprints
-                  if is_complete(os.path.join(root, name), fingerprints[name], detector_class, warn))
+def jobs_to_train(root, jobs, fingerprints, detector_class, say):
+    """The ``jobs`` whose bank in ``root`` does not verify with the same fingerprint; the others are kept."""
+    done = sorted(name for name in fingerprints if is_complete(os.path.join(root, name), fingerprints[name],
+                                                               detector_class, lambda text: say(text, level=WARNING)))
+    if done:
+        say("Resuming: %d of %d banks are complete and verified, kept: %s", len(done), len(jobs), ", ".join(done))
+    return {name: job for name, job in jobs.items() if name not in done}
 
 
 def bank_digest(root, name):
@@ -40,3 +55,35 @@ def remove_stale_jobs(root, jobs):
         if entry not in jobs and not entry.startswith(".") and os.path.isfile(os.path.join(folder, METADATA_FILE)) \
                 and (entry == THUMBNAIL or entry.startswith("task_")):
             shutil.rmtree(folder)
+
+
+def model_meta(*, category, view, image_size, seed, pre_ckpt_path, config, batch_size, fusion_weights, image_score,
+               thumbnail, task_generator_spec, samples, items, val_config, in_bank):
+    """model.json's description of the model (the trainer adds the banks, thresholds, memory and time)."""
+    import faiss
+    import mindspore as ms
+    return {
+        "format": MODEL_FORMAT, "version": MODEL_VERSION, "category": category,
+        "view": view.to_dict(), "image_size": list(image_size), "seed": seed,
+        "pretrained": pre_ckpt_path is not None,
+        "backbone_checkpoint_sha256": sha256_of(pre_ckpt_path) if pre_ckpt_path else None,
+        # where predict.py finds the weights (checked against the sha256; --pre_ckpt_path overrides it)
+        "backbone_checkpoint": os.path.abspath(pre_ckpt_path) if pre_ckpt_path else None,
+        "data": {"mean": list(config.data.mean), "std": list(config.data.std)},
+        "batch_size": batch_size, "fusion_weights": fusion_weights,
+        "image_score": image_score.to_dict(),
+        "inference": {"gaussian_sigma": float(config.postprocess["gaussian_sigma"]),
+                      "thumbnail_size": None if thumbnail is None else thumbnail["thumbnail_size"],
+                      "thumbnail_merge": None if thumbnail is None else thumbnail["merge"]},
+        "task_generator": task_generator_spec,
+        "config": config.to_dict(),
+        "train_samples": [s.image_path or s.name for s in samples],
+        "validation": None if not items else {
+            "val_sample_ratio": None if val_config is None else val_config.get("val_sample_ratio", 0.2),
+            "max_patch_number": None if val_config is None else val_config.get("max_patch_number"),
+            # False: the validation images also trained the banks; they were scored without their own entries
+            "held_out": not in_bank,
+            "items": [item.describe() for item in items]},
+        "versions": {"python": platform.python_version(), "mindspore": ms.__version__,
+                     "faiss": faiss.__version__, "numpy": np.__version__},
+    }

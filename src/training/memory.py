@@ -1,7 +1,17 @@
 """What a training job costs: its memory estimate (printed before training, with the measured peak after) and
 its work (pixels through the network), used to spread jobs over workers."""
+from dataclasses import dataclass
+
 from src.patchcore.detector import estimate_fit_bytes
 from src.training.jobs import MIB
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """What a job asks of a worker: ``cost``, its work (pixels through the network), and ``memory``, the bytes
+    its worker process holds at its peak (runtime included)."""
+    cost: float
+    memory: int
 
 
 def job_estimate(job, grid, batch_size, image_size):
@@ -57,3 +67,10 @@ def job_cost(job):
     width, height = job.input_size
     levels = 1 if job.fusion_weights is None else sum(w > 0 for w in job.fusion_weights)
     return float((len(job.train_views) + len(job.val_views)) * levels * width * height)
+
+
+def job_needs(jobs, grids, batch_size, image_size, runtime, say):
+    """Each job's memory estimate (the largest printed) and ``JobNeeds``: ({name: estimate}, {name: JobNeeds})."""
+    estimates = {name: job_estimate(job, grids[name], batch_size, image_size) for name, job in jobs.items()}
+    report_memory(estimates, runtime, say)
+    return estimates, {name: JobNeeds(job_cost(job), runtime + estimates[name]["total"]) for name, job in jobs.items()}

@@ -2,9 +2,11 @@
 
 Imported only when that backend is chosen: without it nothing imports Ray (requirements-distributed.txt).
 
-- Resources: each task asks for ``cpus_per_job`` CPUs and its job's memory estimate (runtime plus job, bytes), and
-  with ``--device_target Ascend`` or ``GPU`` one ``NPU`` or ``GPU``; the task takes its device id from the one
-  Ray gives it. Ray places the tasks; nothing is planned per worker.
+- Resources: each task asks for ``cpus_per_job`` CPUs and its job's memory estimate (runtime plus job, bytes), with
+  ``--device_target Ascend`` or ``GPU`` one ``NPU`` or ``GPU`` (the task takes its device id from the one Ray gives
+  it), and any custom ``resources`` (config ``runner.resources``, e.g. ``{bank_slot: 1}`` to train on the nodes
+  started with that resource, as many jobs at once as they have). Ray places the tasks; nothing is planned per
+  worker. Each job's node is recorded in model.json (``jobs.<name>.node``) and in train.log.
 - Images: read on the worker's node from their paths, so every node must see the dataset (and the backbone
   checkpoint) at the same path, e.g. on a shared filesystem. Before training, a task checks the sha256 of each
   training image it reads against the driver's: a node that sees other bytes fails the job with a one-line
@@ -25,20 +27,36 @@ import ray
 from tqdm import tqdm
 
 from src.training.jobs import peak_rss, prepare_worker, run_jobs, sample_identity
+from src.utils.errors import InputError
 
 DEVICE_RESOURCES = {"Ascend": "NPU", "GPU": "GPU"}
 
 
-def task_options(need, device_target, cpus_per_job, max_retries):
-    """Ray's options for one job's task: CPUs, memory, the device resource and the retry count."""
+def task_options(need, device_target, cpus_per_job, max_retries, resources=None):
+    """Ray's options for one job's task: CPUs, memory, the device resource, custom resources and the retry count."""
     options = {"num_cpus": cpus_per_job, "memory": int(need.memory), "max_retries": max_retries,
                "retry_exceptions": False}
+    custom = dict(resources or {})
     resource = DEVICE_RESOURCES.get(device_target)
     if resource == "GPU":
         options["num_gpus"] = 1
     elif resource:
-        options["resources"] = {resource: 1}
+        custom[resource] = 1
+    if custom:
+        options["resources"] = custom
     return options
+
+
+def check_resources(resources):
+    """``runner.resources``: None or {name: positive amount}, names other than Ray's own CPU/GPU/memory."""
+    if resources is None:
+        return None
+    if not isinstance(resources, dict) or not all(
+            isinstance(name, str) and name not in ("CPU", "GPU", "memory", "object_store_memory")
+            and isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0
+            for name, amount in resources.items()):
+        raise InputError("runner.resources", f"must map custom resource names to positive amounts, got {resources!r}")
+    return dict(resources)
 
 
 def _device_id(device_target, default):
@@ -64,8 +82,13 @@ def train_remote(run, name, image_sha256, threads):
     with tempfile.TemporaryDirectory(prefix=f"{name}-logs-") as logs:
         local = dataclasses.replace(run, log_root=logs, scratch_root=None, device=device)
         prepare_worker(local, threads)
-        messages = []
-        run_jobs(local, [name], lambda *message: messages.append(message))
+        messages, node = [], ray.get_runtime_context().get_node_id()
+
+        def collect(kind, job, payload):   # a trained job records the node it ran on
+            messages.append((kind, job, dataclasses.replace(payload, stats={**payload.stats, "node": node})
+                             if kind == "done" else payload))
+
+        run_jobs(local, [name], collect)
         log_path = os.path.join(logs, f"{name}.log")
         text = open(log_path, encoding="utf-8").read() if os.path.isfile(log_path) else ""
     return messages, text, peak_rss()
@@ -73,11 +96,12 @@ def train_remote(run, name, image_sha256, threads):
 
 class RayRunner:
     """Jobs as Ray tasks (module docstring). ``address``: a running cluster ("auto", "HOST:PORT"); None starts
-    Ray on this machine. ``runtime_env``: passed to ``ray.init`` (by default the project's folder on PYTHONPATH,
+    Ray on this machine. ``resources``: custom resources every task asks for. ``runtime_env``: passed to ``ray.init`` (by default the project's folder on PYTHONPATH,
     where every node has it)."""
 
-    def __init__(self, address=None, cpus_per_job=1, max_retries=2, runtime_env=None):
+    def __init__(self, address=None, cpus_per_job=1, max_retries=2, resources=None, runtime_env=None):
         self.address, self.cpus_per_job, self.max_retries = address, cpus_per_job, max_retries
+        self.resources = check_resources(resources)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.runtime_env = runtime_env if runtime_env is not None else {"env_vars": {"PYTHONPATH": root}}
 
@@ -95,10 +119,12 @@ class RayRunner:
                 ray.shutdown()
 
     def _run(self, run, needs, report, say):
-        say("Ray cluster: %s; %d jobs as tasks of %d CPU(s) each, up to %d retries of a lost worker",
-            ray.cluster_resources(), len(needs), self.cpus_per_job, self.max_retries)
+        say("Ray cluster: %s; %d jobs as tasks of %d CPU(s)%s each, up to %d retries of a lost worker",
+            ray.cluster_resources(), len(needs), self.cpus_per_job,
+            "".join(f" + {amount} {name}" for name, amount in (self.resources or {}).items()), self.max_retries)
         run_ref, sha256_ref = ray.put(run), ray.put(self.image_sha256(run))   # sent once, shared by every task
-        pending = {train_remote.options(**task_options(need, run.device[0], self.cpus_per_job, self.max_retries))
+        pending = {train_remote.options(**task_options(need, run.device[0], self.cpus_per_job, self.max_retries,
+                                                          self.resources))
                    .remote(run_ref, name, sha256_ref, self.cpus_per_job): name for name, need in needs.items()}
         peaks, failed = [peak_rss()], False
         bar = tqdm(total=len(pending), desc="jobs", unit="job")

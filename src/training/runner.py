@@ -14,20 +14,10 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
-from dataclasses import dataclass
-
 import psutil
 
 from src.training.jobs import MIB, peak_rss, prepare_worker, run_jobs
 from src.utils.errors import InputError
-
-
-@dataclass(frozen=True)
-class JobNeeds:
-    """What a job asks of a worker: ``cost``, its work (pixels through the network), and ``memory``, the bytes
-    its worker process holds at its peak (runtime included)."""
-    cost: float
-    memory: int
 
 
 def schedule(costs, workers):
@@ -133,6 +123,28 @@ class LocalRunner:
         for number, names in enumerate(plan):
             say("Worker %d: %s (estimated cost %.3g Mpx)", number, ", ".join(names), sum(costs[n] for n in names) / 1e6)
         return _serial(run, plan, report, self.extractors) if len(plan) == 1 else _processes(run, plan, report)
+
+
+def train_jobs(runner, run, needs, checkpoint_root, say):
+    """Train the jobs of ``needs`` on ``runner``, writing each bank into ``checkpoint_root`` as it arrives; the
+    first failure raises (InputError for bad input). Returns ({name: stats}, [peak RSS])."""
+    stats, errors = {}, []
+
+    def report(kind, name, payload):
+        if kind == "done":
+            payload.write(checkpoint_root)
+            stats[name] = payload.stats
+            say("%s done%s: bank %d of %d patches in %.1f s", name,
+                f" on node {payload.stats['node']}" if "node" in payload.stats else "", payload.stats["bank_size"],
+                payload.stats["num_patches"], payload.stats["seconds"])
+        else:
+            errors.append((kind, payload))
+
+    peaks = runner.run(run, needs, report, say)
+    if errors:
+        kind, message = errors[0]
+        raise InputError(message) if kind == "error" else RuntimeError(message)
+    return stats, peaks
 
 
 def _ray_runner(**options):

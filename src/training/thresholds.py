@@ -103,3 +103,15 @@ def model_thresholds(results, items, policy, val_config, say):
         metrics = evaluate_maps(val_config["evaluators"], scores, labels, maps, masks)
         say("Validation metrics: %s", metrics)
     return thresholds, normalizer, dict(decision, **({} if metrics is None else metrics)), scores
+
+
+def fit_thresholds(model, items, stored, batch_size, policy, val_config, meta, say):
+    """Set ``meta``'s thresholds, score normaliser and validation metrics from the validation ``items`` scored by
+    ``model`` (or composed from ``stored`` grids), and record each item's raw score there (the threshold can be
+    re-chosen from model.json)."""
+    results = validation_results(model, items, stored, batch_size)
+    thresholds, meta["score_normalizer"], meta["validation"]["metrics"], scores = \
+        model_thresholds(results, items, policy, val_config, say)
+    meta["thresholds"] = thresholds.to_dict()
+    for record, score in zip(meta["validation"]["items"], scores):
+        record["score"] = float(score)

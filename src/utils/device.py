@@ -2,9 +2,9 @@
 import os
 
 
-def set_device(device_target, device_id, threads=None):
+def set_device(device_target, device_id, threads=None, seed=None):
     """Graph mode on ``device_target`` (CPU, GPU, Ascend) ``device_id``; faiss's OpenMP on ``threads`` threads
-    (default: every CPU this process may use).
+    (default: every CPU this process may use); MindSpore's global ``seed`` when given.
 
     Entry points and workers state their threads here; ``import src`` already loads faiss before MindSpore, so
     that faiss keeps its own OpenMP runtime (see ``src/__init__.py``).
@@ -19,3 +19,5 @@ def set_device(device_target, device_id, threads=None):
         if ms.get_context("device_target") != device_target:
             raise
     faiss.omp_set_num_threads(threads or len(os.sched_getaffinity(0)))
+    if seed is not None:
+        ms.set_seed(seed)

@@ -38,3 +38,12 @@ def logging_to(log_path):
     setup_logging()
     with file_logging(logger, log_path):
         yield
+
+
+def say_to(log):
+    """``say(message, *args, level=INFO)``: print a line (the console) and write it to ``log`` (its files)."""
+    def say(message, *args, level=logging.INFO):
+        text = message % args if args else message
+        print(text, flush=True)
+        log.log(level, text)
+    return say

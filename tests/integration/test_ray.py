@@ -1,8 +1,10 @@
-"""Training on a Ray cluster (src/training/ray_runner.py): a local cluster of a head and two one-CPU worker nodes on
-127.0.0.1 (no dashboard, 200 MB object stores), started here and always shut down.
+"""Training on a Ray cluster (src/training/ray_runner.py): a local cluster of a head (no CPU) and two one-CPU worker
+nodes with one ``bank_slot`` each, on 127.0.0.1 (no dashboard, 200 MB object stores), started here and always shut
+down. The jobs ask for a ``bank_slot`` (``runner.resources``): one job per node at a time, on both nodes.
 
-The banks trained as Ray tasks equal, byte for byte, those of a local run; every job's log reaches the log folder;
-a resume sends nothing to the cluster; a worker killed mid-job is retried and the banks are still the same; Ctrl-C
+The banks trained as Ray tasks equal, byte for byte, those of a local run, and both nodes trained some (model.json
+records each job's node); every job's log reaches the log folder; a resume sends nothing to the cluster; a
+truncated image ends the next run with a one-line error (exit 2) and the banks stay; a worker killed mid-job is retried and the banks are still the same; Ctrl-C
 on the driver ends the run and its tasks; a job that fails on a node ends the run with its one-line error, and
 the finished banks stay. Without --backend ray nothing imports Ray (tests/unit/test_architecture.py does not cover
 that: a subprocess checks sys.modules)."""
@@ -20,13 +22,15 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray  # noqa: E402  (installed for the tests by scripts/setup_env.sh --test: requirements-distributed.txt)
 
 import src  # noqa: E402,F401
-from conftest import ROOT, bank_digests, python_command, run_cli  # noqa: E402
+from conftest import (ROOT, assert_one_line_error, bank_digests, python_command, read_json,  # noqa: E402
+                      run_cli)
 
 CATEGORY = "synthetic_leather"
 SMALL = ["--config", os.path.join(ROOT, "configs", "hr_patchcore.yaml"), "-o", "hr.patch_size=128",
          "-o", "percentage=0.1", "-o", "hr.task_generator=o2o", "-o", "hr.thumbnail={thumbnail_size: 64}",
          "-o", "hr.val_config={anomaly_syn_fn: [RandomBox], val_sample_ratio: 0.25}"]
 JOBS = [f"task_{k}" for k in range(4)] + ["thumbnail"]
+ON_SLOTS = ["-o", "runner.resources={bank_slot: 1}"]
 
 
 def common(dataset, out):
@@ -49,7 +53,7 @@ def cluster():
     started = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False, **node))
     try:
         for _ in range(2):
-            started.add_node(num_cpus=1, **node)
+            started.add_node(num_cpus=1, resources={"bank_slot": 1}, **node)
         started.wait_for_nodes()
         yield started
     finally:
@@ -91,19 +95,34 @@ def wait_for_a_running_job(process, seconds=120):
     return None
 
 
-def test_banks_trained_as_ray_tasks_equal_a_local_run_and_a_resume_sends_nothing(dataset, cluster, local_banks,
-                                                                                   tmp_path):
-    remote = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, "--backend", "ray",
+def test_banks_trained_on_both_nodes_equal_a_local_run_a_resume_sends_nothing_and_a_bad_image_keeps_them(
+        dataset, cluster, local_banks, tmp_path):
+    import shutil
+    remote = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, *ON_SLOTS, "--backend", "ray",
                      "--ray_address", cluster.address)
     assert remote.returncode == 0, remote.stderr
-    assert "Ray cluster:" in remote.stdout and "5 jobs as tasks" in remote.stdout
+    assert "Ray cluster:" in remote.stdout and "5 jobs as tasks of 1 CPU(s) + 1 bank_slot each" in remote.stdout
     assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == local_banks
-    for job in JOBS:   # each job's log came back from its node
+    nodes = {job: stats["node"] for job, stats in read_json(tmp_path / "ray" / CATEGORY / "model.json")["jobs"].items()}
+    assert set(nodes.values()) == {node.node_id for node in cluster.worker_nodes}, nodes
+    for job in JOBS:   # each job's log came back from its node, and train.log says where it ran
         assert "features: image" in (tmp_path / "ray" / CATEGORY / "logs" / f"{job}.log").read_text(), job
-    again = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, "--backend", "ray",
+        assert f"{job} done on node {nodes[job]}" in remote.stdout
+    again = run_cli("train.py", *common(dataset, tmp_path / "ray"), *SMALL, *ON_SLOTS, "--backend", "ray",
                     "--ray_address", cluster.address)
     assert again.returncode == 0, again.stderr
     assert "Resuming: 5 of 5 banks are complete and verified" in again.stdout and "Ray cluster:" not in again.stdout
+    assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == local_banks
+
+    # the same training images, one of them truncated: found before any task is sent; the banks stay
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    victim = data / CATEGORY / "train" / "good" / "003.png"
+    victim.write_bytes(victim.read_bytes()[:200])
+    bad = run_cli("train.py", *common(data, tmp_path / "ray"), *SMALL, *ON_SLOTS, "--backend", "ray",
+                  "--ray_address", cluster.address)
+    assert_one_line_error(bad, str(victim))
+    assert "Ray cluster:" not in bad.stdout
     assert bank_digests(tmp_path / "ray" / CATEGORY, JOBS) == local_banks
 
 

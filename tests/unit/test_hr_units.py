@@ -110,12 +110,21 @@ def test_runners_are_chosen_by_name():
 
 def test_a_ray_task_asks_for_its_jobs_memory_and_one_device_of_the_target():
     from src.training.ray_runner import task_options
-    from src.training.runner import JobNeeds
+    from src.training.memory import JobNeeds
     need = JobNeeds(cost=1e6, memory=3 * 2 ** 30)
     cpu = task_options(need, "CPU", 2, 3)
     assert cpu == {"num_cpus": 2, "memory": 3 * 2 ** 30, "max_retries": 3, "retry_exceptions": False}
     assert task_options(need, "Ascend", 1, 2)["resources"] == {"NPU": 1}
     assert task_options(need, "GPU", 1, 2)["num_gpus"] == 1 and "resources" not in task_options(need, "GPU", 1, 2)
+    assert task_options(need, "Ascend", 1, 2, {"bank_slot": 1})["resources"] == {"bank_slot": 1, "NPU": 1}
+
+
+@pytest.mark.parametrize("resources", [{"CPU": 1}, {"bank_slot": 0}, {"bank_slot": True}, ["bank_slot"]])
+def test_custom_ray_resources_must_be_names_with_positive_amounts(resources):
+    from src.training.ray_runner import check_resources
+    assert check_resources({"bank_slot": 1, "big_memory": 0.5}) == {"bank_slot": 1, "big_memory": 0.5}
+    with pytest.raises(InputError, match="runner.resources"):
+        check_resources(resources)
 
 
 def test_context_features_cut_the_tile_out_of_the_coarser_map():

@@ -192,6 +192,33 @@ def test_a_node_that_reads_other_image_bytes_fails_its_job_with_one_line_and_fin
     assert not ray.is_initialized()   # the runner disconnected the driver it connected
 
 
+def test_run_all_mvtec_with_ray_gives_the_serial_runs_results(cluster, tmp_path):
+    """scripts/run_all_mvtec.sh with BACKEND=ray: each of 3 generated categories one task (one CPU, so on both
+    worker nodes); the table and results.json equal the serial run's."""
+    from src.data.synthetic import generate_category
+    data = tmp_path / "mvtec"
+    for category, texture in (("bottle", "fabric"), ("cable", "wood"), ("carpet", "leather")):
+        generate_category(str(data), category=category, texture=texture, image_size=(128, 128), n_train=4,
+                          n_test_good=2, n_test_defect_per_type=1, defect_types=("stain", "scratch"), seed=0)
+    config = os.path.join(ROOT, "configs", "mobilenet_v2.yaml")
+    script = os.path.join(ROOT, "scripts", "run_all_mvtec.sh")
+    runs = {}
+    for backend in ("local", "ray"):
+        out = tmp_path / backend
+        result = subprocess.run(["bash", script, "--config", config, str(data), "none", "0", str(out)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, BACKEND=backend, RAY_ADDRESS=cluster.address))
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[backend] = (result.stdout, read_json(out / "results.json"))
+    (serial_out, serial), (ray_out, remote) = runs["local"], runs["ray"]
+    assert [row["clsname"] for row in remote["categories"]] == ["bottle", "cable", "carpet"]
+    assert remote == serial
+    assert (tmp_path / "ray" / "results.md").read_text() == (tmp_path / "local" / "results.md").read_text()
+    assert "3 categories as tasks of 1 CPU(s)" in ray_out and "Ray cluster:" not in serial_out
+    nodes = {line.split("(node ")[1].rstrip(")") for line in ray_out.splitlines() if line.startswith("=== ")}
+    assert nodes == {node.node_id for node in cluster.worker_nodes}
+
+
 def test_without_the_ray_backend_nothing_imports_ray():
     code = ("import sys, src\nfrom src.training.runner import build_runner\nfrom src.training import trainer\n"
             "build_runner('local')\nimport src.app.train\nprint('ray' in sys.modules)")

@@ -27,7 +27,7 @@ from src.patchcore.memory_bank import METADATA_FILE
 from src.patchcore.normalization import ScoreNormalizer
 from src.patchcore.scoring import cell_labels
 from src.tiling.plan import WholeImage
-from src.utils.device import set_device
+from src.utils.device import faiss_threads, set_device
 from src.utils.errors import InputError
 from src.utils.io import sha256_of, staged_folder
 from src.utils.logs import file_logging
@@ -191,6 +191,21 @@ def train_job(run, job, featurizer, log):
 
 def score_validation(run, job, detector, featurizer, stage, log):
     """Raw validation grids -> ``validation.npz``; fit the job's normaliser on them. Returns the file's sha256."""
+    # One thread for the kNN search: its distances' last bits depend on how BLAS splits the work, and a bank must
+    # be the same whatever the worker count (or a Ray node's CPUs) gave its process.
+    with faiss_threads(1):
+        grids, items, rows, cols, anomalous = _validation_grids(run, job, detector, featurizer)
+    grids, anomalous = np.stack(grids), np.stack(anomalous)
+    detector.normalizer = ScoreNormalizer.fit_grids(grids, anomalous)
+    log.info("normaliser from %d normal and %d anomalous validation cells: %s", int((~anomalous).sum()),
+             int(anomalous.sum()), detector.normalizer.to_dict())
+    path = os.path.join(stage, VALIDATION_FILE)
+    np.savez(path, grids=grids, items=np.asarray(items), rows=np.asarray(rows), cols=np.asarray(cols))
+    return sha256_of(path)
+
+
+def _validation_grids(run, job, detector, featurizer):
+    """The job's raw score grid of every validation view, with its item, tile row and column and cell labels."""
     grids, items, rows, cols, anomalous = [], [], [], [], []
     # An image's normal and defective validation items differ only where the defect is: a view whose network
     # inputs are byte-identical to one already scored (same image, same excluded entries) reuses its grid.
@@ -214,13 +229,7 @@ def score_validation(run, job, detector, featurizer, stage, log):
             rows.append(getattr(index, "row", -1))   # -1: the whole image
             cols.append(getattr(index, "col", -1))
             anomalous.append(cell_labels(_view_mask(mask, index), grid.shape))
-    grids, anomalous = np.stack(grids), np.stack(anomalous)
-    detector.normalizer = ScoreNormalizer.fit_grids(grids, anomalous)
-    log.info("normaliser from %d normal and %d anomalous validation cells: %s", int((~anomalous).sum()),
-             int(anomalous.sum()), detector.normalizer.to_dict())
-    path = os.path.join(stage, VALIDATION_FILE)
-    np.savez(path, grids=grids, items=np.asarray(items), rows=np.asarray(rows), cols=np.asarray(cols))
-    return sha256_of(path)
+    return grids, items, rows, cols, anomalous
 
 
 _MINDSPORE_THREADS = []   # what this process gave MindSpore: it takes a thread count once per process

@@ -30,6 +30,8 @@ from src.training.jobs import peak_rss, prepare_worker, run_jobs, sample_identit
 from src.utils.errors import InputError
 
 DEVICE_RESOURCES = {"Ascend": "NPU", "GPU": "GPU"}
+# Ray reuses a worker process for further tasks: its networks stay built for the next job of the same weights
+_NETWORKS = {}
 
 
 def task_options(need, device_target, cpus_per_job, max_retries, resources=None):
@@ -88,7 +90,10 @@ def train_remote(run, name, image_sha256, threads):
             messages.append((kind, job, dataclasses.replace(payload, stats={**payload.stats, "node": node})
                              if kind == "done" else payload))
 
-        run_jobs(local, [name], collect)
+        weights = (run.meta["backbone_checkpoint_sha256"], run.seed)
+        if weights not in _NETWORKS:
+            _NETWORKS.clear()   # another run's networks
+        run_jobs(local, [name], collect, _NETWORKS.setdefault(weights, {}))
         log_path = os.path.join(logs, f"{name}.log")
         text = open(log_path, encoding="utf-8").read() if os.path.isfile(log_path) else ""
     return messages, text, peak_rss()

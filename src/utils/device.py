@@ -1,4 +1,5 @@
 """The MindSpore device every entry point and worker process runs on, and the threads faiss searches with."""
+import contextlib
 import os
 
 
@@ -21,3 +22,15 @@ def set_device(device_target, device_id, threads=None, seed=None):
     faiss.omp_set_num_threads(threads or len(os.sched_getaffinity(0)))
     if seed is not None:
         ms.set_seed(seed)
+
+
+@contextlib.contextmanager
+def faiss_threads(count):
+    """faiss's OpenMP, and the BLAS it calls, on ``count`` threads during the block."""
+    import faiss
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -26,8 +26,8 @@ from conftest import (ROOT, assert_one_line_error, bank_digests, python_command,
                       run_cli)
 
 CATEGORY = "synthetic_leather"
-SMALL = ["--config", os.path.join(ROOT, "configs", "hr_patchcore.yaml"), "-o", "hr.patch_size=128",
-         "-o", "percentage=0.1", "-o", "hr.task_generator=o2o", "-o", "hr.thumbnail={thumbnail_size: 64}",
+SMALL = ["--config", os.path.join(ROOT, "configs", "hr_patchcore.yaml"), "-o", "hr.patch_size=256",
+         "-o", "percentage=0.1", "-o", "hr.task_generator=o2o", "-o", "hr.thumbnail={thumbnail_size: 128}",
          "-o", "hr.val_config={anomaly_syn_fn: [RandomBox], val_sample_ratio: 0.25}"]
 JOBS = [f"task_{k}" for k in range(4)] + ["thumbnail"]
 ON_SLOTS = ["-o", "runner.resources={bank_slot: 1}"]
@@ -41,7 +41,7 @@ def common(dataset, out):
 def dataset(tmp_path_factory):
     from src.data.synthetic import generate_category
     root = tmp_path_factory.mktemp("data")
-    generate_category(str(root), category=CATEGORY, texture="leather", image_size=(256, 256), n_train=8,
+    generate_category(str(root), category=CATEGORY, texture="leather", image_size=(512, 512), n_train=12,
                       n_test_good=1, n_test_defect_per_type=1, defect_types=("stain",), seed=0)
     return root
 
@@ -62,7 +62,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def local_banks(dataset, tmp_path_factory):
-    """The banks of the same training on this machine, one worker."""
+    """The banks of the same training on this machine, one worker: in this process, on every core, where each Ray
+    task has one (512² images: validation searches large enough that BLAS splits them across threads)."""
     out = tmp_path_factory.mktemp("local")
     local = run_cli("train.py", *common(dataset, out), *SMALL, "--workers", "1")
     assert local.returncode == 0, local.stderr
@@ -166,8 +167,8 @@ def test_a_node_that_reads_other_image_bytes_fails_its_job_with_one_line_and_fin
     from src.training import ray_runner
     from src.training.trainer import HRTrainer
     from src.utils.errors import InputError
-    train = [HRSample(str(p), image_size=256) for p in sorted((dataset / CATEGORY / "train" / "good").iterdir())]
-    plan = MultiResolutionHRImageSpliter(256, 128)
+    train = [HRSample(str(p), image_size=512) for p in sorted((dataset / CATEGORY / "train" / "good").iterdir())]
+    plan = MultiResolutionHRImageSpliter(512, 256)
     bad = str(train[-1].image_path)
 
     class OtherBytesOnTheNodes(ray_runner.RayRunner):

@@ -1,0 +1,176 @@
+"""Side by side with anomalib's Patchcore, in one run: the same images, transform, layers, coreset and weights.
+
+- Data: a generated leather category, 60 training and 40 test images at 256² (``--work_dir``).
+- Weights: a seeded WideResNet50-2 with random BatchNorm statistics (the parity tests' ``randomize_batch_norm_stats``)
+  saved as a .pth by anomalib's side, loaded into anomalib's backbone (``pre_trained=False``, then
+  ``load_state_dict``) and converted with ``src/pthtockpt.py`` for ours.
+- Transform, both sides: resize to 256 x 256, centre crop 224, ImageNet normalisation (anomalib's Patchcore with
+  ``configure_pre_processor(image_size=(256, 256), center_crop_size=(224, 224))``; ours: ``ResizeCrop(256, 224)``,
+  the default). layer2 + layer3, a 10% coreset, batch 8, 9 neighbours for the image score.
+- anomalib 2.7.0 runs in a venv of its own (``--peers_venv``, default ~/.cache/patchcore-peers/venv), built here
+  the first time (torch 2.14.1 + torchvision 0.29.1 from this machine's files, anomalib from PyPI; several GB). It
+  is never a project dependency. Its side runs ``benchmarks/peers_anomalib.py``.
+- Fit: anomalib's ``Engine.fit`` (features, coreset: timed inside); ours: train.py's training seconds
+  (model.json; features, coreset, and our validation scoring and thresholds, which anomalib's fit does not do).
+- Predict: images per second over the 40 test images after one warm-up image, maps included (anomalib: its torch
+  model on pre-processed batches; ours: ``Model.predict_samples``). Both AUROCs are computed by our metric code
+  from each side's raw scores and maps, against the same cropped masks.
+
+    .venv/bin/python benchmarks/bench_peers.py          # about 4 minutes on 2 cores, once the venv exists
+Writes benchmarks/results/peers.json (``--json``).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import src  # noqa: E402,F401  (environment set-up first)
+from src.evaluation.metrics import PixelCurves, format_table  # noqa: E402
+from src.utils.io import read_json, write_json  # noqa: E402
+
+PEERS_PREFIX = "PEERS "
+VENV = Path.home() / ".cache" / "patchcore-peers" / "venv"
+PEERS_PACKAGES = [["torch==2.14.1", "torchvision==0.29.1"], ["anomalib==2.7.0"]]
+
+
+def peers_result(stdout, what):
+    """The JSON that ``peers_anomalib.py`` printed on its ``PEERS`` line; SystemExit naming ``what`` without one."""
+    lines = [line[len(PEERS_PREFIX):] for line in stdout.splitlines() if line.startswith(PEERS_PREFIX)]
+    if not lines:
+        raise SystemExit(f"error: {what}: anomalib's side printed no result line")
+    return json.loads(lines[-1])
+
+
+def ensure_venv(venv):
+    """The peers venv's Python, building the venv the first time; says why when it cannot."""
+    python = Path(venv) / "bin" / "python"
+    if python.is_file() and subprocess.run([str(python), "-c", "import anomalib, torch"],
+                                           capture_output=True).returncode == 0:
+        return python
+    print(f"building the anomalib venv in {venv} (torch 2.14.1 + torchvision 0.29.1, anomalib 2.7.0: several GB, "
+          "a few minutes)", flush=True)
+    steps = [["python3.11", "-m", "venv", str(venv)]] + \
+        [[str(python), "-m", "pip", "install", "--quiet", *packages] for packages in PEERS_PACKAGES]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise SystemExit(f"error: {venv}: cannot build the anomalib venv ({' '.join(step[:4])} ...: {tail[0]}); "
+                             "it needs Python 3.11, this machine's torch 2.14.1 / torchvision 0.29.1 files and PyPI")
+    return python
+
+
+def run_peer(python, *args):
+    done = subprocess.run([str(python), str(ROOT / "benchmarks" / "peers_anomalib.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"error: anomalib's side failed: {done.stderr.strip().splitlines()[-1:]}")
+    return peers_result(done.stdout, args[0])
+
+
+def ours_fit(data, category, ckpt, out, coreset):
+    shutil.rmtree(Path(out) / category, ignore_errors=True)   # trained from scratch, nothing resumed
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset_path", str(data), "--category",
+                           category, "--output_dir", str(out), "--pre_ckpt_path", str(ckpt), "--seed", "0",
+                           "-o", f"percentage={coreset}"], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"error: train.py failed: {done.stderr.strip().splitlines()[-1:]}")
+    meta = read_json(str(Path(out) / category / "model.json"), "model")
+    job = meta["jobs"]["task_0"]
+    return {"fit_s": meta["seconds"], "features_s": job["feature_seconds"], "coreset_s": job["coreset_seconds"],
+            "bank": job["bank_size"], "peak_rss_gib": (meta["memory"] or {}).get("peak_rss_bytes", 0) / 2 ** 30}
+
+
+def ours_predict(folder, samples, ckpt):
+    """(result, {image path: (score, map)}, {image path: mask}) of our model over ``samples``, timed after warm-up."""
+    from src.inference.model import Model
+    from src.utils.device import set_device
+    set_device("CPU", 0)
+    model = Model.load(str(folder), str(ckpt))
+    list(model.predict_samples(samples[:1]))
+    started = time.perf_counter()
+    outputs = {str(s.image_path): (score, amap, s.load_mask()) for s, _, score, amap in model.predict_samples(samples)}
+    return {"predict_s": time.perf_counter() - started, "images": len(outputs)}, outputs
+
+
+def aurocs(scores, maps, labels, masks):
+    from sklearn.metrics import roc_auc_score
+    return {"image_auroc": float(roc_auc_score(labels, scores)), "pixel_auroc": PixelCurves(maps, masks).auroc()}
+
+
+def compare(ours, anomalib):
+    """The summary peers.json keeps: the speed-ups and both AUROC pairs."""
+    return {"train_speedup_vs_anomalib": anomalib["fit_s"] / ours["fit_s"],
+            "predict_speedup_vs_anomalib": (ours["images"] / ours["predict_s"]) /
+                                           (anomalib["images"] / anomalib["predict_s"]),
+            "image_auroc": {"ours": ours["image_auroc"], "anomalib": anomalib["image_auroc"]},
+            "pixel_auroc": {"ours": ours["pixel_auroc"], "anomalib": anomalib["pixel_auroc"]}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--work_dir", default=str(ROOT / "demo_output" / "bench_peers"))
+    parser.add_argument("--peers_venv", default=str(VENV))
+    parser.add_argument("--coreset", type=float, default=0.1)
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "peers.json"))
+    args = parser.parse_args()
+    work, category = Path(args.work_dir), "leather"
+    python = ensure_venv(args.peers_venv)
+    if not (work / "data" / category).is_dir():
+        from src.data.synthetic import generate_category
+        generate_category(str(work / "data"), category=category, texture="leather", image_size=(256, 256),
+                          n_train=60, n_test_good=10, n_test_defect_per_type=6, seed=0)
+    pth, ckpt = work / "wrn50.pth", work / "wrn50.ckpt"
+    if not ckpt.is_file():
+        run_peer(python, "weights", pth)
+        subprocess.run([sys.executable, str(ROOT / "src" / "pthtockpt.py"), "--pth_path", str(pth), "--ckpt_path",
+                        str(ckpt)], check=True, capture_output=True, cwd=ROOT)
+
+    print("anomalib: fit and predict ...", flush=True)
+    anomalib = run_peer(python, "run", work / "data", category, pth, work / "anomalib.npz", "--coreset",
+                        args.coreset)
+    print("ours: fit and predict ...", flush=True)
+    ours = ours_fit(work / "data", category, ckpt, work / "ours", args.coreset)
+    from src.data.mvtec import list_test_samples
+    samples = list_test_samples(str(work / "data"), category)
+    predicted, outputs = ours_predict(work / "ours" / category, samples, ckpt)
+    ours.update(predicted)
+    labels = [int(s.label) for s in samples]
+    masks = [outputs[str(s.image_path)][2] for s in samples]
+    ours.update(aurocs([outputs[str(s.image_path)][0] for s in samples],
+                       [outputs[str(s.image_path)][1] for s in samples], labels, masks))
+    with np.load(work / "anomalib.npz") as peer:
+        position = {os.path.realpath(p): k for k, p in enumerate(peer["paths"])}
+        order = [position[os.path.realpath(s.image_path)] for s in samples]
+        anomalib.update(aurocs(peer["scores"][order], list(peer["maps"][order]), labels, masks))
+
+    rows = [dict(side=name, fit_s=round(r["fit_s"], 1), features_s=round(r["features_s"], 1),
+                 coreset_s=round(r["coreset_s"], 1), bank=r["bank"],
+                 predict_img_per_s=round(r["images"] / r["predict_s"], 2), peak_rss_gib=round(r["peak_rss_gib"], 2),
+                 image_auroc=round(r["image_auroc"], 4), pixel_auroc=round(r["pixel_auroc"], 4))
+            for name, r in (("ours", ours), (f"anomalib {anomalib['anomalib']}", anomalib))]
+    print(format_table(rows, list(rows[0])))
+    summary = compare(ours, anomalib)
+    print(f"training {summary['train_speedup_vs_anomalib']:.2f}x anomalib's, prediction "
+          f"{summary['predict_speedup_vs_anomalib']:.2f}x (targets 6x and 1.5x)")
+    write_json(args.json, dict(summary, rows=rows, ours=ours, anomalib=anomalib, cpu=_cpu()))
+    print(f"written: {args.json}")
+
+
+def _cpu():
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return f"{names[0]} x {len(names)}" if names else "unknown"
+
+
+if __name__ == "__main__":
+    main()

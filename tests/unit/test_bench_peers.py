@@ -1,0 +1,32 @@
+"""The peer benchmark's result handling (benchmarks/bench_peers.py): anomalib's side reports on one prefixed JSON
+line among its other output, a missing line is an error naming the step, and the speed-ups are the right way up.
+The benchmark itself (anomalib in its own venv) is not run by the tests."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "benchmarks" / "bench_peers.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_the_result_line_is_found_among_other_output():
+    stdout = "Total FLOPs: 0\nPEERS {\"fit_s\": 1.5}\nwarning: something\nPEERS {\"fit_s\": 99.4, \"images\": 40}\n"
+    assert bench.peers_result(stdout, "run") == {"fit_s": 99.4, "images": 40}   # the last one
+
+
+def test_no_result_line_is_an_error_naming_the_step():
+    with pytest.raises(SystemExit, match="weights: anomalib's side printed no result line"):
+        bench.peers_result("Traceback ...\nRuntimeError: boom\n", "weights")
+
+
+def test_speedups_are_theirs_over_ours_for_time_and_ours_over_theirs_for_throughput():
+    ours = dict(fit_s=20.0, predict_s=8.0, images=40, image_auroc=0.9, pixel_auroc=0.95)
+    anomalib = dict(fit_s=100.0, predict_s=12.0, images=40, image_auroc=0.91, pixel_auroc=0.94)
+    summary = bench.compare(ours, anomalib)
+    assert summary["train_speedup_vs_anomalib"] == pytest.approx(5.0)
+    assert summary["predict_speedup_vs_anomalib"] == pytest.approx(1.5)
+    assert summary["image_auroc"] == {"ours": 0.9, "anomalib": 0.91}
+    assert summary["pixel_auroc"] == {"ours": 0.95, "anomalib": 0.94}

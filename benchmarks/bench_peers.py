@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 import src  # noqa: E402,F401  (environment set-up first)
 from src.evaluation.metrics import PixelCurves, format_table  # noqa: E402
+from src.utils.blas import cpu_name  # noqa: E402
 from src.utils.io import read_json, write_json  # noqa: E402
 
 PEERS_PREFIX = "PEERS "
@@ -162,14 +163,8 @@ def main():
     summary = compare(ours, anomalib)
     print(f"training {summary['train_speedup_vs_anomalib']:.2f}x anomalib's, prediction "
           f"{summary['predict_speedup_vs_anomalib']:.2f}x (targets 6x and 1.5x)")
-    write_json(args.json, dict(summary, rows=rows, ours=ours, anomalib=anomalib, cpu=_cpu()))
+    write_json(args.json, dict(summary, rows=rows, ours=ours, anomalib=anomalib, cpu=cpu_name()))
     print(f"written: {args.json}")
-
-
-def _cpu():
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return f"{names[0]} x {len(names)}" if names else "unknown"
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # every node on 127.0.0.
 
 import src  # noqa: E402,F401  (environment set-up first)
 from src.evaluation.metrics import format_table  # noqa: E402
+from src.utils.blas import cpu_name  # noqa: E402
 from src.utils.io import read_json, write_json  # noqa: E402
 
 NODE = dict(object_store_memory=200 * 2 ** 20)
@@ -260,12 +261,6 @@ def main():
     result["cpu"] = cpu_name()
     write_json(args.json, result)
     print(f"written: {args.json}")
-
-
-def cpu_name():
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return f"{names[0]} x {len(names)}" if names else "unknown"
 
 
 if __name__ == "__main__":

@@ -46,6 +46,16 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
     return set()
 
 
+def cpu_name(cpuinfo="/proc/cpuinfo"):
+    """'<model name> x <processors>' of this machine, for benchmark results ('unknown' without /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0]} x {len(names)}" if names else "unknown"
+
+
 def bundled_openblas():
     """Paths of the OpenBLAS libraries numpy and faiss bring, found without importing either."""
     paths = []

@@ -98,3 +98,12 @@ def test_faiss_searches_on_every_cpu_for_an_api_caller_without_set_device():
     assert result.returncode == 0, result.stderr[-2000:]
     got, cpus = map(int, result.stdout.split()[-2:])
     assert got == cpus
+
+
+def test_cpu_name_counts_the_processors_and_says_unknown_without_cpuinfo(tmp_path):
+    from src.utils.blas import cpu_name
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: avx2\n\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t: avx2\n")
+    assert cpu_name(str(cpuinfo)) == "AMD EPYC 9R14 x 2"
+    assert cpu_name(str(tmp_path / "missing")) == "unknown"

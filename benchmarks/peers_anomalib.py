@@ -38,7 +38,7 @@ def run(data, category, weights_path, out, coreset, batch):
                       visualizer=False,
                       pre_processor=Patchcore.configure_pre_processor(image_size=(256, 256),
                                                                       center_crop_size=(224, 224)))
-    state = torch.load(weights_path, map_location="cpu")
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)   # tensors only, no pickle code
     extractor = model.model.feature_extractor.feature_extractor
     missing, _ = extractor.load_state_dict(state, strict=False)
     if missing:

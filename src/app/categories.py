@@ -13,10 +13,11 @@ as the category finishes, with the node it ran on. Exit status 0, or 1 when a ca
 kept and reported by ``src.evaluation.report``), 2 on bad arguments.
 """
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
+
+from src.utils.io import sha256_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRICS = os.path.join("eval", "metrics.json")
@@ -30,10 +31,8 @@ def category_commands(dataset_path, pre_ckpt_path, device_id, output_dir, catego
 
 
 def file_sha256(path):
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    """The file's sha256, or None where there is none."""
+    return sha256_of(path) if os.path.isfile(path) else None
 
 
 def run_category(commands, metrics_path):
@@ -88,7 +87,10 @@ def main(argv=None):
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 category = pending.pop(ready[0])
-                status, output, written, node = ray.get(ready[0])
+                try:
+                    status, output, written, node = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:   # its worker was lost more often than retried
+                    status, output, written, node = 1, str(exc).strip().splitlines()[-1], None, "lost"
                 tqdm.write(f"=== {category} (node {node})\n{output.rstrip()}", file=sys.stdout)
                 if not status and written != file_sha256(os.path.join(output_dir, category, METRICS)):
                     tqdm.write(f"error: {os.path.join(output_dir, category, METRICS)}: not what node {node} wrote "

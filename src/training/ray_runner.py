@@ -101,8 +101,8 @@ def train_remote(run, name, image_sha256, threads):
 
 class RayRunner:
     """Jobs as Ray tasks (module docstring). ``address``: a running cluster ("auto", "HOST:PORT"); None starts
-    Ray on this machine. ``resources``: custom resources every task asks for. ``runtime_env``: passed to ``ray.init`` (by default the project's folder on PYTHONPATH,
-    where every node has it)."""
+    Ray on this machine. ``resources``: custom resources every task asks for. ``runtime_env``: passed to
+    ``ray.init`` (by default the project's folder on PYTHONPATH, where every node has it)."""
 
     def __init__(self, address=None, cpus_per_job=1, max_retries=2, resources=None, runtime_env=None):
         self.address, self.cpus_per_job, self.max_retries = address, cpus_per_job, max_retries

@@ -239,15 +239,13 @@ def prepare_worker(run, threads):
     """Set up a worker process for ``run``'s jobs: ``threads`` for MindSpore, BLAS and faiss's OpenMP alike,
     the device and the seed. A process may be set up again for further jobs (a Ray worker is reused)."""
     import src  # noqa: F401  (ONEDNN_MAX_CPU_ISA before mindspore loads)
-    import mindspore as ms
     from mindspore.device_context.cpu.op_tuning import threads_num
     from threadpoolctl import threadpool_limits
     if not _MINDSPORE_THREADS:
         threads_num(threads)
         _MINDSPORE_THREADS.append(threads)
     threadpool_limits(threads)
-    set_device(*run.device, threads=threads)
-    ms.set_seed(run.seed)
+    set_device(*run.device, threads=threads, seed=run.seed)
 
 
 def run_jobs(run, names, report, extractors=None):

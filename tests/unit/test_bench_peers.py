@@ -1,5 +1,5 @@
 """The peer benchmark's result handling (benchmarks/bench_peers.py): anomalib's side reports on one prefixed JSON
-line among its other output, a missing line is an error naming the step, and the speed-ups are the right way up.
+line among its other output, a missing line is an error naming the step, and the speed-ups are the right way up, and the table rows read per-image times and mark an untimed warm-up.
 The benchmark itself (anomalib in its own venv) is not run by the tests."""
 import importlib.util
 from pathlib import Path
@@ -30,3 +30,15 @@ def test_speedups_are_theirs_over_ours_for_time_and_ours_over_theirs_for_through
     assert summary["predict_speedup_vs_anomalib"] == pytest.approx(1.5)
     assert summary["image_auroc"] == {"ours": 0.9, "anomalib": 0.91}
     assert summary["pixel_auroc"] == {"ours": 0.95, "anomalib": 0.94}
+
+
+def test_table_rows_per_image_time_and_a_dash_where_a_side_did_not_time_its_first_batch():
+    common = dict(features_s=1.0, coreset_s=2.0, bank=100, peak_rss_gib=1.0, image_auroc=0.9, pixel_auroc=0.95)
+    ours = dict(common, fit_s=30.0, predict_s=5.0, images=10, models=5, first_batch_s=3.97)
+    tiled_ensemble = dict(common, fit_s=60.0, predict_s=12.5, images=10, models=4, anomalib="2.7.0")
+    rows = bench.table_rows(ours, tiled_ensemble)
+    assert [row["side"] for row in rows] == ["ours", "anomalib 2.7.0"]
+    assert rows[0]["predict_s_per_img"] == 0.5 and rows[0]["predict_img_per_s"] == 2.0
+    assert rows[1]["predict_s_per_img"] == 1.25 and rows[1]["predict_img_per_s"] == 0.8
+    assert rows[0]["first_batch_s"] == 3.97 and rows[1]["first_batch_s"] == "-"
+    assert [row["models"] for row in rows] == [5, 4]

@@ -1,6 +1,7 @@
 """The peer benchmark's result handling (benchmarks/bench_peers.py): anomalib's side reports on one prefixed JSON
-line among its other output, a missing line is an error naming the step, and the speed-ups are the right way up, and the table rows read per-image times and mark an untimed warm-up.
-The benchmark itself (anomalib in its own venv) is not run by the tests."""
+line among its other output, a missing line is an error naming the step, the speed-ups are the right way up, and
+the table rows give per-image times and mark an untimed warm-up. The benchmark itself (anomalib in its own venv)
+is not run by the tests."""
 import importlib.util
 from pathlib import Path
 

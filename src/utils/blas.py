@@ -34,25 +34,24 @@ _PROBE = ("import ctypes, sys\n"
           "        print('unknown')\n")
 
 
-def cpu_flags(cpuinfo="/proc/cpuinfo"):
-    """The first processor's flags (empty where /proc/cpuinfo is missing)."""
+def _cpuinfo_values(key, cpuinfo):
+    """The value of every ``key`` line of ``cpuinfo``, one per processor (none where the file is missing)."""
     try:
         with open(cpuinfo, encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+            return [line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == key]
     except OSError:
-        pass
-    return set()
+        return []
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The first processor's flags (empty where /proc/cpuinfo is missing)."""
+    values = _cpuinfo_values("flags", cpuinfo)
+    return set(values[0].split()) if values else set()
 
 
 def cpu_name(cpuinfo="/proc/cpuinfo"):
     """'<model name> x <processors>' of this machine, for benchmark results ('unknown' without /proc/cpuinfo)."""
-    try:
-        with open(cpuinfo, encoding="ascii", errors="replace") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
+    names = _cpuinfo_values("model name", cpuinfo)
     return f"{names[0]} x {len(names)}" if names else "unknown"
 
 

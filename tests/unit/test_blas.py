@@ -107,3 +107,12 @@ def test_cpu_name_counts_the_processors_and_says_unknown_without_cpuinfo(tmp_pat
                        "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t: avx2\n")
     assert cpu_name(str(cpuinfo)) == "AMD EPYC 9R14 x 2"
     assert cpu_name(str(tmp_path / "missing")) == "unknown"
+
+
+def test_cpu_flags_are_the_first_processors_and_empty_without_cpuinfo(tmp_path):
+    from src.utils.blas import cpu_flags
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\nvmx flags\t: ept\n\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "fma"}
+    assert cpu_flags(str(tmp_path / "missing")) == set()

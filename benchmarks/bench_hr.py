@@ -19,7 +19,6 @@ scoring shape (the bank search's share of sgemm), and writes them to ``--json``.
 """
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 import src  # noqa: E402,F401  (environment set-up first)
 from src.utils.io import read_json, write_json  # noqa: E402
 from src.evaluation.metrics import format_table  # noqa: E402
+from benchmarks.cli_runs import run_cli  # noqa: E402
 
 COLUMNS = ["model", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro", "tnr_at_fnr_5", "tpr_at_fpr_5",
            "worst_margin", "train_s", "eval_s"]
@@ -44,14 +44,6 @@ def generate(data_root, category, size, seed):
     if not (Path(data_root) / category).is_dir():
         generate_category(str(data_root), category=category, texture="leather", image_size=(size, size), n_train=10,
                           n_test_good=5, n_test_defect_per_type=1, seed=seed, min_defect_px=3, max_defect_px=80)
-
-
-def run_cli(script, args):
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return time.perf_counter() - started, result.stdout
 
 
 def tiled_row(args, data_root):

@@ -31,7 +31,6 @@ with ``--tiled``; ``--json`` names another). ``tiled`` says what the tiled compa
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -45,7 +44,8 @@ import numpy as np  # noqa: E402
 import src  # noqa: E402,F401  (environment set-up first)
 from src.evaluation.metrics import PixelCurves, format_table  # noqa: E402
 from src.utils.blas import cpu_name  # noqa: E402
-from src.utils.io import read_json, write_json  # noqa: E402
+from src.utils.io import write_json  # noqa: E402
+from benchmarks.cli_runs import train_from_scratch  # noqa: E402
 
 PEERS_PREFIX = "PEERS "
 VENV = Path.home() / ".cache" / "patchcore-peers" / "venv"
@@ -88,16 +88,10 @@ def run_peer(python, *args):
 
 
 def ours_fit(data, category, ckpt, out, overrides, config=None):
-    shutil.rmtree(Path(out) / category, ignore_errors=True)   # trained from scratch, nothing resumed
-    command = [sys.executable, str(ROOT / "train.py"), "--dataset_path", str(data), "--category", category,
-               "--output_dir", str(out), "--pre_ckpt_path", str(ckpt), "--seed", "0"]
-    command += ["--config", str(config)] if config else []
+    command = ["--pre_ckpt_path", ckpt, *(["--config", config] if config else [])]
     for override in overrides:
         command += ["-o", override]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode:
-        raise SystemExit(f"error: train.py failed: {done.stderr.strip().splitlines()[-1:]}")
-    meta = read_json(str(Path(out) / category / "model.json"), "model")
+    _, meta = train_from_scratch(data, out, category, command)
     jobs = meta["jobs"].values()
     return {"fit_s": meta["seconds"], "features_s": sum(job["feature_seconds"] for job in jobs),
             "coreset_s": sum(job["coreset_seconds"] for job in jobs), "bank": sum(job["bank_size"] for job in jobs),

@@ -24,8 +24,6 @@ Writes benchmarks/results/ray.json (``--json``) and prints the tables.
 import argparse
 import math
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +36,7 @@ import src  # noqa: E402,F401  (environment set-up first)
 from src.evaluation.metrics import format_table  # noqa: E402
 from src.utils.blas import cpu_name  # noqa: E402
 from src.utils.io import read_json, write_json  # noqa: E402
+from benchmarks.cli_runs import train_from_scratch  # noqa: E402
 
 NODE = dict(object_store_memory=200 * 2 ** 20)
 SIZE = 1024   # the training part's images; tiles of half that: 4 O2O tasks + thumbnail
@@ -109,19 +108,6 @@ def generate(root, category, size, n_train, seed=0):
                           n_test_good=1, n_test_defect_per_type=1, defect_types=("stain",), seed=seed)
 
 
-def train(data, out, category, *extra, cores=None):
-    """Run train.py from scratch (on the first ``cores`` cores only, if given); (process wall s, model.json)."""
-    shutil.rmtree(Path(out) / category, ignore_errors=True)   # nothing resumed
-    started = time.perf_counter()
-    pin = ["taskset", "-c", f"0-{cores - 1}"] if cores else []
-    result = subprocess.run([*pin, sys.executable, str(ROOT / "train.py"), "--dataset_path", str(data), "--category",
-                             category, "--output_dir", str(out), "--seed", "0", *extra],
-                            cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"train.py {' '.join(extra)} failed:\n{result.stderr[-2000:]}")
-    return time.perf_counter() - started, read_json(str(Path(out) / category / "model.json"), "model")
-
-
 def training(args):
     data, category = Path(args.work_dir) / "data", f"tiled_{SIZE}"
     generate(data, category, SIZE, 12)
@@ -134,9 +120,10 @@ def training(args):
         out = Path(args.work_dir) / "training" / label.replace(", ", "_").replace(" ", "_")
         if nodes:
             with LocalCluster(nodes) as cluster:
-                wall, meta = train(data, out, category, *TILED, *extra, "--ray_address", cluster.address)
+                wall, meta = train_from_scratch(data, out, category,
+                                                [*TILED, *extra, "--ray_address", cluster.address])
         else:
-            wall, meta = train(data, out, category, *TILED, *extra, cores=cores)
+            wall, meta = train_from_scratch(data, out, category, [*TILED, *extra], cores)
         jobs = meta["jobs"]
         banks[label] = {name: job["bank_sha256"] for name, job in jobs.items()}
         rows.append(dict(run=label, jobs=len(jobs), process_wall_s=round(wall, 2), training_s=meta["seconds"],
@@ -176,9 +163,9 @@ def _timed(fn):
 def job4k(args, training_summary):
     data, category = Path(args.work_dir) / "data", "one_tile_1024"
     generate(data, category, 1024, 16)
-    wall, meta = train(data, Path(args.work_dir) / "job4k", category, "--config",
-                       str(ROOT / "configs" / "hr_patchcore.yaml"), "-o", "hr.patch_size=1024", "--workers", "1",
-                       cores=1)   # a job on one core, as each Ray task
+    wall, meta = train_from_scratch(data, Path(args.work_dir) / "job4k", category,
+                                    ["--config", ROOT / "configs" / "hr_patchcore.yaml", "-o", "hr.patch_size=1024",
+                                     "--workers", "1"], cores=1)   # a job on one core, as each Ray task
     tile_job_s = meta["jobs"]["task_0"]["seconds"]
     thumbnail_s = meta["jobs"]["thumbnail"]["seconds"] if "thumbnail" in meta["jobs"] else 0.0
     driver_s = meta["seconds"] - sum(job["seconds"] for job in meta["jobs"].values())

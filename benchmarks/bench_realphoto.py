@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +37,7 @@ import src  # noqa: E402,F401  (environment set-up first)
 from src.data.synthetic import DEFECT_TYPES, add_defect, write_item  # noqa: E402
 from src.evaluation.metrics import format_table  # noqa: E402
 from src.utils.io import read_json, sha256_of, staged_folder, write_json  # noqa: E402
+from benchmarks.cli_runs import run_cli  # noqa: E402
 
 IMAGE_SIZE = 1024
 DEFECT_PX = (6.0, 24.0)
@@ -129,14 +129,6 @@ def generate(name, photo_path, root, n_train, n_test_good, n_test_defect_per_typ
     return category
 
 
-def run_cli(script, args):
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return time.perf_counter() - started
-
-
 def texture_row(name, args):
     """Train and evaluate the tiled model on ``name``'s category; one row of metrics and costs."""
     data = Path(args.work_dir) / "data"
@@ -147,8 +139,8 @@ def texture_row(name, args):
     common = ["--dataset_path", str(data), "--category", category, "--output_dir", str(Path(args.work_dir) / "models"),
               "--pre_ckpt_path", args.pre_ckpt_path, "--seed", str(args.seed)]
     overrides = [item for override in args.override for item in ("-o", override)]
-    train_s = run_cli("train.py", [*common, "--config", args.config, *overrides])
-    eval_s = run_cli("eval.py", common)
+    train_s, _ = run_cli("train.py", [*common, "--config", args.config, *overrides])
+    eval_s, _ = run_cli("eval.py", common)
     metrics = read_json(Path(args.work_dir) / "models" / category / "eval" / "metrics.json", "evaluation metrics")
     n_test = args.n_test_good + args.n_test_defect * len(DEFECT_TYPES)
     return dict(texture=name, part=PHOTOS[name]["part"], **metrics, train_s=train_s, s_per_image=eval_s / n_test)

@@ -17,14 +17,12 @@ def main():
     parser.add_argument("--output_dir", default=None, help="default: MODEL_DIR/predict")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     parser.add_argument("--device_id", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=None, help="images per network call (default: the "
-                                                                      "model's)")
+    parser.add_argument("--batch_size", type=cli.positive_int_argument, default=None,
+                        help="images per network call (default: the model's)")
     parser.add_argument("--save_map", action="store_true", help="also write each raw anomaly map as .npy")
     parser.add_argument("--print", action="store_true", help="print every result as one JSON line")
     parser.add_argument("--pre_ckpt_path", default=None, help="backbone .ckpt (default: the one model.json records)")
     args = parser.parse_args()
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error("--batch_size must be a positive integer")
     from src.app.predict import predict
     return predict(args)
 

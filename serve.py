@@ -18,14 +18,14 @@ def main():
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     parser.add_argument("--device_id", type=int, default=0)
     parser.add_argument("--pre_ckpt_path", default=None, help="backbone .ckpt (default: the one model.json records)")
-    parser.add_argument("--max_batch", type=int, default=4, help="requests scored together")
-    parser.add_argument("--queue", type=int, default=16, help="requests that may wait; more get 503")
+    parser.add_argument("--max_batch", type=cli.positive_int_argument, default=4,
+                        help="requests scored together")
+    parser.add_argument("--queue", type=cli.positive_int_argument, default=16,
+                        help="requests that may wait; more get 503")
     parser.add_argument("--max_upload_mb", type=float, default=32.0)
-    parser.add_argument("--max_pixels", type=int, default=64_000_000, help="larger images get 413, before decoding")
+    parser.add_argument("--max_pixels", type=cli.positive_int_argument, default=64_000_000,
+                        help="larger images get 413, before decoding")
     args = parser.parse_args()
-    for name in ("max_batch", "queue", "max_pixels"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive integer")
     import uvicorn
 
     from src.app.serve import create_app

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 
+from src.app.cli import positive_int_argument
 from src.utils.io import sha256_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,7 +54,7 @@ def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default=None, help="a running cluster, auto or HOST:PORT (default: "
                                                         "RAY_ADDRESS, else Ray on this machine)")
-    parser.add_argument("--cpus", type=int, default=1, help="CPUs per category task (default 1)")
+    parser.add_argument("--cpus", type=positive_int_argument, default=1, help="CPUs per category task (default 1)")
     parser.add_argument("dataset_path")
     parser.add_argument("pre_ckpt_path", help='backbone .ckpt, or "none"')
     parser.add_argument("device_id", type=int)
@@ -61,8 +62,6 @@ def parse(argv):
     parser.add_argument("categories", nargs="+")
     own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(own)
-    if args.cpus < 1:
-        parser.error(f"--cpus must be a positive integer, got {args.cpus}")
     return args, train_args
 
 

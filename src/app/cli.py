@@ -4,6 +4,7 @@ import os
 import sys
 
 from src.utils.blas import check_gemm
+from src.utils.checks import positive_int
 from src.utils.errors import InputError
 from src.utils.device import set_device  # noqa: F401
 from src.utils.logs import logger, logging_to, setup_logging  # noqa: F401  (the entry points' logging)
@@ -12,6 +13,14 @@ PRETRAINED_HINT = ("WARNING: no --pre_ckpt_path given: the backbone uses seeded 
                    "near chance on real defects. Convert torchvision's wide_resnet50_2-95faca4d.pth with "
                    "'python src/pthtockpt.py --pth_path ...' (or run scripts/get_mobilenet_weights.sh for "
                    "mobilenet_v2) and pass the .ckpt.")
+
+
+def positive_int_argument(text):
+    """argparse ``type`` of a positive integer option."""
+    try:
+        return positive_int(int(text), "")
+    except (ValueError, InputError):
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
 
 
 def base_parser(description):

@@ -23,6 +23,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.utils.errors import InputError
+from src.utils.registry import Registry
 
 logger = logging.getLogger("patchcore")
 
@@ -69,25 +70,21 @@ def _mobilenet_taps():
 
 
 # backbone -> {tap name: (stride, channels)}, taps in network order.
-TAPS = {"wideresnet50": _wrn_taps(), "mobilenet_v2": _mobilenet_taps()}
+TAPS = Registry("backbone_name", "backbone", {"wideresnet50": _wrn_taps(), "mobilenet_v2": _mobilenet_taps()},
+                BACKBONE_ALIASES)
 
 
 def canonical_backbone_name(backbone_name):
-    name = BACKBONE_ALIASES.get(backbone_name, backbone_name)
-    if name not in TAPS:
-        known = sorted(TAPS) + sorted(BACKBONE_ALIASES)
-        raise InputError(f"unknown backbone_name {backbone_name!r}; known: {', '.join(known)}")
-    return name
+    return TAPS.canonical(backbone_name)
 
 
 def _check_layers(backbone_name, layers):
-    taps = TAPS[backbone_name]
+    taps = Registry("layers_to_extract_from", f"layer of {backbone_name}", TAPS[backbone_name])
     layers = list(layers)
     if not layers:
         raise InputError(f"layers_to_extract_from is empty; {backbone_name} taps: {', '.join(taps)}")
     for layer in layers:
-        if layer not in taps:
-            raise InputError(f"unknown layer {layer!r} for backbone {backbone_name}; known: {', '.join(taps)}")
+        taps.canonical(layer)
     if len(set(layers)) != len(layers):
         raise InputError(f"layers_to_extract_from lists a layer twice: {layers}")
     return layers

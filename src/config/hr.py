@@ -5,6 +5,7 @@ any image is read or any output written: tile sizes (including ``patch_size`` la
 ``fusion_weights`` against ``ds_factors``, the task generator's name and parameters, the thumbnail and
 validation settings.
 """
+from src.utils.checks import positive_int
 from src.utils.errors import InputError
 from src.data.synthesizers import as_synthesizer
 from src.tiling.tasks import build_task_generator
@@ -21,12 +22,6 @@ THUMBNAIL_PATCH_KEYS = {"backbone_name", "layers_to_extract_from", "merge_size",
 
 def _optional_size(value, name):
     return None if value is None else as_width_height(value, name)
-
-
-def _positive_int_or_none(value, name):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InputError(name, f"must be a positive integer or null, got {value!r}")
-    return value
 
 
 def thumbnail_patch_config(patch_config, thumbnail):
@@ -71,8 +66,8 @@ def check_val_config(val_config):
     anomaly_ratio = val_config.get("anomaly_ratio", 0.5)
     if isinstance(anomaly_ratio, bool) or not isinstance(anomaly_ratio, (int, float)) or not 0 <= anomaly_ratio <= 1:
         raise InputError("val_config.anomaly_ratio", f"must be in [0, 1], got {anomaly_ratio!r}")
-    _positive_int_or_none(val_config.get("max_patch_number"), "val_config.max_patch_number")
-    _positive_int_or_none(val_config.get("val_images"), "val_config.val_images")
+    positive_int(val_config.get("max_patch_number"), "val_config.max_patch_number", optional=True)
+    positive_int(val_config.get("val_images"), "val_config.val_images", optional=True)
     return val_config
 
 
@@ -102,6 +97,6 @@ def validate_hr(config, source):
         check_thumbnail(hr["thumbnail"], effective_val_config(config) is not None)
         check_val_config(hr["val_config"])
         for key in ("workers", "eval_resize", "vis_size"):
-            _positive_int_or_none(hr[key], f"hr.{key}")
+            positive_int(hr[key], f"hr.{key}", optional=True)
     except InputError as exc:
         raise InputError(source, str(exc)) from None

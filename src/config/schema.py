@@ -12,10 +12,8 @@ from src.patchcore.scoring import build_image_score
 from src.patchcore.sampling import build_sampler
 from src.data.sample import as_width_height
 from src.tiling.plan import check_fusion_weights
+from src.utils.checks import positive_int
 from src.utils.errors import InputError
-
-SECTIONS = ("patch", "data", "postprocess")
-
 
 @dataclass(frozen=True)
 class PatchSettings:
@@ -37,8 +35,7 @@ class PatchSettings:
         if int(patch["merge_size"]) < 1 or int(patch["merge_size"]) % 2 == 0:
             raise InputError(source, "merge_size must be a positive odd number")
         for key in ("pretrain_embed_dimension", "target_embed_dimension", "anomaly_scorer_num_nn"):
-            if int(patch[key]) < 1:
-                raise InputError(source, f"{key} must be a positive integer")
+            positive_int(patch[key], f"{source}: {key}")
         if not patch["layers_to_extract_from"]:
             raise InputError(source, "layers_to_extract_from must name at least one layer")
         # built once here so that a bad name or option stops the run before any image is read
@@ -69,8 +66,7 @@ class DataSettings:
             raise InputError(source, "imagesize (the centre crop) cannot exceed resize")
         if len(data["mean"]) != 3 or len(data["std"]) != 3 or min(data["std"]) <= 0:
             raise InputError(source, "mean and std need three values each, std > 0")
-        if int(data["batch_size"]) < 1:
-            raise InputError(source, "batch_size must be a positive integer")
+        positive_int(data["batch_size"], f"{source}: batch_size")
         return cls(int(data["resize"]), int(data["imagesize"]), tuple(data["mean"]), tuple(data["std"]),
                    int(data["batch_size"]))
 

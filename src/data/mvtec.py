@@ -9,10 +9,6 @@ from src.data.folders import folder_test_samples, images_below
 from src.data.sample import Sample
 from src.utils.errors import InputError
 
-MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-                    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
-
-
 def category_root(dataset_path, category):
     if not os.path.isdir(dataset_path):
         raise InputError(dataset_path, "dataset path not found")

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from src.utils.errors import InputError
+from src.utils.registry import Registry
 
 # A truncated file is reported once, as an InputError naming it, not also by OpenCV's own warning on stderr.
 cv2.setLogLevel(2)  # 2: errors only (OpenCV LOG_LEVEL_ERROR)
@@ -208,15 +209,15 @@ def _scaled_box(box, sx, sy, dx, dy):
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+VIEWS = Registry("view", "image view", {"resize": Resize, "resize_crop": ResizeCrop})
+
+
 def view_from_dict(data):
     """The view a ``to_dict()`` describes (None stays None)."""
     if data is None:
         return None
-    if data.get("name") == "resize":
-        return Resize(data["size"])
-    if data.get("name") == "resize_crop":
-        return ResizeCrop(data["resize"], data["crop"])
-    raise InputError("view", f"unknown image view {data!r}")
+    params = dict(data)
+    return VIEWS.build(params.pop("name", None), **params)
 
 
 class Sample:

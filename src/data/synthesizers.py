@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from src.utils.errors import InputError
-from src.utils.registry import build_named
+from src.utils.registry import Registry
 from src.data.sample import IMAGE_EXTENSIONS, Sample, check_array
 from src.data.synthetic import MASK_EPSILON, exact_change, smooth_noise
 
@@ -330,17 +330,17 @@ class Blur(Synthesizer):
         return blurred[y - top:y - top + box_h, x - left:x - left + box_w], _ellipse(box_h, box_w)
 
 
-SYNTHESIZERS = {cls.name: cls for cls in (RandomBox, CutPaste, ImageBlending, ColorShift, Scratch, Stain, NoiseBlend,
-                                          Blur)}
-# HiAD's class names (hiad.syn), including its spelling "RandomeBox".
-_HIAD_NAMES = {"RandomeBoxSynthesizer": "RandomBox", "RandomBoxSynthesizer": "RandomBox",
-               "CutPasteAnomalySynthesizer": "CutPaste", "ImageBlendingSynthesizer": "ImageBlending",
-               "ColorShiftSynthesizer": "ColorShift"}
+# by name, and HiAD's class names (hiad.syn), including its spelling "RandomeBox"
+SYNTHESIZERS = Registry("anomaly_syn_fn", "anomaly synthesizer", {cls.name: cls for cls in (
+    RandomBox, CutPaste, ImageBlending, ColorShift, Scratch, Stain, NoiseBlend, Blur)}, {
+    "RandomeBoxSynthesizer": "RandomBox", "RandomBoxSynthesizer": "RandomBox",
+    "CutPasteAnomalySynthesizer": "CutPaste", "ImageBlendingSynthesizer": "ImageBlending",
+    "ColorShiftSynthesizer": "ColorShift"})
 
 
 def build_synthesizer(name, **params):
     """A synthesizer from its name (RandomBox, CutPaste, ImageBlending, ColorShift, or HiAD's class name)."""
-    return build_named("anomaly_syn_fn", "anomaly synthesizer", SYNTHESIZERS, name, params, _HIAD_NAMES)
+    return SYNTHESIZERS.build(name, **params)
 
 
 def as_synthesizer(spec):

@@ -34,11 +34,6 @@ THUMBNAIL = "thumbnail"
 LEGACY_FILES = ("hr_model.json", "bank.json")
 
 
-def is_model_folder(folder):
-    """True when ``folder`` holds a trained (or partly trained) model of any version."""
-    return any(os.path.isfile(os.path.join(folder, name)) for name in (MODEL_FILE, TASKS_FILE) + LEGACY_FILES)
-
-
 class Model:
     """A trained model, loaded for scoring. Build it with :meth:`load`."""
 

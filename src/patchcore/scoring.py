@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 
 from src.tiling.stitching import stitch
-from src.utils.errors import InputError
+from src.utils.checks import positive_int
+from src.utils.registry import Registry
 
 
 
@@ -131,18 +132,12 @@ class Reweighted(ImageScorePolicy):
         return {"num_nn": self.num_nn}
 
 
-IMAGE_SCORE_POLICIES = {policy.name: policy for policy in (MaxScore, WindowMax, TopkMean, Reweighted)}
+# model.json files written before the registry call ``max`` by its old name, grid_max
+IMAGE_SCORE_POLICIES = Registry("image_score.policy", "policy", {policy.name: policy for policy in (
+    MaxScore, WindowMax, TopkMean, Reweighted)}, {"grid_max": "max"})
 # Parameters a policy takes, and their defaults when the config gives none (window: one feature cell, filled by
 # the caller that knows the backbone).
 POLICY_DEFAULTS = {"max": {}, "window_max": {"window": None}, "topk_mean": {"k": 10}, "reweighted": {"num_nn": 9}}
-# model.json files written before the registry call ``max`` by its old name
-LEGACY_NAMES = {"grid_max": "max"}
-
-
-def positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(name, f"must be a positive integer, got {value!r}")
-    return value
 
 
 def build_image_score(spec, feature_stride=None):
@@ -150,14 +145,12 @@ def build_image_score(spec, feature_stride=None):
     as the config's flat ``image_score`` section has them, are ignored; missing ones take ``POLICY_DEFAULTS``;
     ``window`` None: ``feature_stride``)."""
     spec = {"policy": spec} if isinstance(spec, str) else dict(spec)
-    name = LEGACY_NAMES.get(spec.get("policy"), spec.get("policy"))
-    if name not in IMAGE_SCORE_POLICIES:
-        raise InputError("image_score.policy", f"unknown policy {name!r} (known: {', '.join(IMAGE_SCORE_POLICIES)})")
+    name = IMAGE_SCORE_POLICIES.canonical(spec.get("policy"))
     options = {key: spec.get(key) if spec.get(key) is not None else default
                for key, default in POLICY_DEFAULTS[name].items()}
     if name == "window_max" and options["window"] is None:
         options["window"] = feature_stride
-    return IMAGE_SCORE_POLICIES[name](**options)
+    return IMAGE_SCORE_POLICIES.build(name, **options)
 
 
 class ImageScorer:

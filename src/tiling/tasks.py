@@ -31,9 +31,10 @@ from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.metrics import pairwise_distances_argmin
 from sklearn.preprocessing import normalize
 
+from src.utils.checks import positive_int
 from src.utils.errors import InputError
 from src.utils.io import read_json, write_json
-from src.utils.registry import build_named
+from src.utils.registry import Registry
 from src.tiling.plan import MultiResolutionHRImageSpliter, TileIndex, crop_levels, fusion_weight_values
 
 TASKS_FORMAT = "patchcore-ms/tasks"
@@ -139,18 +140,12 @@ class O2OTaskGenerator(TaskGenerator):
         return tasks_from_labels(indexes, list(range(len(indexes))))
 
 
-def _positive_int(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(name, f"must be a positive integer, got {value!r}")
-    return value
-
-
 class NeighborhoodTaskGenerator(TaskGenerator):
     """Blocks of neighbouring tiles; ``num_groups_height`` defaults to ``num_groups_width``."""
 
     def __init__(self, num_groups_width, num_groups_height=None):
-        self.num_groups_width = _positive_int(num_groups_width, "num_groups_width")
-        self.num_groups_height = _positive_int(
+        self.num_groups_width = positive_int(num_groups_width, "num_groups_width")
+        self.num_groups_height = positive_int(
             num_groups_width if num_groups_height is None else num_groups_height, "num_groups_height")
 
     def _create(self, train_samples, indexes):
@@ -200,8 +195,8 @@ class _ClusteringTaskGenerator(TaskGenerator):
 
     def __init__(self, feature_resolution=1, descriptor=None, fusion_weights=None, batch_size=16, seed=0,
                  detector_class=None, detector_config=None, device=None):
-        self.feature_resolution = _positive_int(feature_resolution, "feature_resolution")
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.feature_resolution = positive_int(feature_resolution, "feature_resolution")
+        self.batch_size = positive_int(batch_size, "batch_size")
         self.seed = seed
         self.descriptor = descriptor or functools.partial(colour_texture_descriptor,
                                                           feature_resolution=self.feature_resolution)
@@ -252,7 +247,7 @@ class SpatialClusteringTaskGenerator(_ClusteringTaskGenerator):
 
     def __init__(self, cluster_number, **kwargs):
         super().__init__(**kwargs)
-        self.cluster_number = _positive_int(cluster_number, "cluster_number")
+        self.cluster_number = positive_int(cluster_number, "cluster_number")
 
     def _create(self, train_samples, indexes):
         per_position = self._training_descriptors(train_samples, indexes).mean(axis=0)
@@ -294,7 +289,7 @@ class RetrieveTaskGenerator(_ClusteringTaskGenerator):
 
     def __init__(self, cluster_number, **kwargs):
         super().__init__(**kwargs)
-        self.cluster_number = _positive_int(cluster_number, "cluster_number")
+        self.cluster_number = positive_int(cluster_number, "cluster_number")
         self.tasks = None
 
     def _create(self, train_samples, indexes):
@@ -322,17 +317,13 @@ class RetrieveTaskGenerator(_ClusteringTaskGenerator):
         return [tasks[k] for k in pairwise_distances_argmin(descriptors, centres)]
 
 
-TASK_GENERATORS = {
-    "A2OTaskGenerator": A2OTaskGenerator,
-    "O2OTaskGenerator": O2OTaskGenerator,
-    "NeighborhoodTaskGenerator": NeighborhoodTaskGenerator,
-    "SpatialClusteringTaskGenerator": SpatialClusteringTaskGenerator,
-    "ThresholdClusteringTaskGenerator": ThresholdClusteringTaskGenerator,
-    "RetrieveTaskGenerator": RetrieveTaskGenerator,
-}
-_SHORT_NAMES = {"a2o": "A2OTaskGenerator", "o2o": "O2OTaskGenerator", "neighborhood": "NeighborhoodTaskGenerator",
-                "spatial_clustering": "SpatialClusteringTaskGenerator",
-                "threshold_clustering": "ThresholdClusteringTaskGenerator", "retrieve": "RetrieveTaskGenerator"}
+# by class name, and the short names a config may use
+TASK_GENERATORS = Registry("task_generator", "task generator", {cls.__name__: cls for cls in (
+    A2OTaskGenerator, O2OTaskGenerator, NeighborhoodTaskGenerator, SpatialClusteringTaskGenerator,
+    ThresholdClusteringTaskGenerator, RetrieveTaskGenerator)}, {
+    "a2o": "A2OTaskGenerator", "o2o": "O2OTaskGenerator", "neighborhood": "NeighborhoodTaskGenerator",
+    "spatial_clustering": "SpatialClusteringTaskGenerator", "threshold_clustering": "ThresholdClusteringTaskGenerator",
+    "retrieve": "RetrieveTaskGenerator"})
 
 
 def assign_tiles(image, tasks, indexes, task_generator=None):
@@ -354,15 +345,10 @@ def routing_generator(spec, tasks, fusion_weights=None):
     return RetrieveTaskGenerator(len(tasks), fusion_weights=fusion_weights)
 
 
-def task_generator_class(name):
-    """The generator class a class name or short name stands for (None when unknown)."""
-    return TASK_GENERATORS.get(_SHORT_NAMES.get(name, name))
-
-
 def build_task_generator(name, **params):
     """A generator from its class name or short name (a2o, o2o, neighborhood, spatial_clustering,
     threshold_clustering, retrieve), e.g. from a config file."""
-    return build_named("task_generator", "task generator", TASK_GENERATORS, name, params, _SHORT_NAMES)
+    return TASK_GENERATORS.build(name, **params)
 
 
 def _cell(names, width):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from src.data.sample import ResizeCrop, Sample
 from src.tiling.plan import MultiResolutionHRImageSpliter
 from src.tiling.tasks import (A2OTaskGenerator, RetrieveTaskGenerator, SpatialClusteringTaskGenerator,
-                              ThresholdClusteringTaskGenerator, build_task_generator, task_generator_class)
+                              TASK_GENERATORS, ThresholdClusteringTaskGenerator, build_task_generator)
 
 CLUSTERING = (SpatialClusteringTaskGenerator, ThresholdClusteringTaskGenerator, RetrieveTaskGenerator)
 
@@ -37,7 +37,7 @@ class ModelPlan:
 def task_generator(hr, seed):
     """The configured generator and its JSON spec; clustering generators also get the fusion weights and seed."""
     params = dict(hr.task_generator_params)
-    if task_generator_class(hr.task_generator) in CLUSTERING:
+    if TASK_GENERATORS.get(hr.task_generator) in CLUSTERING:
         params = {"fusion_weights": None if hr.fusion_weights is None else list(hr.fusion_weights), "seed": seed,
                   **params}
     generator = build_task_generator(hr.task_generator, **params)

@@ -17,7 +17,9 @@ import queue as queue_module
 import psutil
 
 from src.training.jobs import MIB, peak_rss, prepare_worker, run_jobs
+from src.utils.checks import positive_int
 from src.utils.errors import InputError
+from src.utils.registry import Registry
 
 
 def schedule(costs, workers):
@@ -98,9 +100,7 @@ class LocalRunner:
     """This machine (module docstring). ``workers``: None (as many as fit) or a positive integer."""
 
     def __init__(self, workers=None, extractors=None):
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise InputError("workers", f"must be a positive integer, got {workers!r}")
-        self.workers = workers
+        self.workers = positive_int(workers, "workers", optional=True)
         self.extractors = {} if extractors is None else extractors
 
     def choose_workers(self, needs, say):
@@ -152,11 +152,9 @@ def _ray_runner(**options):
     return RayRunner(**options)
 
 
-RUNNERS = {"local": LocalRunner, "ray": _ray_runner}
+RUNNERS = Registry("runner.backend", "backend", {"local": LocalRunner, "ray": _ray_runner})
 
 
 def build_runner(backend="local", **options):
     """The runner registered as ``backend``, made with ``options`` (e.g. ``workers`` for ``local``)."""
-    if backend not in RUNNERS:
-        raise InputError("runner.backend", f"unknown backend {backend!r} (known: {', '.join(sorted(RUNNERS))})")
-    return RUNNERS[backend](**options)
+    return RUNNERS.build(backend, **options)

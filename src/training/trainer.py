@@ -31,6 +31,7 @@ from src.training.planning import checked_inputs, plan_jobs, probe_runtime, trai
 from src.training.runner import LocalRunner, train_jobs
 from src.training.thresholds import fit_thresholds, stored_grids
 from src.utils.device import set_device
+from src.utils.checks import positive_int
 from src.utils.errors import InputError
 from src.utils.io import sha256_of, write_json
 from src.utils.logs import file_logging, say_to
@@ -67,9 +68,7 @@ class HRTrainer:
         levels = max(len(i.low_resolution_indexes or []) + 1 for i in self.indexes)
         self.fusion_weights = check_fusion_weights(
             fusion_weights, getattr(self.indexes, "ds_factors", None) or (list(range(levels)) if levels > 1 else None))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError("batch_size", f"must be a positive integer, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = positive_int(batch_size, "batch_size")
         self.detector_class = detector_class
         self.config = hiad_config(config)
         self.thumbnail = thumbnail if isinstance(config, Config) else (config or {}).get("thumbnail")

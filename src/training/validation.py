@@ -15,6 +15,7 @@ import numpy as np
 
 from src.data.sample import Sample, check_array
 from src.data.synthesizers import as_synthesizer
+from src.utils.checks import positive_int
 from src.utils.errors import InputError
 from src.utils.io import sha256_of
 
@@ -110,8 +111,7 @@ def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=0.2, 
     if not 0 <= anomaly_ratio <= 1:
         raise InputError("anomaly_ratio", f"must be in [0, 1], got {anomaly_ratio!r}")
     for name, value in (("max_items", max_items), ("val_images", val_images)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(name, f"must be a positive int or None, got {value!r}")
+        positive_int(value, name, optional=True)
     synthesizers = [as_synthesizer(s) for s in synthesizers]
     if anomaly_ratio > 0 and not synthesizers:
         raise InputError("anomaly_syn_fn", "anomaly_ratio > 0 needs at least one synthesizer")

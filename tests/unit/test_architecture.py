@@ -298,3 +298,37 @@ def test_checker_finds_an_import_back_up_the_layers(tmp_path):
     edges, _, _ = import_graph(write_tree(tmp_path, files))
     assert layer_violations(edges, ("low", "mid", "high")) == ["src.mid.b -> src.high.c (line 4)"]   # deferred too
     assert layer_violations(edges, ("low", "high", "mid")) == []
+
+
+# ------------------------------------------------------------------------------------------ one way to do a thing
+
+
+def registry_errors(root, package="src", registry_module="src/utils/registry.py"):
+    """'path:line' of every f-string shaped like a name lookup's error, "unknown <what> {name!r}", outside the
+    registry module: a component chosen by name must be looked up through ``src.utils.registry.Registry``."""
+    found = []
+    for path in sorted((Path(root) / package).rglob("*.py")):
+        if path == Path(root, registry_module):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.JoinedStr):
+                parts = node.values
+                for text, value in zip(parts, parts[1:]):
+                    if isinstance(text, ast.Constant) and "unknown " in str(text.value) and \
+                            isinstance(value, ast.FormattedValue) and value.conversion == ord("r"):
+                        found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_components_are_looked_up_by_name_only_through_the_registry():
+    found = registry_errors(ROOT)
+    assert not found, "name lookups outside src/utils/registry.py:\n" + "\n".join(found)
+
+
+def test_registry_check_finds_a_lookup_of_its_own(tmp_path):
+    root = write_tree(tmp_path, {
+        "src/utils/registry.py": "def canonical(what, name):\n    raise KeyError(f'unknown {what} {name!r}')\n",
+        "src/patchcore/scoring.py": "def build(name):\n    if name not in POLICIES:\n"
+                                    "        raise InputError('policy', f'unknown policy {name!r}')\n",
+        "src/config/hr.py": "raise InputError('val_config', f'unknown entries {sorted(keys)}')\n"})
+    assert registry_errors(root) == ["src/patchcore/scoring.py:3"]

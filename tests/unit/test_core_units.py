@@ -48,7 +48,7 @@ def test_sampler_config_by_name_or_mapping_recorded_with_every_option(tmp_path):
     assert load_config(None, ["sampler=identity"]).patch.sampler == {"name": "identity"}
     with pytest.raises(InputError, match="unknown sampler 'kmeans'"):
         load_config(None, ["patch.sampler.name=kmeans"])
-    with pytest.raises(InputError, match="unknown option"):
+    with pytest.raises(InputError, match="bad parameters for sampler"):
         load_config(None, ["patch.sampler={name: random, chunk_size: 3}"])
 
 

@@ -192,9 +192,9 @@ def test_checkpoint_problems_are_input_errors_naming_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("name, layers, message", [
-    ("resnet18", ["layer2"], r"unknown backbone_name 'resnet18'; known: mobilenet_v2, wideresnet50"),
-    ("wideresnet50", ["layer2", "layer5"], r"unknown layer 'layer5' for backbone wideresnet50; known: layer1"),
-    ("mobilenet_v2", ["layer2"], r"unknown layer 'layer2' for backbone mobilenet_v2; known: features.0"),
+    ("resnet18", ["layer2"], r"backbone_name: unknown backbone 'resnet18' \(known: wideresnet50, mobilenet_v2"),
+    ("wideresnet50", ["layer2", "layer5"], r"unknown layer of wideresnet50 'layer5' \(known: layer1"),
+    ("mobilenet_v2", ["layer2"], r"unknown layer of mobilenet_v2 'layer2' \(known: features.0"),
     ("mobilenet_v2", [], r"empty"),
     ("mobilenet_v2", ["features.6", "features.6"], r"twice"),
 ])

@@ -3,13 +3,14 @@
 ``spec`` is the config's ``sampler`` entry: a name, or a mapping with ``name`` and the sampler's options
 (``approx_greedy_coreset``: ``two_round_above``, ``chunk_size``, ``oversample``).
 """
-from src.utils.errors import InputError
+from src.utils.registry import Registry
 from src.patchcore.sampling.coreset_sampler import ApproximateGreedyCoresetSampler
 from src.patchcore.sampling.kcenter_greedy import estimate_peak_bytes
 from src.patchcore.sampling.sampling_def import BaseSampler, IdentitySampler, Projection, RandomSampler
 
-SAMPLERS = {cls.name: cls for cls in (IdentitySampler, RandomSampler, ApproximateGreedyCoresetSampler)}
-SAMPLER_NAMES = tuple(SAMPLERS)
+SAMPLERS = Registry("sampler", "sampler", {cls.name: cls for cls in (IdentitySampler, RandomSampler,
+                                                                    ApproximateGreedyCoresetSampler)})
+SAMPLER_NAMES = SAMPLERS.names
 
 
 def sampler_options(spec):
@@ -21,12 +22,7 @@ def build_sampler(spec, percentage, seed=0):
     """The sampler ``spec`` names, with its options (module doc)."""
     options = sampler_options(spec)
     name = options.pop("name", None)
-    if name not in SAMPLERS:
-        raise InputError("sampler", f"unknown sampler '{name}' (choose one of {', '.join(SAMPLER_NAMES)})")
-    try:
-        return SAMPLERS[name](percentage, seed, **options)
-    except TypeError:
-        raise InputError("sampler", f"unknown option among {sorted(options)} for sampler '{name}'") from None
+    return SAMPLERS.build(name, percentage, seed, **options)
 
 
 __all__ = ["ApproximateGreedyCoresetSampler", "BaseSampler", "IdentitySampler", "Projection", "RandomSampler",

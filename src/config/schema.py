@@ -7,7 +7,7 @@ validated mapping back, as stored in ``model.json``.
 from dataclasses import dataclass, field
 
 from src.config.hr import check_thumbnail, check_val_config, effective_val_config, validate_hr
-from src.patchcore.normalization import parse_threshold_policy
+from src.decisions.thresholds import parse_threshold_policy
 from src.patchcore.scoring import build_image_score
 from src.patchcore.sampling import build_sampler
 from src.data.sample import as_width_height

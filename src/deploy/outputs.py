@@ -14,7 +14,7 @@ from src.data.sample import view_from_dict
 from src.deploy.export import EXPORT_FILE
 from src.deploy.package import job_path, one_source, runner_features, score_grids, scoring_jobs, verify_files
 from src.evaluation.evaluate import default_evaluators, evaluate_maps, with_decisions
-from src.inference.decisions import DecisionRule
+from src.decisions.thresholds import DecisionRule
 from src.inference.model import MODEL_FILE
 from src.inference.predict import make_prediction
 from src.patchcore.detector import PatchCoreDetector

@@ -13,7 +13,7 @@ import numpy as np
 from src.evaluation.metrics import (compute_imagewise_metrics, compute_pixelwise_metrics, decision_metrics, format_table,
                                     mean_row, operating_points, operating_points_note, OPERATING_KEYS)
 from src.evaluation.visualize import comparison_picture, save_picture
-from src.patchcore.normalization import Thresholds
+from src.decisions.thresholds import Thresholds, flagged
 from src.utils.errors import InputError
 from src.utils.io import write_json, write_text
 
@@ -99,7 +99,7 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
         print(operating_points_note(metrics["image_counts"]))
     image_threshold = None if thresholds is None else Thresholds.from_dict(thresholds).image
     per_image = [{"name": name, "label": int(label), "image_score": float(score),
-                  **({} if image_threshold is None else {"predicted_anomalous": bool(score >= image_threshold)})}
+                  **({} if image_threshold is None else {"predicted_anomalous": bool(flagged(score, image_threshold))})}
                  for name, label, score in zip(names, labels, scores)]
     if results_root:
         write_json(os.path.join(results_root, "results.json"),

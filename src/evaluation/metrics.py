@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 from sklearn.metrics import auc, roc_auc_score
 
+from src.decisions.thresholds import flagged
+
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro")
 
 
@@ -255,7 +257,7 @@ def tnr_at_fnr(good_scores, defect_scores, percent):
     escape (an image is NG when its score >= the threshold, so a good image tied with it is rejected)."""
     misses = int(np.floor(len(defect_scores) * percent / 100 + 1e-9))
     threshold = np.sort(defect_scores)[misses]
-    return float(np.mean(good_scores < threshold))
+    return float(np.mean(~flagged(good_scores, threshold)))
 
 
 def tpr_at_fpr(good_scores, defect_scores, percent):
@@ -263,7 +265,7 @@ def tpr_at_fpr(good_scores, defect_scores, percent):
     exceed (a defective image tied with it is counted as missed)."""
     false_alarms = int(np.floor(len(good_scores) * percent / 100 + 1e-9))
     threshold = np.sort(good_scores)[::-1][false_alarms]
-    return float(np.mean(defect_scores > threshold))
+    return float(np.mean(flagged(defect_scores, np.nextafter(threshold, np.inf))))   # strictly above
 
 
 def operating_points(prediction_scores, gt_labels, prediction_masks=None, gt_masks=None, defect_types=None,
@@ -312,9 +314,9 @@ def decision_metrics(prediction_scores, gt_labels, prediction_masks, gt_masks, t
     if not thresholds:
         return {}
     scores, labels = np.asarray(prediction_scores, np.float64), np.asarray(gt_labels) > 0
-    flagged = scores >= thresholds["image"]
-    tp, fp = int((flagged & labels).sum()), int((flagged & ~labels).sum())
-    fn, tn = int((~flagged & labels).sum()), int((~flagged & ~labels).sum())
+    anomalous = flagged(scores, thresholds["image"])
+    tp, fp = int((anomalous & labels).sum()), int((anomalous & ~labels).sum())
+    fn, tn = int((~anomalous & labels).sum()), int((~anomalous & ~labels).sum())
     metrics = {"image_threshold": float(thresholds["image"]),
                "image_precision": tp / (tp + fp) if tp + fp else None,
                "image_recall": tp / (tp + fn) if tp + fn else None,
@@ -326,11 +328,11 @@ def decision_metrics(prediction_scores, gt_labels, prediction_masks, gt_masks, t
         for amap, mask in zip(prediction_masks, gt_masks, strict=True):
             if resize:
                 amap, mask = resize_for_evaluation(amap, mask, int(resize))
-            decided, defect = np.asarray(amap) >= thresholds["pixel"], np.asarray(mask) > 0
+            decided, defect = flagged(amap, thresholds["pixel"]), np.asarray(mask) > 0
             hit, truth, both = hit + int(decided.sum()), truth + int(defect.sum()), both + int((decided & defect).sum())
         metrics["pixel_f1_at_threshold"] = 2 * both / (hit + truth) if truth else None   # no defect pixel: undefined
     if defect_types is not None:
         types = np.asarray(defect_types)
         metrics["recall_per_defect_type"] = {
-            str(kind): float(flagged[(types == kind) & labels].mean()) for kind in sorted(set(types[labels].tolist()))}
+            str(kind): float(anomalous[(types == kind) & labels].mean()) for kind in sorted(set(types[labels].tolist()))}
     return metrics

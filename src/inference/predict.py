@@ -4,7 +4,7 @@
 line, relative to the list's folder; blank lines and ``#`` comments skipped), an HxWx3 uint8 RGB array, or a
 list of these. Every result holds, for one image: the raw image score (eval.py's), the score normalised to
 [0, 1] with the model's image threshold at 0.5, the OK/NG label at that threshold, the raw image and pixel
-thresholds, the regions of the pixel decision (``src.inference.decisions``: an NG image always has one) and the
+thresholds, the regions of the pixel decision (``src.decisions.thresholds``: an NG image always has one) and the
 model's name and ``model.json`` sha256. ``res.print()``, ``res.save_to_json(dir)``, ``res.save_to_img(dir)``
 and ``res.save_map(dir)`` write ``<name>.json``, ``<name>.png`` (image | heat map | colour bar: the map's
 pixel scores normalised as the image score is, on one fixed 0-1 scale where 0.5 is the image threshold, with
@@ -20,7 +20,7 @@ import numpy as np
 from src.data.folders import images_below
 from src.data.sample import IMAGE_EXTENSIONS, Sample
 from src.evaluation.visualize import prediction_picture, save_picture
-from src.inference.decisions import DecisionRule
+from src.decisions.thresholds import DecisionRule
 from src.inference.model import MODEL_FILE, Model
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_of, write_json

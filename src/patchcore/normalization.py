@@ -1,4 +1,5 @@
-"""Score normalisation to [0, 1] and decision thresholds, fitted on the validation set, stored as JSON.
+"""Score normalisation to [0, 1], fitted on the validation set, stored as JSON (the thresholds it is anchored
+at are chosen in ``src/decisions/thresholds.py``).
 
 Normaliser. From held-out normal scores take two robust anchors, ``low`` = the q_low quantile (default
 the median) and ``high`` = the q_high quantile (default 0.99), and map a score s through
@@ -25,14 +26,8 @@ maps each ring of cells at distance d from the grid's edge (d < ``EDGE_DEPTH``; 
 affinely so that its normal median and 99th percentile land on the interior's. A task's normaliser
 (``ScoreNormalizer.fit_grids``) fits the rings on its normal validation cells and the map above on the raw
 cells; ``transform_grids`` equalises, then maps.
-
-Thresholds. ``choose_thresholds`` returns an image and a pixel threshold: the max-F1 threshold on the
-validation set when it holds anomalies (placed just above the highest score it does not flag), else a high
-quantile of the normal scores. Pixel maps are reduced to two histograms
-(normal / defect pixels) of 2**16 bins over the pooled score range, so any number of full-resolution maps
-costs O(bins) memory; the pixel threshold is then exact up to one bin width.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,20 +36,19 @@ from src.utils.errors import InputError
 NORMALIZER_METHOD = "quantile-rational-sigmoid-v1"
 SLOPE = 9.0   # K above: the low anchor maps to 0.5 - 0.5 K / (1 + K) = 0.05
 MIN_SAMPLES = 2
-PIXEL_BINS = 1 << 16
 # Rings of cells equalised at a grid's edge: on the 2048² demo (MobileNetV2 taps at strides 8 and 16, merge 3)
 # the rings' scores settle to the interior's about 6 cells in.
 EDGE_DEPTH = 6
 
 
-def _finite_scores(values, name):
+def finite_scores(values, name):
     scores = np.asarray(values, np.float64).ravel()
     if not np.all(np.isfinite(scores)):
         raise InputError(name, "scores contain NaN or infinite values")
     return scores
 
 
-def _max_f1_threshold(positives, negatives, lower, upper):
+def max_f1_threshold(positives, negatives, lower, upper):
     """Max-F1 threshold over candidates sorted ascending: candidate k holds ``positives[k]`` anomalous and
     ``negatives[k]`` normal scores, all within [lower[k], upper[k]]; a score is flagged when >= threshold.
 
@@ -149,14 +143,14 @@ class ScoreNormalizer:
         q_low, q_high = (float(q) for q in quantiles)
         if not 0 <= q_low < q_high <= 1:
             raise InputError("quantiles", f"need 0 <= low < high <= 1, got {quantiles!r}")
-        normal = _finite_scores(normal_scores, "normal_scores")
+        normal = finite_scores(normal_scores, "normal_scores")
         if normal.size < MIN_SAMPLES:
             raise InputError("normal_scores", f"need at least {MIN_SAMPLES} held-out normal scores to normalise, "
                                               f"got {normal.size}")
         low, high = (float(v) for v in np.quantile(normal, (q_low, q_high)))
         anchored = False
         if anomalous_scores is not None and np.size(anomalous_scores):
-            anomalous = _finite_scores(anomalous_scores, "anomalous_scores")
+            anomalous = finite_scores(anomalous_scores, "anomalous_scores")
             decision = score_threshold(normal, anomalous)[0]
             if decision > low:
                 high, anchored = decision, True
@@ -179,7 +173,7 @@ class ScoreNormalizer:
         """The map that puts ``threshold`` at 0.5 and the median of ``normal_scores`` at 0.05: a decision's score.
         A threshold at or below that median (a model that cannot separate its validation images) keeps the same
         spread, mirrored below the threshold."""
-        normal = _finite_scores(normal_scores, "normal_scores")
+        normal = finite_scores(normal_scores, "normal_scores")
         if normal.size == 0:
             raise InputError("normal_scores", "no normal scores to anchor the normalised score")
         median, threshold = float(np.median(normal)), float(threshold)
@@ -224,8 +218,8 @@ class ScoreNormalizer:
 def score_threshold(normal_scores, anomalous_scores=(), normal_quantile=0.99):
     """(threshold, f1 or None, method): max-F1 between the two score sets (exact), or without anomalous
     scores the ``normal_quantile`` of the normal ones."""
-    normal = _finite_scores(normal_scores, "normal scores")
-    anomalous = _finite_scores(anomalous_scores, "anomalous scores")
+    normal = finite_scores(normal_scores, "normal scores")
+    anomalous = finite_scores(anomalous_scores, "anomalous scores")
     if normal.size == 0:
         raise InputError("normal scores", "no normal validation scores: cannot choose a threshold")
     if anomalous.size == 0:
@@ -233,100 +227,4 @@ def score_threshold(normal_scores, anomalous_scores=(), normal_quantile=0.99):
     values, inverse = np.unique(np.concatenate([anomalous, normal]), return_inverse=True)
     positives = np.bincount(inverse[:anomalous.size], minlength=values.size)
     negatives = np.bincount(inverse[anomalous.size:], minlength=values.size)
-    return (*_max_f1_threshold(positives, negatives, values, values), "max_f1")
-
-
-def _pixel_histograms(pixel_maps, pixel_masks):
-    """Bin edges and per-bin counts of defect and normal pixels, pooled over all maps (two passes)."""
-    pairs = list(zip(pixel_maps, pixel_masks, strict=True))
-    for amap, mask in pairs:
-        if np.shape(amap) != np.shape(mask):
-            raise InputError("pixel_maps", f"map of shape {np.shape(amap)} and mask of shape {np.shape(mask)} differ")
-        if not np.all(np.isfinite(amap)):
-            raise InputError("pixel_maps", "anomaly maps contain NaN or infinite values")
-    low = min(float(np.min(amap)) for amap, _ in pairs)
-    high = max(float(np.max(amap)) for amap, _ in pairs)
-    edges = np.linspace(low, high if high > low else low + 1.0, PIXEL_BINS + 1)
-    defect, normal = np.zeros(PIXEL_BINS, np.int64), np.zeros(PIXEL_BINS, np.int64)
-    for amap, mask in pairs:
-        amap, is_defect = np.asarray(amap), np.asarray(mask) > 0
-        defect += np.histogram(amap[is_defect], edges)[0]
-        normal += np.histogram(amap[~is_defect], edges)[0]
-    return edges, defect, normal
-
-
-def pixel_threshold(pixel_maps, pixel_masks, normal_quantile=0.999):
-    """(threshold, f1 or None, method) for pixels: max-F1 over the pooled maps when some mask pixel is a
-    defect, else the ``normal_quantile`` of the normal pixels (the upper edge of the bin holding it)."""
-    edges, defect, normal = _pixel_histograms(pixel_maps, pixel_masks)
-    if defect.sum() and normal.sum():
-        return (*_max_f1_threshold(defect, normal, edges[:-1], edges[1:]), "max_f1")
-    if not normal.sum():
-        raise InputError("pixel_masks", "every validation pixel is a defect: no normal pixels to set a threshold")
-    cumulative = np.cumsum(normal)
-    bin_index = int(np.searchsorted(cumulative, normal_quantile * cumulative[-1]))
-    return float(edges[bin_index + 1]), None, "normal_quantile"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Decision thresholds to persist: a score >= threshold is anomalous."""
-    image: float
-    pixel: float | None
-    image_method: str
-    pixel_method: str | None
-    image_f1: float | None = None
-    pixel_f1: float | None = None
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data):
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise InputError("thresholds", f"malformed thresholds {data!r} ({exc})") from None
-
-
-THRESHOLD_POLICIES = ("f1", "fpr:<rate>", "manual:<value>")
-
-
-def parse_threshold_policy(policy):
-    """("f1", None), ("fpr", rate in (0, 1)) or ("manual", value) from the config string; InputError else."""
-    text = str(policy).strip()
-    name, _, value = text.partition(":")
-    try:
-        if name == "f1" and not value:
-            return "f1", None
-        if name == "fpr" and 0 < float(value) < 1:
-            return "fpr", float(value)
-        if name == "manual" and np.isfinite(float(value)):
-            return "manual", float(value)
-    except ValueError:
-        pass
-    raise InputError("postprocess.threshold", f"must be one of {', '.join(THRESHOLD_POLICIES)}, got {policy!r}")
-
-
-def choose_thresholds(image_scores_normal, image_scores_anomalous=(), pixel_maps=None, pixel_masks=None,
-                      image_quantile=0.99, pixel_quantile=0.999, policy="f1"):
-    """Image and pixel thresholds from validation results (see the module docstring).
-
-    ``policy`` sets the image threshold: ``f1`` the max-F1 threshold (the ``image_quantile`` of the normal scores
-    when there are no anomalous ones), ``fpr:<rate>`` the (1 - rate) quantile of the normal scores (a target
-    false-alarm rate), ``manual:<value>`` the value itself. ``pixel_maps``/``pixel_masks``: per-image [H, W]
-    maps and 0/1 masks (sizes may differ between images); without them the pixel threshold is None.
-    """
-    name, value = parse_threshold_policy(policy)
-    if name == "fpr":
-        image, image_f1, image_method = score_threshold(image_scores_normal, (), 1 - value)[0], None, f"fpr:{value:g}"
-    elif name == "manual":
-        image, image_f1, image_method = value, None, f"manual:{value:g}"
-    else:
-        image, image_f1, image_method = score_threshold(image_scores_normal, image_scores_anomalous, image_quantile)
-    pixel = pixel_f1 = pixel_method = None
-    if pixel_maps is not None and len(pixel_maps):
-        if pixel_masks is None:
-            raise InputError("pixel_masks", "pixel maps given without their masks")
-        pixel, pixel_f1, pixel_method = pixel_threshold(pixel_maps, pixel_masks, pixel_quantile)
-    return Thresholds(image, pixel, image_method, pixel_method, image_f1, pixel_f1)
+    return (*max_f1_threshold(positives, negatives, values, values), "max_f1")

@@ -12,7 +12,8 @@ import numpy as np
 
 from src.evaluation.evaluate import evaluate_maps
 from src.evaluation.metrics import decision_metrics
-from src.patchcore.normalization import ScoreNormalizer, choose_thresholds
+from src.decisions.thresholds import choose_thresholds, flagged
+from src.patchcore.normalization import ScoreNormalizer
 from src.training.jobs import VALIDATION_FILE
 
 # Fewer validation images than this make a threshold a guess: training says so.
@@ -84,13 +85,13 @@ def model_thresholds(results, items, policy, val_config, say):
     scores = np.asarray(scores)
     thresholds = choose_thresholds(scores[labels == 0], scores[labels == 1], maps, masks, policy=policy)
     decision = decision_metrics(scores, labels, maps, masks, thresholds.to_dict())
-    flagged = scores >= thresholds.image
+    anomalous = flagged(scores, thresholds.image)
     in_bank = sum(item.bank_source is not None for item in items)
     say("Thresholds (%s) from %d validation images (%d anomalous%s): image %.4g, pixel %.4g; "
         "on them: recall %s, false-alarm rate %s", policy, len(labels), int(labels.sum()),
         "" if not in_bank else f"; {in_bank} also in the bank, scored without their own entries",
-        thresholds.image, thresholds.pixel, rate(int((flagged & (labels == 1)).sum()), int(labels.sum())),
-        rate(int((flagged & (labels == 0)).sum()), int((labels == 0).sum())))
+        thresholds.image, thresholds.pixel, rate(int((anomalous & (labels == 1)).sum()), int(labels.sum())),
+        rate(int((anomalous & (labels == 0)).sum()), int((labels == 0).sum())))
     if (labels == 0).sum() < MIN_VALIDATION_NORMAL or labels.sum() < MIN_VALIDATION_ANOMALOUS:
         say("Warning: %d normal and %d anomalous validation images are too few to set a threshold reliably "
             "(at least %d and %d): raise val_config.val_images or val_sample_ratio, or check the rates on "

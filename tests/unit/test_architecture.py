@@ -19,8 +19,8 @@ ENTRY_POINTS = frozenset({"src.pthtockpt"})
 # environment set-up). The data flow config -> samples -> tiles -> features -> bank -> scores -> maps ->
 # decisions -> metrics runs through them; config sits above the components it validates with and below the
 # stages that read it.
-LAYERS = ("utils", "data", "tiling", "backbones", "patchcore", "config", "evaluation", "inference", "training",
-          "deploy", "app")
+LAYERS = ("utils", "data", "tiling", "backbones", "patchcore", "decisions", "config", "evaluation", "inference",
+          "training", "deploy", "app")
 
 
 def module_name(path, root):
@@ -332,3 +332,34 @@ def test_registry_check_finds_a_lookup_of_its_own(tmp_path):
                                     "        raise InputError('policy', f'unknown policy {name!r}')\n",
         "src/config/hr.py": "raise InputError('val_config', f'unknown entries {sorted(keys)}')\n"})
     assert registry_errors(root) == ["src/patchcore/scoring.py:3"]
+
+
+def threshold_comparisons(root, package="src", decisions_package="src/decisions"):
+    """'path:line' of every ordering comparison of a score or a map with a threshold outside the decisions
+    package: an image or a pixel is judged anomalous in one place (``src.decisions.thresholds.flagged``)."""
+    found = []
+    for path in sorted((Path(root) / package).rglob("*.py")):
+        if Path(root, decisions_package) in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Gt, ast.GtE, ast.Lt, ast.LtE))
+                                                     for op in node.ops):
+                operands = [ast.unparse(operand).lower() for operand in [node.left, *node.comparators]]
+                if any("threshold" in text for text in operands) and \
+                        any("score" in text or "map" in text for text in operands):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_scores_meet_thresholds_only_in_the_decisions_package():
+    found = threshold_comparisons(ROOT)
+    assert not found, "threshold comparisons outside src/decisions:\n" + "\n".join(found)
+
+
+def test_threshold_check_finds_a_comparison_of_its_own(tmp_path):
+    root = write_tree(tmp_path, {
+        "src/decisions/thresholds.py": "def flagged(scores, threshold):\n    return scores >= threshold\n",
+        "src/evaluation/metrics.py": "x = 1\nflags = np.asarray(scores) >= thresholds['image']\n",
+        "src/inference/predict.py": "ng = 'NG' if threshold < raw_score else 'OK'\n",
+        "src/tiling/tasks.py": "ok = -1.0 <= cluster_threshold <= 1.0\n"})
+    assert threshold_comparisons(root) == ["src/evaluation/metrics.py:2", "src/inference/predict.py:1"]

@@ -7,8 +7,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import src  # noqa: F401
 from src.utils.errors import InputError
-from src.patchcore.normalization import (EDGE_DEPTH, PIXEL_BINS, EdgeRings, ScoreNormalizer, Thresholds,
-                                         choose_thresholds, edge_distance, pixel_threshold, score_threshold)
+from src.decisions.thresholds import PIXEL_BINS, Thresholds, choose_thresholds, pixel_threshold
+from src.patchcore.normalization import EDGE_DEPTH, EdgeRings, ScoreNormalizer, edge_distance, score_threshold
 
 
 def test_anchors_map_to_documented_values():

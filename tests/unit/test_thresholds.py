@@ -7,7 +7,8 @@ import src  # noqa: F401
 from src.evaluation.metrics import DECISION_KEYS, decision_metrics
 from src.patchcore.detector import PatchCoreDetector
 from src.patchcore.memory_bank import MemoryBank
-from src.patchcore.normalization import ScoreNormalizer, choose_thresholds, parse_threshold_policy
+from src.decisions.thresholds import choose_thresholds, parse_threshold_policy
+from src.patchcore.normalization import ScoreNormalizer
 from src.training.validation import build_validation_set
 from src.utils.errors import InputError
 

@@ -1,0 +1,187 @@
+"""Decisions in one place: the thresholds a model is given at training, and the labels they give its scores.
+
+Choosing. ``choose_thresholds`` returns an image and a pixel threshold: the max-F1 threshold on the
+validation set when it holds anomalies (placed just above the highest score it does not flag), else a high
+quantile of the normal scores; ``postprocess.threshold`` may instead ask for a target false-alarm rate or a value.
+Pixel maps are reduced to two histograms (normal / defect pixels) of 2**16 bins over the pooled score range, so any
+number of full-resolution maps costs O(bins) memory; the pixel threshold is then exact up to one bin width.
+
+Applying. A score is anomalous when it is >= its threshold (``flagged``); every comparison of a score or a map with
+a threshold goes through this module (an ast test in tests/unit/test_architecture.py holds to it).
+``DecisionRule`` holds a model's thresholds and score normaliser (from ``model.json``, or ``export.json`` on the
+C++ path) and turns one image's raw score and [H, W] raw map into a ``Decision``: the OK/NG label, the score
+normalised to [0, 1] with the image threshold at 0.5, the pixel decision (map >= pixel threshold) and its regions
+(8-connected components: bounding box [x, y, w, h] and area in the original image's pixels, highest normalised
+pixel score, ``source`` "pixel_threshold"). An NG image always has a region: when no pixel reaches the pixel
+threshold, the region is where its score came from, the map's peak outlined at half its height above the map's
+median (``source`` "score_peak"), so a user told "defective" is shown where. predict.py, the service, eval.py's
+metrics and postprocess.py all decide through it.
+"""
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from src.patchcore.normalization import ScoreNormalizer, max_f1_threshold, score_threshold
+from src.utils.errors import InputError
+
+PIXEL_BINS = 1 << 16
+
+
+def flagged(scores, threshold):
+    """Scores (a number or an array: image scores, a map) that are anomalous at ``threshold``: score >= threshold."""
+    return np.asarray(scores) >= threshold
+
+
+def label(raw_score, threshold):
+    """"NG" when the image's raw score is anomalous at ``threshold``, else "OK"."""
+    return "NG" if flagged(raw_score, threshold) else "OK"
+
+
+def _pixel_histograms(pixel_maps, pixel_masks):
+    """Bin edges and per-bin counts of defect and normal pixels, pooled over all maps (two passes)."""
+    pairs = list(zip(pixel_maps, pixel_masks, strict=True))
+    for amap, mask in pairs:
+        if np.shape(amap) != np.shape(mask):
+            raise InputError("pixel_maps", f"map of shape {np.shape(amap)} and mask of shape {np.shape(mask)} differ")
+        if not np.all(np.isfinite(amap)):
+            raise InputError("pixel_maps", "anomaly maps contain NaN or infinite values")
+    low = min(float(np.min(amap)) for amap, _ in pairs)
+    high = max(float(np.max(amap)) for amap, _ in pairs)
+    edges = np.linspace(low, high if high > low else low + 1.0, PIXEL_BINS + 1)
+    defect, normal = np.zeros(PIXEL_BINS, np.int64), np.zeros(PIXEL_BINS, np.int64)
+    for amap, mask in pairs:
+        amap, is_defect = np.asarray(amap), np.asarray(mask) > 0
+        defect += np.histogram(amap[is_defect], edges)[0]
+        normal += np.histogram(amap[~is_defect], edges)[0]
+    return edges, defect, normal
+
+
+def pixel_threshold(pixel_maps, pixel_masks, normal_quantile=0.999):
+    """(threshold, f1 or None, method) for pixels: max-F1 over the pooled maps when some mask pixel is a
+    defect, else the ``normal_quantile`` of the normal pixels (the upper edge of the bin holding it)."""
+    edges, defect, normal = _pixel_histograms(pixel_maps, pixel_masks)
+    if defect.sum() and normal.sum():
+        return (*max_f1_threshold(defect, normal, edges[:-1], edges[1:]), "max_f1")
+    if not normal.sum():
+        raise InputError("pixel_masks", "every validation pixel is a defect: no normal pixels to set a threshold")
+    cumulative = np.cumsum(normal)
+    bin_index = int(np.searchsorted(cumulative, normal_quantile * cumulative[-1]))
+    return float(edges[bin_index + 1]), None, "normal_quantile"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds to persist: a score >= threshold is anomalous."""
+    image: float
+    pixel: float | None
+    image_method: str
+    pixel_method: str | None
+    image_f1: float | None = None
+    pixel_f1: float | None = None
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InputError("thresholds", f"malformed thresholds {data!r} ({exc})") from None
+
+
+THRESHOLD_POLICIES = ("f1", "fpr:<rate>", "manual:<value>")
+
+
+def parse_threshold_policy(policy):
+    """("f1", None), ("fpr", rate in (0, 1)) or ("manual", value) from the config string; InputError else."""
+    text = str(policy).strip()
+    name, _, value = text.partition(":")
+    try:
+        if name == "f1" and not value:
+            return "f1", None
+        if name == "fpr" and 0 < float(value) < 1:
+            return "fpr", float(value)
+        if name == "manual" and np.isfinite(float(value)):
+            return "manual", float(value)
+    except ValueError:
+        pass
+    raise InputError("postprocess.threshold", f"must be one of {', '.join(THRESHOLD_POLICIES)}, got {policy!r}")
+
+
+def choose_thresholds(image_scores_normal, image_scores_anomalous=(), pixel_maps=None, pixel_masks=None,
+                      image_quantile=0.99, pixel_quantile=0.999, policy="f1"):
+    """Image and pixel thresholds from validation results (see the module docstring).
+
+    ``policy`` sets the image threshold: ``f1`` the max-F1 threshold (the ``image_quantile`` of the normal scores
+    when there are no anomalous ones), ``fpr:<rate>`` the (1 - rate) quantile of the normal scores (a target
+    false-alarm rate), ``manual:<value>`` the value itself. ``pixel_maps``/``pixel_masks``: per-image [H, W]
+    maps and 0/1 masks (sizes may differ between images); without them the pixel threshold is None.
+    """
+    name, value = parse_threshold_policy(policy)
+    if name == "fpr":
+        image, image_f1, image_method = score_threshold(image_scores_normal, (), 1 - value)[0], None, f"fpr:{value:g}"
+    elif name == "manual":
+        image, image_f1, image_method = value, None, f"manual:{value:g}"
+    else:
+        image, image_f1, image_method = score_threshold(image_scores_normal, image_scores_anomalous, image_quantile)
+    pixel = pixel_f1 = pixel_method = None
+    if pixel_maps is not None and len(pixel_maps):
+        if pixel_masks is None:
+            raise InputError("pixel_masks", "pixel maps given without their masks")
+        pixel, pixel_f1, pixel_method = pixel_threshold(pixel_maps, pixel_masks, pixel_quantile)
+    return Thresholds(image, pixel, image_method, pixel_method, image_f1, pixel_f1)
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    label: str                   # "OK" or "NG"
+    raw_score: float
+    image_score: float           # normalised: 0.5 at the image threshold
+    regions: list                # dicts, highest max_score first
+    mask: np.ndarray             # [H, W] bool: the outlined pixels
+    normalised_map: np.ndarray   # [H, W], the image score's scale
+
+
+class DecisionRule:
+    """A model's image and pixel thresholds (raw scores; pixel may be None) and its score normaliser."""
+
+    def __init__(self, thresholds, normalizer, where="model.json"):
+        if not thresholds or not normalizer:
+            raise InputError(where, "the model has no thresholds (it was trained with val_config: null): "
+                                    "retrain it with a val_config")
+        self.image_threshold = float(thresholds["image"])
+        self.pixel_threshold = None if thresholds.get("pixel") is None else float(thresholds["pixel"])
+        self.normalizer = ScoreNormalizer.from_dict(normalizer)
+
+    def __call__(self, raw_score, amap, view=None, original_size=None):
+        """The Decision for one image: ``amap`` in the view's pixels, boxes mapped back through ``view`` to the
+        original image of ``original_size`` (w, h; default the map's size)."""
+        original_size = original_size or (amap.shape[1], amap.shape[0])
+        decided = label(raw_score, self.image_threshold)
+        mask = flagged(amap, self.pixel_threshold) if self.pixel_threshold is not None else np.zeros(amap.shape, bool)
+        source = "pixel_threshold"
+        if decided == "NG" and not mask.any():
+            mask, source = score_peak(amap), "score_peak"
+        normalised = self.normalizer.transform(amap)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        sx, sy = original_size[0] / amap.shape[1], original_size[1] / amap.shape[0]
+        regions = []
+        for component in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[component])
+            box = view.to_original([x, y, w, h], original_size) if view is not None else [x, y, w, h]
+            regions.append({"bbox": box, "area": int(round(area * sx * sy)),
+                            "max_score": float(normalised[components == component].max()), "source": source})
+        regions.sort(key=lambda region: -region["max_score"])
+        return Decision(decided, float(raw_score), float(self.normalizer.transform(np.float64(raw_score))), regions,
+                        mask, normalised)
+
+
+def score_peak(amap):
+    """[H, W] bool: the connected part (8-connected) of ``amap`` >= half-way between its median and its maximum
+    that holds the maximum: where the image's score came from, outlined at half height above the background."""
+    level = float(np.median(amap)) + 0.5 * (float(amap.max()) - float(np.median(amap)))
+    _, labels = cv2.connectedComponents((amap >= level).astype(np.uint8), connectivity=8)
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    return labels == labels[peak]

@@ -27,13 +27,15 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Annotated, NamedTuple
 
 import cv2
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.formparsers import MultiPartParser
 
 from src.data.sample import decode_image, encoded_size
 from src.evaluation.visualize import prediction_picture
@@ -147,127 +149,186 @@ def _map_payload(result, map_format):
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pixels=64_000_000):
-    """The FastAPI app serving ``predictor`` (``src.inference.predict.Predictor``)."""
-    app = FastAPI(title="PatchCore inspection", version="1", description=__doc__.split("\n\n")[0])
-    worker = InferenceWorker(predictor, max_batch, queue_size)
-    max_bytes = int(max_upload_mb * 2 ** 20)
-    registry = CollectorRegistry()
-    requests_total = Counter("patchcore_requests_total", "predict requests", ["status"], registry=registry)
-    latency = Histogram("patchcore_request_seconds", "predict latency", registry=registry,
-                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-    Gauge("patchcore_queue_depth", "requests waiting for the model", registry=registry).set_function(
-        worker.jobs.qsize)
+class Service:
+    """What the routes share, kept on ``app.state.service``: the predictor, its inference thread, the limits and
+    the metrics (a registry of its own, so that two apps in one process do not share counters)."""
 
-    @app.exception_handler(RequestError)
-    async def request_error(request, exc):
-        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    def __init__(self, predictor, max_batch, queue_size, max_upload_mb, max_pixels):
+        self.predictor, self.max_pixels = predictor, max_pixels
+        self.worker = InferenceWorker(predictor, max_batch, queue_size)
+        self.max_bytes = int(max_upload_mb * 2 ** 20)
+        self.limits = {"max_batch": max_batch, "queue": queue_size, "max_upload_bytes": self.max_bytes,
+                       "max_pixels": max_pixels}
+        self.registry = CollectorRegistry()
+        self.requests_total = Counter("patchcore_requests_total", "predict requests", ["status"],
+                                      registry=self.registry)
+        self.latency = Histogram("patchcore_request_seconds", "predict latency", registry=self.registry,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        Gauge("patchcore_queue_depth", "requests waiting for the model", registry=self.registry).set_function(
+            self.worker.jobs.qsize)
 
-    def decode(data, name):
-        if len(data) > max_bytes:
-            raise RequestError(413, "too_large", f"the image is {len(data)} bytes; the limit is {max_bytes}")
+    def decode(self, data):
+        """The RGB image of an upload's bytes, within the byte and pixel limits (the pixels read from the header)."""
+        if len(data) > self.max_bytes:
+            raise RequestError(413, "too_large", f"the image is {len(data)} bytes; the limit is {self.max_bytes}")
         try:
-            width, height = encoded_size(data, name)
-            if width * height > max_pixels:
+            width, height = encoded_size(data, "upload")
+            if width * height > self.max_pixels:
                 raise RequestError(413, "too_many_pixels",
-                                   f"the image declares {width}x{height} pixels; the limit is {max_pixels}")
-            return decode_image(data, name)
+                                   f"the image declares {width}x{height} pixels; the limit is {self.max_pixels}")
+            return decode_image(data, "upload")
         except InputError as exc:
             raise RequestError(400, "bad_image", exc.problem) from None
 
-    async def read_body(request):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes * 4 // 3 + 65536:
-            raise RequestError(413, "too_large", f"the body is {declared} bytes; the limit is about {max_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes * 4 // 3 + 65536:   # base64 and multipart framing around the image
-                raise RequestError(413, "too_large", f"the body exceeds the limit of about {max_bytes} bytes")
-        return bytes(body)
 
-    async def parse(request):
-        """(image bytes, return_map, return_overlay, map_format) of a multipart or JSON request."""
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json":
-            raw = await read_body(request)
-            try:
-                payload = PredictRequest.model_validate_json(raw)
-            except ValueError as exc:
-                raise RequestError(422, "bad_request", str(exc).splitlines()[0]) from None
-            try:
-                data = base64.b64decode(payload.image, validate=True)
-            except (binascii.Error, ValueError):
-                raise RequestError(400, "bad_base64", "the image field is not valid base64") from None
-            return data, payload.return_map, payload.return_overlay, payload.map_format
-        if kind == "multipart/form-data":
-            # The size limit first; starlette's form parser then reads the body from its cache (``_body``).
-            request._body = await read_body(request)
-            try:
-                form = await request.form()
-            except Exception as exc:  # noqa: BLE001 -- any parser failure is a bad request
-                raise RequestError(400, "bad_request", f"malformed multipart body ({exc})") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise RequestError(400, "bad_request", "multipart needs a file field named 'file'")
-            flag = {key: str(form.get(key, "false")).lower() in ("1", "true", "yes") for key in
-                    ("return_map", "return_overlay")}
-            map_format = str(form.get("map_format", "npy"))
-            if map_format not in ("npy", "png"):
-                raise RequestError(400, "bad_request", "map_format must be npy or png")
-            return await upload.read(), flag["return_map"], flag["return_overlay"], map_format
-        raise RequestError(415, "unsupported_media_type", f"content type {kind or 'none'!r}: send multipart/form-data "
-                                                          "with a file field, or application/json")
+def service_of(request: Request):
+    return request.app.state.service
 
-    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
-    async def predict(request: Request):
-        request_id, started, status, size, label = uuid.uuid4().hex[:12], time.perf_counter(), 500, 0, "-"
-        try:
-            data, return_map, return_overlay, map_format = await parse(request)
-            size = len(data)
-            image = await asyncio.get_running_loop().run_in_executor(None, decode, data, "upload")
-            result = await asyncio.wrap_future(worker.submit(image))
-            label = result.label
-            fields = dict(result.fields, request_id=request_id)
-            fields.pop("input_path", None)
-            if return_overlay:
-                fields["overlay_png"] = _png_base64(prediction_picture(result.image, result.normalised_map,
-                                                                       result.decision, fields["image_score"], label))
-            if return_map:
-                fields["map"], fields["map_format"] = _map_payload(result, map_format), map_format
-            status = 200
-            return fields
-        except RequestError as exc:
-            status = exc.status
-            raise
-        finally:
-            seconds = time.perf_counter() - started
-            requests_total.labels(str(status)).inc()
-            latency.observe(seconds)
-            logger.info("request %s: %d bytes, %.1f ms, %s, %s", request_id, size, 1000 * seconds, status, label)
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "inference_thread": worker.thread.is_alive(), "queue_depth": worker.jobs.qsize()}
+ServiceDep = Annotated[Service, Depends(service_of)]
 
-    @app.get("/model")
-    async def model():
-        meta = predictor.model.meta
-        return {"model": predictor.identity, "category": meta["category"], "view": meta["view"],
-                "image_size": meta["image_size"], "thresholds": meta.get("thresholds"),
-                "image_score": meta["image_score"], "tasks": len(predictor.model.tasks),
-                "backbone": meta["config"]["patch"]["backbone_name"], "versions": meta.get("versions"),
-                "limits": {"max_batch": max_batch, "queue": queue_size, "max_upload_bytes": max_bytes,
-                           "max_pixels": max_pixels}}
 
-    @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+class Upload(NamedTuple):
+    """A predict request's image bytes and options, from either content type."""
+    data: bytes
+    return_map: bool
+    return_overlay: bool
+    map_format: str
 
-    @app.get("/")
-    async def page():
-        return FileResponse(STATIC / "index.html")
 
+async def read_body(request, max_bytes):
+    """The request's body, refused (413) as soon as it is declared or read to be too long for an image of at most
+    ``max_bytes`` bytes."""
+    max_body = max_bytes * 4 // 3 + 65536   # base64 and multipart framing around the image
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        raise RequestError(413, "too_large", f"the body is {declared} bytes; the limit is about {max_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body:
+            raise RequestError(413, "too_large", f"the body exceeds the limit of about {max_bytes} bytes")
+    return bytes(body)
+
+
+def json_upload(body):
+    try:
+        payload = PredictRequest.model_validate_json(body)
+    except ValueError as exc:
+        raise RequestError(422, "bad_request", str(exc).splitlines()[0]) from None
+    try:
+        data = base64.b64decode(payload.image, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "bad_base64", "the image field is not valid base64") from None
+    return Upload(data, payload.return_map, payload.return_overlay, payload.map_format)
+
+
+async def multipart_upload(body, headers):
+    async def chunks():
+        yield body
+    try:
+        form = await MultiPartParser(headers, chunks()).parse()
+    except Exception as exc:  # noqa: BLE001 -- any parser failure is a bad request
+        raise RequestError(400, "bad_request", f"malformed multipart body ({exc})") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise RequestError(400, "bad_request", "multipart needs a file field named 'file'")
+        flag = {key: str(form.get(key, "false")).lower() in ("1", "true", "yes") for key in
+                ("return_map", "return_overlay")}
+        map_format = str(form.get("map_format", "npy"))
+        if map_format not in ("npy", "png"):
+            raise RequestError(400, "bad_request", "map_format must be npy or png")
+        return Upload(await upload.read(), flag["return_map"], flag["return_overlay"], map_format)
+    finally:
+        await form.close()
+
+
+async def parse_upload(request, max_bytes):
+    """The ``Upload`` of a multipart or JSON request; the body is read (within the limit) only for these two."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        return json_upload(await read_body(request, max_bytes))
+    if kind == "multipart/form-data":
+        return await multipart_upload(await read_body(request, max_bytes), request.headers)
+    raise RequestError(415, "unsupported_media_type", f"content type {kind or 'none'!r}: send multipart/form-data "
+                                                      "with a file field, or application/json")
+
+
+def response_fields(result, upload, request_id):
+    """predict.py's fields of ``result`` for the wire, with the overlay and map the request asked for."""
+    fields = dict(result.fields, request_id=request_id)
+    fields.pop("input_path", None)
+    if upload.return_overlay:
+        fields["overlay_png"] = _png_base64(prediction_picture(result.image, result.normalised_map, result.decision,
+                                                               fields["image_score"], result.label))
+    if upload.return_map:
+        fields["map"], fields["map_format"] = _map_payload(result, upload.map_format), upload.map_format
+    return fields
+
+
+router = APIRouter()
+
+
+@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+async def predict(request: Request, service: ServiceDep):
+    request_id, started, status, size, label = uuid.uuid4().hex[:12], time.perf_counter(), 500, 0, "-"
+    try:
+        upload = await parse_upload(request, service.max_bytes)
+        size = len(upload.data)
+        image = await asyncio.get_running_loop().run_in_executor(None, service.decode, upload.data)
+        result = await asyncio.wrap_future(service.worker.submit(image))
+        label = result.label
+        fields = response_fields(result, upload, request_id)
+        status = 200
+        return fields
+    except RequestError as exc:
+        status = exc.status
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        service.requests_total.labels(str(status)).inc()
+        service.latency.observe(seconds)
+        logger.info("request %s: %d bytes, %.1f ms, %s, %s", request_id, size, 1000 * seconds, status, label)
+
+
+@router.get("/health")
+async def health(service: ServiceDep):
+    worker = service.worker
+    return {"status": "ok", "inference_thread": worker.thread.is_alive(), "queue_depth": worker.jobs.qsize()}
+
+
+@router.get("/model")
+async def model(service: ServiceDep):
+    predictor = service.predictor
+    meta = predictor.model.meta
+    return {"model": predictor.identity, "category": meta["category"], "view": meta["view"],
+            "image_size": meta["image_size"], "thresholds": meta.get("thresholds"),
+            "image_score": meta["image_score"], "tasks": len(predictor.model.tasks),
+            "backbone": meta["config"]["patch"]["backbone_name"], "versions": meta.get("versions"),
+            "limits": service.limits}
+
+
+@router.get("/metrics")
+async def metrics(service: ServiceDep):
+    return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/")
+async def page():
+    return FileResponse(STATIC / "index.html")
+
+
+async def request_error(request, exc):
+    return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+
+def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pixels=64_000_000):
+    """The FastAPI app serving ``predictor`` (``src.inference.predict.Predictor``)."""
+    app = FastAPI(title="PatchCore inspection", version="1", description=__doc__.split("\n\n")[0])
+    app.state.service = Service(predictor, max_batch, queue_size, max_upload_mb, max_pixels)
+    app.add_exception_handler(RequestError, request_error)
+    app.include_router(router)
     return app
 
 

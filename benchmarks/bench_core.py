@@ -23,7 +23,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path.insert(0, ROOT)
 
 from benchmarks.bench_infer import (PROTOCOL_PREFIX, make_tap_maps, relative_difference, timed_calls,  # noqa: E402
                                     torch_stages)
@@ -73,7 +73,7 @@ def torch_child(task, workdir, batch_size, repeats):
     """``weights``: write the reference weights; ``time``: check the output against MindSpore's, time the calls."""
     import numpy as np
     import torch
-    from torch_reference import literal_reference, randomize_batch_norm_stats
+    from benchmarks.torch_reference import literal_reference, randomize_batch_norm_stats
 
     torch.set_num_threads(os.cpu_count() or 1)
     # Seeded, so every child builds the same weights; the output check below confirms it.

@@ -7,11 +7,11 @@ local aggregation) and input size (224x224 and the 512x512 tile), one image per 
   as for train/eval/export), ``net(x).asnumpy()``.
 * C++: the same network exported (``mindspore.export`` + ``src.deploy.mindir_v1``) and run by
   ascend310_infer/build/patchcore_infer on copies of the input; latency.json's per-input predict time.
-* PyTorch: tests/torch_reference.py's architectures (eager, with their BatchNorm layers) run up to the
+* PyTorch: benchmarks/torch_reference.py's architectures (eager, with their BatchNorm layers) run up to the
   deepest tap, with the MindSpore weights copied in before folding and the aggregation as the same
   (depthwise / grouped) convolutions and channel sums, under torch.inference_mode().
 * PyTorch with the reference aggregation (informational): the same torch backbone followed by the authors'
-  aggregation as the original implementation runs it, tests/torch_reference.py's ``literal_reference``
+  aggregation as the original implementation runs it, benchmarks/torch_reference.py's ``literal_reference``
   (unfold, resize of the deeper layer's patches, adaptive average pooling to the embedding dimensions); it is
   the generic chain our convolutions are derived from, so it applies to both backbones. It shows the speed
   against the original PatchCore; the targets are judged against the PyTorch baseline above, which runs our
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/: the torch reference architectures and aggregation
+sys.path.insert(0, str(ROOT))
 RUNNER = ROOT / "ascend310_infer" / "build" / "patchcore_infer"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "infer.json"
 TARGETS = {"cpp_vs_mindspore": 2.0, "cpp_vs_torch": 1.8}
@@ -129,9 +129,9 @@ def mindspore_child(backbone, size, workdir, max_inputs):
 
 
 def torch_stages(backbone):
-    """(net, [(tap name, module)] in network order) from the reference architectures in tests/."""
+    """(net, [(tap name, module)] in network order) from the torch reference architectures."""
     from torch import nn as tnn
-    from torch_reference import TorchMobileNetV2, TorchWideResNet50_2
+    from benchmarks.torch_reference import TorchMobileNetV2, TorchWideResNet50_2
     if backbone == "wideresnet50":
         net = TorchWideResNet50_2()
         return net, [("stem", tnn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool))] + \
@@ -157,7 +157,7 @@ def make_tap_maps(stages, taps):
 def torch_child(backbone, size, workdir, threads):
     import torch
     import torch.nn.functional as F
-    from torch_reference import literal_reference
+    from benchmarks.torch_reference import literal_reference
 
     torch.set_num_threads(threads)
     workdir = Path(workdir)
@@ -332,7 +332,7 @@ def main():
           f"interleaved rounds); targets C++ >= {TARGETS['cpp_vs_mindspore']}x MindSpore Python and >= "
           f"{TARGETS['cpp_vs_torch']}x PyTorch (with our aggregation: the strongest torch). Informational, no "
           "target: \"torch ref agg\", the same torch backbone with the authors' unfold / adaptive-pool aggregation "
-          f"(tests/torch_reference.py literal_reference). 1-minute load average before/after: "
+          f"(benchmarks/torch_reference.py literal_reference). 1-minute load average before/after: "
           f"{load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores.")
     from src.utils.io import write_json
     write_json(args.json, {

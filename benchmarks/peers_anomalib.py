@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from torch_reference import randomize_batch_norm_stats  # noqa: E402  (the parity tests' BatchNorm statistics)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.torch_reference import randomize_batch_norm_stats  # noqa: E402  (the parity tests' BatchNorm statistics)
 
 PREFIX = "PEERS "
 

@@ -13,7 +13,7 @@ import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
 from src.backbones.networks import DEFAULT_LAYERS, build_backbone
 from src.backbones.folding import fold_batchnorm
 from conftest import ROOT, assert_parity
-from torch_reference import TorchMobileNetV2
+from benchmarks.torch_reference import TorchMobileNetV2
 
 FETCH_SCRIPT = ROOT / "scripts" / "get_mobilenet_weights.sh"
 

@@ -15,7 +15,7 @@ from conftest import read_json, run_cli
 from src.data.mvtec import list_test_samples, list_train_samples
 from src.data.sample import ResizeCrop
 from src.patchcore.featurizer import network_input
-from torch_reference import TorchWideResNet50_2, literal_reference, randomize_batch_norm_stats
+from benchmarks.torch_reference import TorchWideResNet50_2, literal_reference, randomize_batch_norm_stats
 
 CATEGORY = "synthetic_leather"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

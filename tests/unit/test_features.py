@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import src  # noqa: F401  (sets the oneDNN ISA before mindspore loads)
 import mindspore as ms
 
-from torch_reference import literal_reference
+from benchmarks.torch_reference import literal_reference
 from src.patchcore.aggregation import LocalAggregation, adaptive_pool_matrix, largest_group_count, to_patch_rows
 
 

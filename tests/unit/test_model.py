@@ -16,7 +16,7 @@ from src.backbones.networks import (DEFAULT_LAYERS, TAPS, build_backbone, featur
 from src.backbones.folding import fold_batchnorm
 from src.backbones.torch_checkpoint import convert
 from conftest import assert_parity, context_mode
-from torch_reference import TorchWideResNet50_2, randomize_batch_norm_stats
+from benchmarks.torch_reference import TorchWideResNet50_2, randomize_batch_norm_stats
 
 
 def test_wideresnet50_matches_torch(tmp_path):

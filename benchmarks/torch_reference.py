@@ -2,7 +2,8 @@
 
 Written from torchvision's ResNet v1.5 (wide_resnet50_2), deep-sort-realtime's MobileNetV2_bottle and
 amazon-science/patchcore-inspection's PatchMaker/Preprocessing/Aggregator. Used by the parity tests and
-by the benchmarks as the PyTorch baseline; torch is a test-only dependency.
+by the benchmarks as the PyTorch baseline; torch is a test-only dependency. It imports torch alone, as
+peers_anomalib.py runs it in anomalib's venv, where neither ``src`` nor mindspore may be loaded.
 """
 import torch
 import torch.nn.functional as F

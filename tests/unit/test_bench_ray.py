@@ -1,28 +1,22 @@
 """The Ray benchmark's worked estimate (benchmarks/bench_ray.py): the schedule it assumes, and an estimate that
 behaves like one (more nodes never slower, never below the compute floor, the bottleneck named where it moves).
 The cluster measurements themselves run only in the benchmark."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("bench_ray", ROOT / "benchmarks" / "bench_ray.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from benchmarks import bench_ray
 
 MEASURED = dict(train_images=16, driver_s_per_category=8.0, png_4096_mb=27.0, job_4k_s=50.0, thumbnail_4k_s=7.0,
                 ray_overhead_s_per_job=0.4)
 
 
 def test_makespan_is_the_longest_first_schedule():
-    assert bench.makespan([3, 3, 2, 2, 2], 2) == 7       # 3+2+2 | 3+2
-    assert bench.makespan([5, 1, 1], 8) == 5
-    assert bench.makespan([1] * 17, 8) == 3
+    assert bench_ray.makespan([3, 3, 2, 2, 2], 2) == 7       # 3+2+2 | 3+2
+    assert bench_ray.makespan([5, 1, 1], 8) == 5
+    assert bench_ray.makespan([1] * 17, 8) == 3
 
 
 def test_the_estimate_falls_with_nodes_to_one_category_per_node_and_names_the_bottleneck():
-    rows = bench.estimate(MEASURED, categories=50, cores=8, gbit=10)
+    rows = bench_ray.estimate(MEASURED, categories=50, cores=8, gbit=10)
     a = [row["categories_as_tasks_min"] for row in rows]
     b = [row["jobs_as_tasks_min"] for row in rows]
     assert a == sorted(a, reverse=True) and b == sorted(b, reverse=True)
@@ -34,7 +28,7 @@ def test_the_estimate_falls_with_nodes_to_one_category_per_node_and_names_the_bo
 
 
 def test_a_slow_shared_filesystem_becomes_the_bottleneck():
-    rows = bench.estimate(MEASURED, categories=50, cores=8, gbit=0.01)
+    rows = bench_ray.estimate(MEASURED, categories=50, cores=8, gbit=0.01)
     assert rows[-1]["bottleneck_a"] == "shared-filesystem reads"
     seconds = 50 * 16 * 27 * 2 ** 20 * 8 / 0.01e9
     assert rows[-1]["categories_as_tasks_min"] == pytest.approx(seconds / 60, abs=0.05)

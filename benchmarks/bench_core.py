@@ -1,7 +1,7 @@
 """Core benchmark: feature throughput (MindSpore vs PyTorch), the oneDNN ISA default, coreset, end-to-end training.
 
 Prints a table per part and writes benchmarks/results/core.json. Not a test: numbers, not assertions.
-    .venv/bin/python benchmarks/bench_core.py [--quick] [--skip-coreset] [--skip-train]
+    .venv/bin/python -m benchmarks.bench_core [--quick] [--skip-coreset] [--skip-train]
 
 Feature throughput: MindSpore runs in this process, which imports ``src`` first and so runs with
 ONEDNN_MAX_CPU_ISA=AVX2 (MindSpore's bundled oneDNN needs it on AVX-512 CPUs, see the ISA part). PyTorch runs
@@ -22,19 +22,16 @@ import sys
 import tempfile
 import time
 
+from benchmarks.bench_infer import PROTOCOL_PREFIX, make_tap_maps, relative_difference, timed_calls, torch_stages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks.bench_infer import (PROTOCOL_PREFIX, make_tap_maps, relative_difference, timed_calls,  # noqa: E402
-                                    torch_stages)
-
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "core.json")
 PY = sys.executable
 MAX_REL_DIFF = 1e-3  # torch vs MindSpore output: float rounding (folded vs eager BatchNorm), not another network
 
 # One 224x224 WRN50+aggregation forward in a fresh process, so the ISA variable is read at load time.
 ONE_FORWARD = r"""
-import sys, time; sys.path.insert(0, sys.argv[1])
+import time
 import src, numpy as np, mindspore as ms
 from src.config.loader import load_config
 from src.patchcore.extractor import build_extractor
@@ -50,7 +47,8 @@ def bench_isa():
     rows = {}
     for isa in ("ALL", "AVX2"):
         env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
-        out = subprocess.run([PY, "-c", ONE_FORWARD, ROOT], env=env, capture_output=True, text=True, timeout=900)
+        # cwd: ``python -c`` finds ``src`` in its current folder
+        out = subprocess.run([PY, "-c", ONE_FORWARD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         rows[isa] = float(out.stdout.strip().splitlines()[-1])
     print(f"\n[oneDNN ISA] WRN50+aggregation 224x224 forward: ONEDNN_MAX_CPU_ISA=ALL {rows['ALL']:.3f} s, "
           f"AVX2 (project default) {rows['AVX2']:.3f} s, ratio {rows['ALL'] / rows['AVX2']:.1f}x")
@@ -58,11 +56,11 @@ def bench_isa():
 
 
 def run_torch_child(task, workdir, batch_size=0, repeats=0):
-    """This file as a torch child, without ONEDNN_MAX_CPU_ISA (torch's default ISA); its protocol line, parsed."""
+    """This module as a torch child, without ONEDNN_MAX_CPU_ISA (torch's default ISA); its protocol line, parsed."""
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
-    command = [PY, __file__, "--torch-child", task, "--workdir", workdir, "--batch-size", str(batch_size),
-               "--repeats", str(repeats)]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    command = [PY, "-m", "benchmarks.bench_core", "--torch-child", task, "--workdir", workdir,
+               "--batch-size", str(batch_size), "--repeats", str(repeats)]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     lines = [line for line in out.stdout.splitlines() if line.startswith(PROTOCOL_PREFIX)]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"torch child ({task}, batch {batch_size}) failed:\n{out.stderr[-3000:]}")
@@ -174,8 +172,8 @@ def bench_throughput(batch_sizes, rounds, repeats):
 
 def bench_coreset(n):
     out = os.path.join(tempfile.mkdtemp(), "coreset.json")
-    subprocess.run([PY, os.path.join(ROOT, "benchmarks", "bench_coreset.py"), "--n", str(n), "--json", out],
-                   check=True, timeout=3600)
+    subprocess.run([PY, "-m", "benchmarks.bench_coreset", "--n", str(n), "--json", out], cwd=ROOT, check=True,
+                   timeout=3600)
     with open(out, "r", encoding="utf-8") as f:
         return json.load(f)
 

@@ -13,25 +13,22 @@ Where the exact greedy would run longer than ``--exact-full-below`` patches allo
 marked ``*`` and have no radius. Radii are exact up to ``--radius-sample`` patches, above that the maximum over
 that many randomly drawn patches (a lower bound, marked ``~``; the same patches for both methods).
 
-    .venv/bin/python benchmarks/bench_coreset.py                                   # 0.5 M, 2 M, 8 M at 1%
-    .venv/bin/python benchmarks/bench_coreset.py --sizes 786432 --features task_0_projected.npy
+    .venv/bin/python -m benchmarks.bench_coreset                                   # 0.5 M, 2 M, 8 M at 1%
+    .venv/bin/python -m benchmarks.bench_coreset --sizes 786432 --features task_0_projected.npy
 """
 import argparse
 import multiprocessing
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import src  # noqa: E402,F401  (environment set-up first)
-from src.patchcore.sampling import ApproximateGreedyCoresetSampler, Projection  # noqa: E402
-from src.patchcore.sampling.sampling_def import coreset_size  # noqa: E402
-from src.utils.io import write_json  # noqa: E402
+import src  # noqa: F401  (environment set-up first)
+from src.patchcore.sampling import ApproximateGreedyCoresetSampler
+from src.patchcore.sampling.sampling_def import coreset_size
+from src.utils.io import write_json
 
 MIB = 2 ** 20
 DIM = 128

@@ -11,27 +11,25 @@ with ``run_inference`` into a temporary folder: maps, metrics, pictures and JSON
 - evaluation: what run_inference adds (masks, metrics with PRO, pictures, JSON);
 - eval / (network + scoring): the issue's bound is 1.3.
 
-    .venv/bin/python benchmarks/bench_eval.py --model_dir OUTPUT/CATEGORY --dataset_path DATA [--pre_ckpt_path P]
+    .venv/bin/python -m benchmarks.bench_eval --model_dir OUTPUT/CATEGORY --dataset_path DATA [--pre_ckpt_path P]
 Prints one table row per model and appends it to ``--json`` (default benchmarks/results/eval.json).
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import src  # noqa: F401  (environment set-up first)
+from src.app.evaluate import apply_settings, eval_settings
+from src.data.mvtec import list_test_samples
+from src.evaluation.evaluate import default_evaluators, run_inference, with_decisions
+from src.evaluation.metrics import format_table
+from src.inference.model import Model
+from src.utils.device import set_device
+from src.utils.io import read_json, write_json
 
-import src  # noqa: E402,F401  (environment set-up first)
-from src.app.evaluate import apply_settings, eval_settings  # noqa: E402
-from src.data.mvtec import list_test_samples  # noqa: E402
-from src.evaluation.evaluate import default_evaluators, run_inference, with_decisions  # noqa: E402
-from src.evaluation.metrics import format_table  # noqa: E402
-from src.inference.model import Model  # noqa: E402
-from src.utils.device import set_device  # noqa: E402
-from src.utils.io import read_json, write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(model_dir, dataset_path, pre_ckpt_path):

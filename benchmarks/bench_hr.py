@@ -13,8 +13,8 @@ runner, scripts/run_infer_cpp.sh) a third row shows the deployed model; its eval
 Prints the rows side by side, then the BLAS kernels loaded, the large-sgemm rate and the kNN rate on one tile's
 scoring shape (the bank search's share of sgemm), and writes them to ``--json``.
 
-    .venv/bin/python benchmarks/bench_hr.py                                    # everything, ~5 min on 2 cores
-    .venv/bin/python benchmarks/bench_hr.py --hr_model demo_output/hr/models/synthetic_leather_2k \\
+    .venv/bin/python -m benchmarks.bench_hr                                    # everything, ~5 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_hr --hr_model demo_output/hr/models/synthetic_leather_2k \\
         --data_root demo_output/hr/data                                       # reuse a trained, evaluated model
 """
 import argparse
@@ -23,17 +23,15 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+import src  # noqa: F401  (environment set-up first)
+from src.utils.io import read_json, write_json
+from src.evaluation.metrics import format_table
+from benchmarks.cli_runs import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-import src  # noqa: E402,F401  (environment set-up first)
-from src.utils.io import read_json, write_json  # noqa: E402
-from src.evaluation.metrics import format_table  # noqa: E402
-from benchmarks.cli_runs import run_cli  # noqa: E402
-
 COLUMNS = ["model", "image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro", "tnr_at_fnr_5", "tpr_at_fpr_5",
            "worst_margin", "train_s", "eval_s"]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "hr.json"

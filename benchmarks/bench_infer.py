@@ -25,8 +25,8 @@ the same thread count as the runner. The outputs of C++ and of both PyTorch vari
 MindSpore's (max relative difference, printed and in the JSON), to show that the same computation is timed.
 Weights are seeded random: speed does not depend on their values.
 
-    .venv/bin/python benchmarks/bench_infer.py                  # both backbones at 224 and 512, 3 rounds x 5
-    .venv/bin/python benchmarks/bench_infer.py --backbones mobilenet_v2 --sizes 224 --rounds 1
+    .venv/bin/python -m benchmarks.bench_infer                  # both backbones at 224 and 512, 3 rounds x 5
+    .venv/bin/python -m benchmarks.bench_infer --backbones mobilenet_v2 --sizes 224 --rounds 1
 """
 import argparse
 import json
@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RUNNER = ROOT / "ascend310_infer" / "build" / "patchcore_infer"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "infer.json"
 TARGETS = {"cpp_vs_mindspore": 2.0, "cpp_vs_torch": 1.8}
@@ -210,11 +209,12 @@ class Child:
         self.kind = kind
         self.log_path = Path(workdir) / f"{kind}.log"
         env = {k: v for k, v in os.environ.items() if k not in drop_env}
-        command = [sys.executable, __file__, "--child", kind, "--backbones", backbone, "--sizes", str(size),
-                   "--threads", str(args.threads), "--repeats", str(args.repeats), "--workdir", str(workdir)]
+        command = [sys.executable, "-m", "benchmarks.bench_infer", "--child", kind, "--backbones", backbone,
+                   "--sizes", str(size), "--threads", str(args.threads), "--repeats", str(args.repeats),
+                   "--workdir", str(workdir)]
         with open(self.log_path, "w", encoding="utf-8") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                            text=True, env=env)
+                                            text=True, cwd=ROOT, env=env)
         self.ready = self._answer()
 
     def _answer(self):

@@ -13,7 +13,7 @@
   the default). A 10% coreset, batch 8, 9 neighbours for the image score.
 - anomalib 2.7.0 runs in a venv of its own (``--peers_venv``, default ~/.cache/patchcore-peers/venv), built here
   the first time (torch 2.14.1 + torchvision 0.29.1 from this machine's files, anomalib from PyPI; several GB). It
-  is never a project dependency. Its side runs ``benchmarks/peers_anomalib.py``.
+  is never a project dependency. Its side runs ``benchmarks.peers_anomalib``.
 - Fit: anomalib's ``Engine.fit`` (features and coreset timed inside; the rest is Lightning's set-up and its
   validation pass over the test split, its default); ours: train.py's training seconds (model.json; features,
   coreset, and scoring the validation images for the thresholds).
@@ -22,9 +22,9 @@
   (anomalib: its torch model on pre-processed batches; ours: ``Model.predict_samples``). Both AUROCs are computed
   by our metric code from each side's raw scores and maps, against the same cropped masks.
 
-    .venv/bin/python benchmarks/bench_peers.py          # about 3 minutes on 2 cores, once the venv exists
-    .venv/bin/python benchmarks/bench_peers.py --backbone mobilenet_v2 --texture wood    # about 2 minutes
-    .venv/bin/python benchmarks/bench_peers.py --tiled  # the tiled mode against anomalib's tiled ensemble, ~2.5 min
+    .venv/bin/python -m benchmarks.bench_peers          # about 3 minutes on 2 cores, once the venv exists
+    .venv/bin/python -m benchmarks.bench_peers --backbone mobilenet_v2 --texture wood    # about 2 minutes
+    .venv/bin/python -m benchmarks.bench_peers --tiled  # the tiled mode against anomalib's tiled ensemble, ~2.5 min
 Writes benchmarks/results/peers.json (peers_mobilenet_v2.json with ``--backbone mobilenet_v2``, peers_tiled.json
 with ``--tiled``; ``--json`` names another). ``tiled`` says what the tiled comparison runs.
 """
@@ -36,17 +36,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+import src  # noqa: F401  (environment set-up first)
+from src.evaluation.metrics import PixelCurves, format_table
+from src.utils.blas import cpu_name
+from src.utils.io import write_json
+from benchmarks.cli_runs import train_from_scratch
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-import src  # noqa: E402,F401  (environment set-up first)
-from src.evaluation.metrics import PixelCurves, format_table  # noqa: E402
-from src.utils.blas import cpu_name  # noqa: E402
-from src.utils.io import write_json  # noqa: E402
-from benchmarks.cli_runs import train_from_scratch  # noqa: E402
-
 PEERS_PREFIX = "PEERS "
 VENV = Path.home() / ".cache" / "patchcore-peers" / "venv"
 PEERS_PACKAGES = [["torch==2.14.1", "torchvision==0.29.1"], ["anomalib==2.7.0"]]
@@ -80,8 +78,8 @@ def ensure_venv(venv):
 
 
 def run_peer(python, *args):
-    done = subprocess.run([str(python), str(ROOT / "benchmarks" / "peers_anomalib.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([str(python), "-m", "benchmarks.peers_anomalib", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"error: anomalib's side failed: {done.stderr.strip().splitlines()[-1:]}")
     return peers_result(done.stdout, args[0])

@@ -10,8 +10,8 @@ policy then scores the same grids, so the rows differ by the policy alone. Per p
 the operating points (``src.evaluation.metrics.operating_points``) and the worst defect type's margin in
 standard deviations of the good images' scores (scores of different policies have different scales).
 
-    .venv/bin/python benchmarks/bench_policies.py                  # the four textures, ~1 min on 2 cores
-    .venv/bin/python benchmarks/bench_policies.py --hr_textures wood \\
+    .venv/bin/python -m benchmarks.bench_policies                  # the four textures, ~1 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_policies --hr_textures wood \\
         --hr_model demo_output/hr/models/synthetic_leather_2k --hr_data demo_output/hr/data   # ~4 min
 """
 import argparse
@@ -20,15 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+import src  # noqa: F401  (environment set-up first)
+from src.evaluation.metrics import format_table, image_auroc, operating_points
+from src.utils.io import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-import src  # noqa: E402,F401  (environment set-up first)
-from src.evaluation.metrics import format_table, image_auroc, operating_points  # noqa: E402
-from src.utils.io import write_json  # noqa: E402
-
 TEXTURES = ("leather", "fabric", "wood", "tile")
 POLICIES = ({"policy": "max"}, {"policy": "window_max"}, {"policy": "topk_mean", "k": 10},
             {"policy": "reweighted", "num_nn": 9})

@@ -18,26 +18,23 @@ Every cluster here is local: a head without CPUs and one-CPU worker nodes on 127
   (b) jobs as tasks (train.py --backend ray per category, one category after the other), and the shared
   filesystem's floor at ``--gbit`` Gbit/s.
 
-    .venv/bin/python benchmarks/bench_ray.py --part all      # about 5 minutes on 2 cores
+    .venv/bin/python -m benchmarks.bench_ray --part all      # about 5 minutes on 2 cores
 Writes benchmarks/results/ray.json (``--json``) and prints the tables.
 """
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
+import src  # noqa: F401  (environment set-up first)
+from src.evaluation.metrics import format_table
+from src.utils.blas import cpu_name
+from src.utils.io import read_json, write_json
+from benchmarks.cli_runs import train_from_scratch
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # every node on 127.0.0.1 (see tests/integration/test_ray.py)
-
-import src  # noqa: E402,F401  (environment set-up first)
-from src.evaluation.metrics import format_table  # noqa: E402
-from src.utils.blas import cpu_name  # noqa: E402
-from src.utils.io import read_json, write_json  # noqa: E402
-from benchmarks.cli_runs import train_from_scratch  # noqa: E402
-
 NODE = dict(object_store_memory=200 * 2 ** 20)
 SIZE = 1024   # the training part's images; tiles of half that: 4 O2O tasks + thumbnail
 TILED = ["--config", str(ROOT / "configs" / "hr_patchcore.yaml"), "-o", f"hr.patch_size={SIZE // 2}",

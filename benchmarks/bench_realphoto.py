@@ -17,8 +17,8 @@ then one row: image and pixel AUROC, pixel AP, PRO, each defect type's margin ov
 recall and false alarms at the persisted threshold, training seconds and evaluation seconds per image
 (network, scoring, metrics and pictures). Rows and their mean go to ``--json``.
 
-    .venv/bin/python benchmarks/bench_realphoto.py --part tuning           # ~3 min on 2 cores
-    .venv/bin/python benchmarks/bench_realphoto.py --part heldout -o hr.stride=384
+    .venv/bin/python -m benchmarks.bench_realphoto --part tuning           # ~3 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_realphoto --part heldout -o hr.stride=384
 """
 import argparse
 import os
@@ -27,18 +27,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+import src  # noqa: F401  (environment set-up first)
+from src.data.synthetic import DEFECT_TYPES, add_defect, write_item
+from src.evaluation.metrics import format_table
+from src.utils.io import read_json, sha256_of, staged_folder, write_json
+from benchmarks.cli_runs import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-import src  # noqa: E402,F401  (environment set-up first)
-from src.data.synthetic import DEFECT_TYPES, add_defect, write_item  # noqa: E402
-from src.evaluation.metrics import format_table  # noqa: E402
-from src.utils.io import read_json, sha256_of, staged_folder, write_json  # noqa: E402
-from benchmarks.cli_runs import run_cli  # noqa: E402
-
 IMAGE_SIZE = 1024
 DEFECT_PX = (6.0, 24.0)
 # area and the two parts as (x0, y0, x1, y1) in the photograph's pixels; both parts hold a 1024 crop.

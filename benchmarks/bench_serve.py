@@ -7,7 +7,7 @@ have passed; everything is bounded and stops by itself. Prints throughput (and i
 p50/p95/p99 latency, the error count and the server's RSS over the first and the last 10 s, and writes
 ``benchmarks/results/serve.json``.
 
-    .venv/bin/python benchmarks/bench_serve.py --model_dir demo_output/pretrained/synthetic_leather \\
+    .venv/bin/python -m benchmarks.bench_serve --model_dir demo_output/pretrained/synthetic_leather \\
         --images demo_output/data/synthetic_leather/test [--clients 4] [--seconds 60]
 """
 import argparse
@@ -17,17 +17,16 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
+import psutil
+
+import src  # noqa: F401  (environment set-up first)
+from src.app.serve import launch, shut_down
+from src.data.folders import images_below
+from src.utils.io import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-
-import src  # noqa: E402,F401  (environment set-up first)
-from src.app.serve import launch, shut_down  # noqa: E402
-from src.data.folders import images_below  # noqa: E402
-from src.utils.io import write_json  # noqa: E402
 
 
 def baseline(model_dir, paths, seconds):

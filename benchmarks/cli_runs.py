@@ -1,6 +1,5 @@
 """The project's command-line scripts run from a benchmark: timed, in the project folder, and ending the benchmark
-with the script's output when it fails. Benchmarks import it as ``benchmarks.cli_runs`` (the project folder is on
-their ``sys.path``)."""
+with the script's output when it fails."""
 import shutil
 import subprocess
 import sys

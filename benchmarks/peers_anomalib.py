@@ -1,10 +1,11 @@
 """anomalib's side of benchmarks/bench_peers.py: run by the peers venv's Python (torch, anomalib), never by the
-project's. Prints one JSON line starting with ``PEERS `` on stdout.
+project's, from the repository root. Prints one JSON line starting with ``PEERS `` on stdout.
 
-    python peers_anomalib.py weights OUT.pth              # the seeded WRN50 both sides load
-    python peers_anomalib.py run DATA CATEGORY WEIGHTS OUT.npz [--coreset 0.1] [--batch 8] [--backbone mobilenet_v2]
-    python peers_anomalib.py tiled DATA CATEGORY MOBILENET.pt OUT.npz --image_size 2048 --tile 512 [--coreset 0.01]
-        [--batch 4]                                      # anomalib's tiled ensemble, one Patchcore per tile position
+    python -m benchmarks.peers_anomalib weights OUT.pth   # the seeded WRN50 both sides load
+    python -m benchmarks.peers_anomalib run DATA CATEGORY WEIGHTS OUT.npz [--coreset 0.1] [--batch 8]
+        [--backbone mobilenet_v2]
+    python -m benchmarks.peers_anomalib tiled DATA CATEGORY MOBILENET.pt OUT.npz --image_size 2048 --tile 512
+        [--coreset 0.01] [--batch 4]                      # anomalib's tiled ensemble, one Patchcore per tile position
 """
 import json
 import sys
@@ -14,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.torch_reference import randomize_batch_norm_stats  # noqa: E402  (the parity tests' BatchNorm statistics)
+from benchmarks.torch_reference import randomize_batch_norm_stats  # the parity tests' BatchNorm statistics
 
 PREFIX = "PEERS "
 

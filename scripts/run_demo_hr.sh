@@ -42,7 +42,7 @@ rm -rf "$out/infer/$category/preprocess_Result"
 echo "export + C++ inference: $(( $(date +%s) - cpp_start )) s"
 
 echo "== 5/5 the same PatchCore on the whole image at 224x224, side by side"
-$py benchmarks/bench_hr.py --hr_model "$out/models/$category" --data_root "$out/data" --category "$category" \
+$py -m benchmarks.bench_hr --hr_model "$out/models/$category" --data_root "$out/data" --category "$category" \
   --pre_ckpt_path "$ckpt" --cpp_acc "$out/infer/$category/acc_$category.json" --json "$out/bench_hr.json"
 
 echo "high-resolution demo finished in $(( $(date +%s) - start )) s;" \

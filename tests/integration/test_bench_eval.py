@@ -12,7 +12,7 @@ from conftest import ROOT
 def test_the_parts_of_an_evaluation_add_up_to_its_cost(small_model, small_dataset, tmp_path):
     folder, _ = small_model
     out = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_eval.py"), "--model_dir", str(folder),
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_eval", "--model_dir", str(folder),
                              "--dataset_path", str(small_dataset), "--json", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

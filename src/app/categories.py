@@ -19,6 +19,7 @@ import sys
 
 from src.app.cli import positive_int_argument
 from src.utils.io import sha256_of
+from src.utils.ray_tasks import collect_as_completed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRICS = os.path.join("eval", "metrics.json")
@@ -74,7 +75,19 @@ def main(argv=None):
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
     remote = ray.remote(run_category).options(num_cpus=args.cpus, max_retries=2)
-    pending, failed = {}, []
+    failed = []
+
+    def report(category, result):
+        status, output, written, node = result
+        tqdm.write(f"=== {category} (node {node})\n{output.rstrip()}", file=sys.stdout)
+        if not status and written != file_sha256(os.path.join(output_dir, category, METRICS)):
+            tqdm.write(f"error: {os.path.join(output_dir, category, METRICS)}: not what node {node} wrote "
+                       f"there: OUTPUT_DIR must be at the same path on every node (a shared filesystem)",
+                       file=sys.stderr)
+            status = 1
+        if status:
+            failed.append(category)
+
     try:
         print(f"Ray cluster: {ray.cluster_resources()}; {len(args.categories)} categories as tasks of "
               f"{args.cpus} CPU(s) each", flush=True)
@@ -82,26 +95,10 @@ def main(argv=None):
                                                    args.device_id, output_dir, category, args.cpus, train_args),
                                  os.path.join(output_dir, category, METRICS)): category
                    for category in args.categories}
-        with tqdm(total=len(pending), desc="categories", unit="category", file=sys.stderr) as bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                category = pending.pop(ready[0])
-                try:
-                    status, output, written, node = ray.get(ready[0])
-                except ray.exceptions.RayError as exc:   # its worker was lost more often than retried
-                    status, output, written, node = 1, str(exc).strip().splitlines()[-1], None, "lost"
-                tqdm.write(f"=== {category} (node {node})\n{output.rstrip()}", file=sys.stdout)
-                if not status and written != file_sha256(os.path.join(output_dir, category, METRICS)):
-                    tqdm.write(f"error: {os.path.join(output_dir, category, METRICS)}: not what node {node} wrote "
-                               f"there: OUTPUT_DIR must be at the same path on every node (a shared filesystem)",
-                               file=sys.stderr)
-                    status = 1
-                if status:
-                    failed.append(category)
-                bar.update(1)
+        # a failed category does not stop the others; after Ctrl-C the ones still running are cancelled
+        collect_as_completed(pending, report, lambda category, cause: (1, cause, None, "lost"),
+                             "categories", "category")
     finally:
-        for ref in pending:   # after Ctrl-C: the categories still running are cancelled
-            ray.cancel(ref, force=True)
         ray.shutdown()
     if failed:
         print(f"error: failed categories: {' '.join(failed)}", file=sys.stderr)

@@ -24,10 +24,10 @@ import os
 import tempfile
 
 import ray
-from tqdm import tqdm
 
 from src.training.jobs import peak_rss, prepare_worker, run_jobs, sample_identity
 from src.utils.errors import InputError
+from src.utils.ray_tasks import collect_as_completed
 
 DEVICE_RESOURCES = {"Ascend": "NPU", "GPU": "GPU"}
 # Ray reuses a worker process for further tasks: its networks stay built for the next job of the same weights
@@ -131,29 +131,22 @@ class RayRunner:
         pending = {train_remote.options(**task_options(need, run.device[0], self.cpus_per_job, self.max_retries,
                                                           self.resources))
                    .remote(run_ref, name, sha256_ref, self.cpus_per_job): name for name, need in needs.items()}
-        peaks, failed = [peak_rss()], False
-        bar = tqdm(total=len(pending), desc="jobs", unit="job")
-        try:
-            while pending and not failed:
-                bar.set_postfix_str(", ".join(sorted(pending.values())[:4]) + (" ..." if len(pending) > 4 else ""))
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                name = pending.pop(ready[0])
-                try:
-                    messages, log_text, peak = ray.get(ready[0])
-                except ray.exceptions.RayError as exc:   # the worker was lost more often than retried
-                    cause = str(exc).strip().splitlines()[-1]   # the task's own exception, last in Ray's text
-                    messages, log_text, peak = [("crash", name, f"{name} failed on the cluster: {cause}")], "", None
-                self._write_log(run.log_root, name, log_text)
-                for kind, job, payload in messages:
-                    report(kind, job, payload)
-                    failed = failed or kind != "done"
-                if peak is not None:
-                    peaks.append(peak)
-                bar.update(1)
-        finally:
-            for ref in pending:   # after a failure or Ctrl-C: the finished banks stay for a resume
-                ray.cancel(ref, force=True)
-            bar.close()
+        peaks = [peak_rss()]
+
+        def collect(name, result):
+            messages, log_text, peak = result
+            self._write_log(run.log_root, name, log_text)
+            for kind, job, payload in messages:
+                report(kind, job, payload)
+            if peak is not None:
+                peaks.append(peak)
+            return any(kind != "done" for kind, _, _ in messages)   # a failed job ends the run
+
+        def lost(name, cause):
+            return [("crash", name, f"{name} failed on the cluster: {cause}")], "", None
+
+        # after a failure or Ctrl-C the remaining tasks are cancelled: the finished banks stay for a resume
+        collect_as_completed(pending, collect, lost, "jobs", "job", show_pending=True)
         return peaks
 
     @staticmethod

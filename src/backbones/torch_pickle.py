@@ -59,7 +59,8 @@ def _integer(data, signed=True):
     return int.from_bytes(data, "little", signed=signed)
 
 
-# Opcodes of pickle protocols 2-5 (torch writes 2) that push a value; the others are handled in load().
+# Opcodes of pickle protocols 2-5 (torch writes 2) that push a value; StateDictUnpickler's _run_*_opcode methods
+# handle the others.
 CONSTANTS = {b"N": None, b"\x88": True, b"\x89": False}                   # NONE, NEWTRUE, NEWFALSE
 FIXED_INTEGERS = {b"J": (4, True), b"K": (1, False), b"M": (2, False)}  # BININT, BININT1, BININT2: (bytes, signed)
 # Opcodes whose value is a run of bytes after a little-endian length: (length bytes, decoder).
@@ -109,92 +110,113 @@ class StateDictUnpickler:
         return line[:-1].decode("utf-8")
 
     def load(self):
-        stack, marks, read = [], [], self._read
-
-        def pop(count=1):
-            if len(stack) < count:
-                raise UnpicklingError("stack underflow")
-            items = stack[len(stack) - count:]
-            del stack[len(stack) - count:]
-            return items
-
-        def since_mark():
-            if not marks:
-                raise UnpicklingError("no mark on the stack")
-            return pop(len(stack) - marks.pop())
-
-        def top(kind, opcode):
-            if not stack or not isinstance(stack[-1], kind):
-                raise UnpicklingError(f"{opcode} on something that is not a {kind.__name__}")
-            return stack[-1]
-
+        """The next pickled object in the file. Raises UnpicklingError at the first opcode a state dict does not
+        hold (InputError at such a global or persistent id), EOFError when the pickle ends early."""
+        self.stack, self.marks = [], []
         while True:
-            code = read(1)
+            code = self._read(1)
             if code == b".":  # STOP
-                if len(stack) != 1 or marks:
+                if len(self.stack) != 1 or self.marks:
                     raise UnpicklingError("stack not empty at the end of the pickle")
-                return stack.pop()
-            if code in CONSTANTS:
-                stack.append(CONSTANTS[code])
-            elif code in FIXED_INTEGERS:
-                size, signed = FIXED_INTEGERS[code]
-                stack.append(_integer(read(size), signed))
-            elif code in SIZED:
-                size, decode = SIZED[code]
-                stack.append(decode(read(_integer(read(size), signed=False))))
-            elif code in MEMO_KEY_BYTES:
-                key = _integer(read(MEMO_KEY_BYTES[code]), signed=False)
-                if code in (b"q", b"r"):
-                    self.memo[key] = top(object, "PUT")
-                else:
-                    stack.append(self.memo[key])
-            elif code == b"\x94":  # MEMOIZE
-                self.memo[len(self.memo)] = top(object, "MEMOIZE")
-            elif code == b"\x80":  # PROTO
-                if not 2 <= read(1)[0] <= 5:
-                    raise UnpicklingError("unsupported pickle protocol")
-            elif code == b"\x95":  # FRAME: its length; the frame's opcodes follow inline
-                read(8)
-            elif code == b"(":  # MARK
-                marks.append(len(stack))
-            elif code == b")":  # EMPTY_TUPLE
-                stack.append(())
-            elif code in (b"\x85", b"\x86", b"\x87"):  # TUPLE1, TUPLE2, TUPLE3
-                stack.append(tuple(pop(code[0] - 0x84)))
-            elif code == b"t":  # TUPLE
-                stack.append(tuple(since_mark()))
-            elif code == b"]":  # EMPTY_LIST
-                stack.append([])
-            elif code in (b"a", b"e"):  # APPEND, APPENDS
-                items = pop() if code == b"a" else since_mark()
-                top(list, "APPEND").extend(items)
-            elif code == b"}":  # EMPTY_DICT
-                stack.append({})
-            elif code in (b"s", b"u"):  # SETITEM, SETITEMS
-                items = pop(2) if code == b"s" else since_mark()
-                if len(items) % 2:
-                    raise UnpicklingError("SETITEMS with a key but no value")
-                top(dict, "SETITEMS").update(zip(items[::2], items[1::2]))
-            elif code == b"c":  # GLOBAL
-                module = self._line()
-                stack.append(self.find_class(module, self._line()))
-            elif code == b"\x93":  # STACK_GLOBAL
-                module, name = pop(2)
-                stack.append(self.find_class(module, name))
-            elif code == b"Q":  # BINPERSID
-                stack.append(self.persistent_load(*pop()))
-            elif code == b"R":  # REDUCE
-                function, args = pop(2)
-                if function not in CALLABLES or not isinstance(args, tuple):
-                    raise UnpicklingError("REDUCE of something other than a tensor or an OrderedDict")
-                stack.append(function(*args))
-            elif code == b"b":  # BUILD: an OrderedDict's attributes (torch's _metadata), not needed
-                pop()
-                top(dict, "BUILD")
-            elif code == b"0":  # POP
-                pop()
-            else:
+                return self.stack.pop()
+            if not (self._run_value_opcode(code) or self._run_container_opcode(code) or self._run_global_opcode(code)):
                 raise UnpicklingError(f"pickle opcode {code!r} is not part of a state dict")
+
+    def _pop(self, count=1):
+        if len(self.stack) < count:
+            raise UnpicklingError("stack underflow")
+        items = self.stack[len(self.stack) - count:]
+        del self.stack[len(self.stack) - count:]
+        return items
+
+    def _since_mark(self):
+        if not self.marks:
+            raise UnpicklingError("no mark on the stack")
+        return self._pop(len(self.stack) - self.marks.pop())
+
+    def _top(self, kind, opcode):
+        if not self.stack or not isinstance(self.stack[-1], kind):
+            raise UnpicklingError(f"{opcode} on something that is not a {kind.__name__}")
+        return self.stack[-1]
+
+    def _run_value_opcode(self, code):
+        """Runs ``code`` if it pushes a plain value, uses the memo or is one of PROTO, FRAME, MARK, POP; False if
+        it is not."""
+        if code in CONSTANTS:
+            self.stack.append(CONSTANTS[code])
+        elif code in FIXED_INTEGERS:
+            size, signed = FIXED_INTEGERS[code]
+            self.stack.append(_integer(self._read(size), signed))
+        elif code in SIZED:
+            size, decode = SIZED[code]
+            self.stack.append(decode(self._read(_integer(self._read(size), signed=False))))
+        elif code in MEMO_KEY_BYTES:
+            key = _integer(self._read(MEMO_KEY_BYTES[code]), signed=False)
+            if code in (b"q", b"r"):
+                self.memo[key] = self._top(object, "PUT")
+            else:
+                self.stack.append(self.memo[key])
+        elif code == b"\x94":  # MEMOIZE
+            self.memo[len(self.memo)] = self._top(object, "MEMOIZE")
+        elif code == b"\x80":  # PROTO
+            if not 2 <= self._read(1)[0] <= 5:
+                raise UnpicklingError("unsupported pickle protocol")
+        elif code == b"\x95":  # FRAME: its length; the frame's opcodes follow inline
+            self._read(8)
+        elif code == b"(":  # MARK
+            self.marks.append(len(self.stack))
+        elif code == b"0":  # POP
+            self._pop()
+        else:
+            return False
+        return True
+
+    def _run_container_opcode(self, code):
+        """Runs ``code`` if it is a tuple's, list's or dict's opcode; False if it is not."""
+        if code == b")":  # EMPTY_TUPLE
+            self.stack.append(())
+        elif code in (b"\x85", b"\x86", b"\x87"):  # TUPLE1, TUPLE2, TUPLE3
+            self.stack.append(tuple(self._pop(code[0] - 0x84)))
+        elif code == b"t":  # TUPLE
+            self.stack.append(tuple(self._since_mark()))
+        elif code == b"]":  # EMPTY_LIST
+            self.stack.append([])
+        elif code in (b"a", b"e"):  # APPEND, APPENDS
+            items = self._pop() if code == b"a" else self._since_mark()
+            self._top(list, "APPEND").extend(items)
+        elif code == b"}":  # EMPTY_DICT
+            self.stack.append({})
+        elif code in (b"s", b"u"):  # SETITEM, SETITEMS
+            items = self._pop(2) if code == b"s" else self._since_mark()
+            if len(items) % 2:
+                raise UnpicklingError("SETITEMS with a key but no value")
+            self._top(dict, "SETITEMS").update(zip(items[::2], items[1::2]))
+        elif code == b"b":  # BUILD: an OrderedDict's attributes (torch's _metadata), not needed
+            self._pop()
+            self._top(dict, "BUILD")
+        else:
+            return False
+        return True
+
+    def _run_global_opcode(self, code):
+        """Runs ``code`` if it is a global's, a persistent id's or a call's opcode (through ``find_class``,
+        ``persistent_load`` and CALLABLES only); False if it is not."""
+        if code == b"c":  # GLOBAL
+            module = self._line()
+            self.stack.append(self.find_class(module, self._line()))
+        elif code == b"\x93":  # STACK_GLOBAL
+            module, name = self._pop(2)
+            self.stack.append(self.find_class(module, name))
+        elif code == b"Q":  # BINPERSID
+            self.stack.append(self.persistent_load(*self._pop()))
+        elif code == b"R":  # REDUCE
+            function, args = self._pop(2)
+            if function not in CALLABLES or not isinstance(args, tuple):
+                raise UnpicklingError("REDUCE of something other than a tensor or an OrderedDict")
+            self.stack.append(function(*args))
+        else:
+            return False
+        return True
 
 
 def storage_dtype(storage_type, byteorder):

@@ -16,14 +16,18 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
     default (the reference's picks, bit for bit); above it the two-round composable coreset
     (``two_round.py``: greedy on ``chunk_size``-point chunks, ``oversample`` times their share, then on the
     union), which costs O(N) instead of O(N k). ``stats`` holds diagnostics of the last run
-    (``method``; for the exact greedy ``visited_fraction``: points visited per pick / N).
+    (``method``; for the exact greedy ``visited_fraction``: points visited per pick / N). ``pruned=False``: the
+    plain exact greedy (the same picks, every point visited per pick); ``progress``: progress bars (None: only
+    when stderr is a terminal).
     """
 
     name = "approx_greedy_coreset"
+    # The reference's projection size and number of random starting points: no config or caller changes them.
+    PROJECTION_DIM = 128
+    NUM_STARTING_POINTS = 10
 
     def __init__(self, percentage, seed=0, two_round_above=None, chunk_size=DEFAULT_CHUNK_SIZE,
-                 oversample=DEFAULT_OVERSAMPLE, projection_dim=128, num_starting_points=10, pruned=True,
-                 progress=None):
+                 oversample=DEFAULT_OVERSAMPLE, pruned=True, progress=None):
         super().__init__(percentage, seed)
         if two_round_above is not None and (isinstance(two_round_above, bool) or int(two_round_above) < 0):
             raise InputError(self.name, f"two_round_above must be a number of patches >= 0 or null, "
@@ -32,8 +36,6 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
             raise InputError(self.name, f"chunk_size must be >= 1 and oversample >= 1, got {chunk_size}, {oversample}")
         self.two_round_above = None if two_round_above is None else int(two_round_above)
         self.chunk_size, self.oversample = int(chunk_size), float(oversample)
-        self.projection_dim_max = int(projection_dim)
-        self.num_starting_points = int(num_starting_points)
         self.pruned = pruned
         self.progress = progress
 
@@ -42,10 +44,10 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
                 "oversample": self.oversample}
 
     def projection_dim(self, dim):
-        return min(dim, self.projection_dim_max)
+        return min(dim, self.PROJECTION_DIM)
 
     def _draw_weights(self, dim, rng):
-        return projection_weights(dim, self.projection_dim_max, rng)
+        return projection_weights(dim, self.PROJECTION_DIM, rng)
 
     def two_round(self, n):
         """True when ``n`` points are sampled by the two-round coreset."""
@@ -61,9 +63,9 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
         if self.two_round(len(points)):
             self.stats = {"method": "two_round"}
             return two_round_coreset_indices(points, num_picks, rng, self.chunk_size, self.oversample,
-                                             self.num_starting_points, progress=self.progress)
+                                             self.NUM_STARTING_POINTS, progress=self.progress)
         self.stats = {"method": "exact_greedy"}
-        start_indices = rng.choice(len(points), min(self.num_starting_points, len(points)), replace=False)
+        start_indices = rng.choice(len(points), min(self.NUM_STARTING_POINTS, len(points)), replace=False)
         if not self.pruned:
             self.stats["visited_fraction"] = 1.0
             return greedy_coreset_plain(points, num_picks, start_indices, progress=self.progress)
@@ -73,4 +75,4 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
         if self.two_round(n):
             return two_round_peak_bytes(n, d, self.percentage, self.chunk_size, self.oversample,
                                         self.projection_dim(d), projected_resident)
-        return estimate_peak_bytes(n, d, self.percentage, self.projection_dim_max, self.pruned, projected_resident)
+        return estimate_peak_bytes(n, d, self.percentage, self.PROJECTION_DIM, self.pruned, projected_resident)

@@ -87,20 +87,19 @@ def downscaled_row(args, data_root, patch_config, data):
     from src.inference.model import Model
     from src.tiling.plan import MultiResolutionHRImageSpliter
     from src.tiling.tasks import A2OTaskGenerator
-    from src.training.trainer import HRTrainer
+    from src.training.hiad import HRTrainer
     set_device("CPU", 0)
     side = args.size
     view = Resize((side, side))
     train = [sample.with_view(view) for sample in list_train_samples(str(data_root), args.category)]
     plan = MultiResolutionHRImageSpliter((side, side), side)
     config = {"patch": dict(patch_config, percentage=args.plain_percentage),
-              "data": {"mean": data["mean"], "std": data["std"], "batch_size": 4}}
+              "data": {"mean": data["mean"], "std": data["std"]}, "image_score": {"policy": "max"}}
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         trainer = HRTrainer(batch_size=4, tasks=A2OTaskGenerator().create_tasks(train, plan), config=config,
-                            checkpoint_root=folder, log_root=os.path.join(folder, "logs"), vis_root=None,
-                            indexes=plan, pre_ckpt_path=args.pre_ckpt_path, seed=args.seed, image_score="max")
-        plain_bank = trainer.train(train)["jobs"]["task_0"]["bank_size"]
+                            checkpoint_root=folder, log_root=os.path.join(folder, "logs"), vis_root=None)
+        plain_bank = trainer.train(train, pre_ckpt_path=args.pre_ckpt_path, seed=args.seed)["jobs"]["task_0"]["bank_size"]
         train_s = time.perf_counter() - started
         started = time.perf_counter()
         samples = list_test_samples(str(data_root), args.category)

@@ -14,15 +14,15 @@ from src.data.folders import folder_test_samples
 from src.tiling.tasks import PrintTasks
 from src.training.model_plan import plan_model
 from src.training.runner import build_runner
-from src.training.trainer import HRTrainer
+from src.training.trainer import Trainer
 from src.utils.errors import InputError
 from src.utils.io import write_json
 
 def make_runner(args, config, model_plan):
     """The runner of ``--backend`` (else ``runner.backend``) with its options (the config's ``runner`` entries,
     ``--ray_address`` over ``runner.address``)."""
-    backend = args.backend or config.runner["backend"]
-    options = {key: value for key, value in config.runner.items() if key != "backend" and value is not None}
+    backend = args.backend or config.runner.backend
+    options = dict(config.runner.options)
     if args.ray_address:
         options["address"] = args.ray_address
     if backend == "local":
@@ -41,7 +41,7 @@ def train(args, config):
     if args.pre_ckpt_path and not os.path.isfile(args.pre_ckpt_path):
         raise InputError(args.pre_ckpt_path, "backbone checkpoint not found")
     started = time.perf_counter()
-    model_plan = plan_model(config, listed, args.seed)
+    model_plan = plan_model(config, listed, args.seed, args.category)
     if model_plan.tiled:
         PrintTasks(model_plan.tasks)
     folder = os.path.join(args.output_dir, args.category)
@@ -54,12 +54,12 @@ def train(args, config):
                                                                                            else ""),
                     model_plan.samples[0].view)
     runner = make_runner(args, config, model_plan)
-    trainer = HRTrainer.from_model_plan(config, model_plan, folder, args.pre_ckpt_path, args.seed,
-                                        (args.device_target, args.device_id), args.category, runner)
+    trainer = Trainer(config, model_plan, folder, runner, args.pre_ckpt_path, args.seed,
+                      (args.device_target, args.device_id))
     view = model_plan.samples[0].view
     val_samples = [] if not args.val_dir else \
         [sample.with_view(view) for sample in folder_test_samples(args.val_dir, args.val_mask_dir)]
-    meta = trainer.train(model_plan.samples, val_config=model_plan.val_config, val_samples=val_samples)
+    meta = trainer.train(val_samples)
     write_json(os.path.join(folder, "train_result.json"),
                {"category": args.category, "total_seconds": round(time.perf_counter() - started, 3),
                 "jobs": meta["jobs"]})

@@ -1,5 +1,6 @@
 """Configuration files: a YAML file of sections over the defaults of ``configs/patchcore.yaml``, then ``-o key=value``
 overrides; the result is parsed once into a typed ``Config`` (``src/config/schema.py``)."""
+import copy
 import os
 
 import yaml
@@ -85,19 +86,22 @@ def load_config(path=None, overrides=None):
     return Config.from_dict(config, path or DEFAULT_CONFIG_PATH)
 
 
-def hiad_config(config):
-    """A ``Config`` from HiAD-style ``{"patch": ..., "data": ..., "postprocess": ...}`` sections over the defaults of
-    configs/patchcore.yaml (HiAD's ``patch_size`` entry is ignored: the tiles come from the plan)."""
-    if isinstance(config, Config):
-        return config
-    raw = load_config(None).to_dict()
-    config = dict(config or {})
-    unknown = set(config) - {"patch", "data", "postprocess", "thumbnail"}
-    if unknown:
-        raise InputError("config", f"unknown sections {sorted(unknown)}")
-    for section in ("patch", "data", "postprocess"):
-        given = {k: v for k, v in (config.get(section) or {}).items() if k != "patch_size"}
-        if set(given) - set(raw[section]):
-            raise InputError("config", f"unknown {section} entries {sorted(set(given) - set(raw[section]))}")
-        raw[section] = {**raw[section], **given}
+def hiad_config(config, batch_size):
+    """A ``Config`` from HiAD-style ``{"patch": ..., "data": ..., "postprocess": ..., "image_score": ...}`` sections
+    over the defaults of configs/patchcore.yaml (HiAD's ``patch_size`` entry is ignored: the tiles come from the
+    plan; a ``thumbnail`` section is the caller's), or from a ``Config``, with HiAD's ``batch_size``. HiAD's
+    models are tiled: the image score is ``window_max`` unless a policy is given."""
+    raw = copy.deepcopy(config.to_dict() if isinstance(config, Config) else load_config(None).to_dict())
+    if not isinstance(config, Config):
+        given_sections = dict(config or {})
+        unknown = set(given_sections) - {"patch", "data", "postprocess", "image_score", "thumbnail"}
+        if unknown:
+            raise InputError("config", f"unknown sections {sorted(unknown)}")
+        for section in ("patch", "data", "postprocess", "image_score"):
+            given = {k: v for k, v in (given_sections.get(section) or {}).items() if k != "patch_size"}
+            if set(given) - set(raw[section]):
+                raise InputError("config", f"unknown {section} entries {sorted(set(given) - set(raw[section]))}")
+            raw[section] = {**raw[section], **given}
+    raw["image_score"]["policy"] = raw["image_score"]["policy"] or "window_max"
+    raw["data"]["batch_size"] = batch_size
     return Config.from_dict(raw, "config")

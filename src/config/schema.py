@@ -4,14 +4,12 @@ The YAML keys are HiAD's and the reference's (``configs/patchcore.yaml`` documen
 overrides apply to the raw mapping before it is parsed (``src/config/loader.py``). ``Config.to_dict()`` gives the
 validated mapping back, as stored in ``model.json``.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from src.config.hr import check_thumbnail, check_val_config, effective_val_config, validate_hr
+from src.config.hr import TilingSettings, ValidationSettings, effective_val_config
 from src.decisions.thresholds import parse_threshold_policy
 from src.patchcore.scoring import build_image_score
 from src.patchcore.sampling import build_sampler
-from src.data.sample import as_width_height
-from src.tiling.plan import check_fusion_weights
 from src.utils.checks import positive_int
 from src.utils.errors import InputError
 
@@ -71,46 +69,6 @@ class DataSettings:
                    int(data["batch_size"]))
 
 
-@dataclass(frozen=True)
-class ThumbnailSettings:
-    """``hr.thumbnail``: the whole image at ``size`` = (w, h) with a bank of its own, merged by ``merge``;
-    ``patch`` holds the patch entries it sets differently from the tiles."""
-    size: tuple
-    merge: str
-    patch: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TilingSettings:
-    """The ``hr`` section (high-resolution mode), validated against the rest of the config."""
-    image_size: tuple
-    patch_size: tuple
-    stride: tuple
-    ds_factors: tuple
-    fusion_weights: tuple
-    task_generator: str
-    task_generator_params: dict
-    workers: int
-    thumbnail: ThumbnailSettings
-    eval_resize: int
-    vis_size: int
-
-    @classmethod
-    def from_dict(cls, hr, source):
-        def size(value, name):
-            return None if value is None else as_width_height(value, name)
-        thumbnail = check_thumbnail(hr["thumbnail"], True)   # validate_hr checked it has a val_config
-        weights = check_fusion_weights(hr["fusion_weights"], hr["ds_factors"])
-        return cls(size(hr["image_size"], "hr.image_size"), as_width_height(hr["patch_size"], "hr.patch_size"),
-                   size(hr["stride"], "hr.stride"), None if hr["ds_factors"] is None else tuple(hr["ds_factors"]),
-                   None if weights is None else tuple(weights), hr["task_generator"],
-                   dict(hr["task_generator_params"] or {}), hr["workers"],
-                   None if thumbnail is None else ThumbnailSettings(
-                       tuple(thumbnail["thumbnail_size"]), thumbnail["merge"],
-                       {k: v for k, v in thumbnail.items() if k not in ("thumbnail_size", "merge")}),
-                   hr["eval_resize"], hr["vis_size"])
-
-
 def reference_bn_side(value, data, source):
     """``patch.reference_bn_update`` as stored: None (off) or the side of the ones image (true: data.imagesize,
     the authors' input shape; a model.json keeps the number)."""
@@ -124,6 +82,22 @@ def reference_bn_side(value, data, source):
 
 
 @dataclass(frozen=True)
+class RunnerSettings:
+    """The ``runner`` section: where training jobs run (``backend``, a name of ``src/training/runner.py``'s
+    registry) and the options that backend is built with (entries left null are not passed)."""
+    backend: str
+    options: dict
+
+    @classmethod
+    def from_dict(cls, runner, source):
+        runner = dict(runner or {"backend": "local"})   # models trained before the section: local
+        backend = runner.pop("backend", None)
+        if not isinstance(backend, str):
+            raise InputError(source, f"runner.backend must be a name, got {backend!r}")
+        return cls(backend, {key: value for key, value in runner.items() if value is not None})
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated config. ``hr`` is None for the 224-pixel model; ``val_config`` is the validation the
     model trains with (``hr.val_config`` or the top-level one; None: none); ``threshold`` the image-threshold
@@ -133,10 +107,10 @@ class Config:
     data: DataSettings
     postprocess: dict
     hr: TilingSettings
-    val_config: dict
+    val_config: ValidationSettings
     threshold: str
     image_score: dict
-    runner: dict   # where training jobs run: {"backend": name} (src/training/runner.py)
+    runner: RunnerSettings
     raw: dict   # the validated mapping (model.json's "config")
 
     @classmethod
@@ -145,12 +119,9 @@ class Config:
         data = DataSettings.from_dict(raw["data"], source)
         raw["patch"]["reference_bn_update"] = reference_bn_side(raw["patch"].get("reference_bn_update"), data, source)
         patch = PatchSettings.from_dict(raw["patch"], source)
-        hr = None
-        if "hr" in raw:
-            validate_hr(raw, source)
-            hr = TilingSettings.from_dict(raw["hr"], source)
         try:
-            val_config = check_val_config(effective_val_config(raw))
+            val_config = ValidationSettings.from_dict(effective_val_config(raw))
+            hr = None if "hr" not in raw else TilingSettings.from_dict(raw["hr"], val_config is not None)
             threshold = raw["postprocess"].get("threshold", "f1")
             parse_threshold_policy(threshold)
             image_score = dict(raw["image_score"])
@@ -159,10 +130,8 @@ class Config:
             build_image_score(image_score, feature_stride=1)   # a bad name or parameter stops the run here
         except InputError as exc:
             raise InputError(source, str(exc)) from None
-        runner = dict(raw.get("runner") or {"backend": "local"})   # models trained before the section: local
-        if not isinstance(runner.get("backend"), str):
-            raise InputError(source, f"runner.backend must be a name, got {runner.get('backend')!r}")
-        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, image_score, runner, raw)
+        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, image_score,
+                   RunnerSettings.from_dict(raw.get("runner"), source), raw)
 
     def to_dict(self):
         return self.raw

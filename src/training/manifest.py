@@ -57,32 +57,33 @@ def remove_stale_jobs(root, jobs):
             shutil.rmtree(folder)
 
 
-def model_meta(*, category, view, image_size, seed, pre_ckpt_path, config, batch_size, fusion_weights, image_score,
-               thumbnail, task_generator_spec, samples, items, val_config, in_bank):
-    """model.json's description of the model (the trainer adds the banks, thresholds, memory and time)."""
+def model_meta(config, model_plan, image_score, seed, pre_ckpt_path, items):
+    """model.json's description of the model trained from ``config`` and ``model_plan`` with ``image_score`` (the
+    built policy) and the validation ``items`` (the trainer adds the banks, thresholds, memory and time)."""
     import faiss
     import mindspore as ms
+    thumbnail, validation = model_plan.thumbnail, model_plan.val_config
     return {
-        "format": MODEL_FORMAT, "version": MODEL_VERSION, "category": category,
-        "view": view.to_dict(), "image_size": list(image_size), "seed": seed,
+        "format": MODEL_FORMAT, "version": MODEL_VERSION, "category": model_plan.category,
+        "view": model_plan.view.to_dict(), "image_size": list(model_plan.image_size), "seed": seed,
         "pretrained": pre_ckpt_path is not None,
         "backbone_checkpoint_sha256": sha256_of(pre_ckpt_path) if pre_ckpt_path else None,
         # where predict.py finds the weights (checked against the sha256; --pre_ckpt_path overrides it)
         "backbone_checkpoint": os.path.abspath(pre_ckpt_path) if pre_ckpt_path else None,
         "data": {"mean": list(config.data.mean), "std": list(config.data.std)},
-        "batch_size": batch_size, "fusion_weights": fusion_weights,
+        "batch_size": config.data.batch_size, "fusion_weights": model_plan.fusion_weights,
         "image_score": image_score.to_dict(),
         "inference": {"gaussian_sigma": float(config.postprocess["gaussian_sigma"]),
-                      "thumbnail_size": None if thumbnail is None else thumbnail["thumbnail_size"],
-                      "thumbnail_merge": None if thumbnail is None else thumbnail["merge"]},
-        "task_generator": task_generator_spec,
+                      "thumbnail_size": None if thumbnail is None else list(thumbnail.size),
+                      "thumbnail_merge": None if thumbnail is None else thumbnail.merge},
+        "task_generator": model_plan.task_generator_spec,
         "config": config.to_dict(),
-        "train_samples": [s.image_path or s.name for s in samples],
+        "train_samples": [s.image_path or s.name for s in model_plan.samples],
         "validation": None if not items else {
-            "val_sample_ratio": None if val_config is None else val_config.get("val_sample_ratio", 0.2),
-            "max_patch_number": None if val_config is None else val_config.get("max_patch_number"),
+            "val_sample_ratio": None if validation is None else validation.val_sample_ratio,
+            "max_patch_number": None if validation is None else validation.max_patch_number,
             # False: the validation images also trained the banks; they were scored without their own entries
-            "held_out": not in_bank,
+            "held_out": not any(item.bank_source is not None for item in items),
             "items": [item.describe() for item in items]},
         "versions": {"python": platform.python_version(), "mindspore": ms.__version__,
                      "faiss": faiss.__version__, "numpy": np.__version__},

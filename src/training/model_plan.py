@@ -6,32 +6,49 @@ crop ``data.imagesize``) with one A2O task, no thumbnail and the maximum patch s
 ``hr`` the image is resized to ``hr.image_size`` (the first training image's size by default), cut into tiles by
 ``MultiResolutionHRImageSpliter``, the configured task generator maps tiles to tasks, and the image score is the
 one-cell moving-average maximum of the map by default. The image-score policy is the config's (any policy with
-any plan); ``tiled`` says whether the plan came from an ``hr`` section.
+any plan); ``tiled`` says whether the plan came from an ``hr`` section (then every task's scores are normalised
+on the validation images; a one-task 224-pixel model keeps the reference's raw scores).
 """
 from dataclasses import dataclass
 
-from src.data.sample import ResizeCrop, Sample
-from src.tiling.plan import MultiResolutionHRImageSpliter
-from src.tiling.tasks import (A2OTaskGenerator, RetrieveTaskGenerator, SpatialClusteringTaskGenerator,
-                              TASK_GENERATORS, ThresholdClusteringTaskGenerator, build_task_generator)
+from src.config.hr import ThumbnailSettings, ValidationSettings
+from src.data.sample import Resize, ResizeCrop, Sample
+from src.patchcore.detector import PatchCoreDetector
+from src.tiling.plan import MultiResolutionHRImageSpliter, plan_image_size
+from src.tiling.tasks import (TASK_GENERATORS, A2OTaskGenerator, RetrieveTaskGenerator, SpatialClusteringTaskGenerator,
+                              ThresholdClusteringTaskGenerator, build_task_generator)
 
 CLUSTERING = (SpatialClusteringTaskGenerator, ThresholdClusteringTaskGenerator, RetrieveTaskGenerator)
 
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """``samples``: the training samples seen through the model's view; ``tasks`` cover ``plan``'s tiles."""
+    """``samples``: the training samples seen through the model's view; ``tasks`` cover ``plan``'s tiles (a
+    ``MultiResolutionHRImageSpliter`` or the list of its tiles); ``task_generator`` routes the tiles of Retrieve
+    tasks; ``image_score``: the config's section; ``category``: the model's name (model.json)."""
     samples: list
-    plan: MultiResolutionHRImageSpliter
+    plan: object
     tasks: list
     task_generator: object
     task_generator_spec: dict
     image_score: dict
     tiled: bool
-    thumbnail: dict = None
+    category: str
+    thumbnail: ThumbnailSettings = None
     fusion_weights: list = None
-    val_config: dict = None
+    val_config: ValidationSettings = None
     workers: int = None
+    detector_class: type = PatchCoreDetector
+
+    @property
+    def image_size(self):
+        """(w, h) the model sees an image at."""
+        return tuple(plan_image_size(self.plan))
+
+    @property
+    def view(self):
+        """How an input image becomes what the model sees."""
+        return self.samples[0].view or Resize(self.image_size)
 
 
 def task_generator(hr, seed):
@@ -44,7 +61,7 @@ def task_generator(hr, seed):
     return generator, {"name": type(generator).__name__, "params": params}
 
 
-def plan_model(config, samples, seed):
+def plan_model(config, samples, seed, category):
     """The ModelPlan of ``config`` (a ``Config``) for ``samples`` (a category's training images)."""
     hr = config.hr
     if hr is None:
@@ -54,12 +71,12 @@ def plan_model(config, samples, seed):
         plan = MultiResolutionHRImageSpliter(size, size)
         generator = A2OTaskGenerator()
         return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator,
-                         {"name": "A2OTaskGenerator", "params": {}}, config.image_score, False,
+                         {"name": "A2OTaskGenerator", "params": {}}, config.image_score, False, category,
                          val_config=config.val_config)
     image_size = hr.image_size or Sample(samples[0].image).original_size()
     viewed = [Sample(s.image, image_size=image_size, defect_type=s.defect_type) for s in samples]
     plan = MultiResolutionHRImageSpliter(image_size, hr.patch_size, hr.stride, hr.ds_factors)
     generator, spec = task_generator(hr, seed)
     return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator, spec, config.image_score, True,
-                     config.raw["hr"]["thumbnail"],
-                     None if hr.fusion_weights is None else list(hr.fusion_weights), config.val_config, hr.workers)
+                     category, hr.thumbnail, None if hr.fusion_weights is None else list(hr.fusion_weights),
+                     config.val_config, hr.workers)

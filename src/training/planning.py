@@ -8,59 +8,57 @@ import numpy as np
 import psutil
 
 from src.backbones.networks import feature_grid
-from src.config.hr import check_thumbnail, check_val_config, thumbnail_patch_config
 from src.inference.model import THUMBNAIL, check_image_size, make_featurizer
 from src.patchcore.aggregation import to_patch_rows
 from src.patchcore.sampling import build_sampler
 from src.tiling.plan import WholeImage
 from src.tiling.tasks import assign_tiles
-from src.training.jobs import FINGERPRINT_VERSION, Job, TrainingRun, sample_identity, sha256_json, synthesizer_config
+from src.training.jobs import FINGERPRINT_VERSION, Job, sha256_json, synthesizer_config
 from src.training.validation import LabelledItem, build_validation_set
 from src.utils.errors import InputError
 
 
-def checked_inputs(samples, val_config, val_samples, thumbnail, image_size):
-    """(samples, val_config, labelled items, thumbnail), checked; every image is read once now, so a bad one fails
-    before anything is written."""
+def checked_inputs(samples, val_samples, image_size):
+    """(samples, labelled items), checked; every image is read once now, so a bad one fails before anything is
+    written."""
     samples = list(samples)
     if not samples:
         raise InputError("train_samples", "no training samples")
-    val_config = check_val_config(val_config)
     labelled = [LabelledItem(sample) for sample in val_samples or []]
     for sample in samples + [item.sample for item in labelled]:
         check_image_size(sample.load_image(), image_size)
-    return samples, val_config, labelled, check_thumbnail(thumbnail, val_config is not None or bool(labelled))
+    return samples, labelled
 
 
-def training_items(samples, labelled, val_config, seed, tiles_per_image):
-    """(validation items, training positions): HiAD's validation set of ``samples`` (``src/training/validation.py``;
-    none without a ``val_config``), then the ``labelled`` items; every sample trains unless held out."""
-    if val_config is None:
+def training_items(samples, labelled, validation, seed, tiles_per_image):
+    """(validation items, training positions): HiAD's validation set of ``samples`` (``src/training/validation.py``)
+    as ``validation`` (``ValidationSettings``; None: none) sets it, then the ``labelled`` items; every sample trains
+    unless held out."""
+    if validation is None:
         return list(labelled), list(range(len(samples)))
-    synthesizers = val_config.get("anomaly_syn_fn") or []
-    if not isinstance(synthesizers, (list, tuple)):
-        synthesizers = [synthesizers]
-    max_patches = val_config.get("max_patch_number")
-    validation = build_validation_set(samples, synthesizers, float(val_config.get("val_sample_ratio", 0.2)), seed,
-                                      float(val_config.get("anomaly_ratio", 0.5) if synthesizers else 0.0),
-                                      None if max_patches is None else max(1, max_patches // tiles_per_image),
-                                      val_config.get("val_images", 10))
-    return validation.items + list(labelled), validation.train_indices
+    max_patches = validation.max_patch_number
+    chosen = build_validation_set(samples, validation.synthesizers, float(validation.val_sample_ratio), seed,
+                                  float(validation.anomaly_ratio if validation.synthesizers else 0.0),
+                                  None if max_patches is None else max(1, max_patches // tiles_per_image),
+                                  validation.val_images)
+    return chosen.items + list(labelled), chosen.train_indices
 
 
-def plan_jobs(tasks, indexes, n_samples, train_positions, items, thumbnail, patch_config, fusion_weights,
-              task_generator, say):
-    """{name: Job} for the ``tasks`` (and the ``thumbnail`` branch): training views from the images at
-    ``train_positions``, validation views of every item; Retrieve tasks get the validation tiles routed to them."""
-    keep = set(train_positions)
+def plan_jobs(model_plan, patch_config, train_positions, items, say):
+    """{name: Job} for the tasks of ``model_plan`` (and its thumbnail branch): training views from the images at
+    ``train_positions``, validation views of every item (none for an untiled plan: its scores stay raw); Retrieve
+    tasks get the validation tiles routed to them."""
+    keep, tasks, thumbnail = set(train_positions), model_plan.tasks, model_plan.thumbnail
+    items = items if model_plan.tiled else []
     routed = {}
     if any(task.center is not None for task in tasks):
         for position, item in enumerate(items):
-            for task, routed_indexes in assign_tiles(item.load()[0], tasks, indexes, task_generator):
+            for task, routed_indexes in assign_tiles(item.load()[0], tasks, model_plan.plan,
+                                                     model_plan.task_generator):
                 routed.setdefault(task.name, []).extend((position, index) for index in routed_indexes)
     jobs = {}
     for task in tasks:
-        train = tuple((s, index) for s, index in task.training_tiles(n_samples) if s in keep)
+        train = tuple((s, index) for s, index in task.training_tiles(len(model_plan.samples)) if s in keep)
         if not train:
             raise InputError(task.name, "all its training tiles come from held-out validation images; "
                                         "lower val_sample_ratio")
@@ -71,10 +69,10 @@ def plan_jobs(tasks, indexes, n_samples, train_positions, items, thumbnail, patc
             if items and not val:
                 say("Warning: no validation tile is routed to %s: its scores stay unnormalised", task.name,
                     level=logging.WARNING)
-        jobs[task.name] = Job(task.name, patch_config, train, val, fusion_weights)
+        jobs[task.name] = Job(task.name, patch_config, train, val, model_plan.fusion_weights)
     if thumbnail is not None:
-        whole = WholeImage(tuple(thumbnail["thumbnail_size"]))
-        jobs[THUMBNAIL] = Job(THUMBNAIL, thumbnail_patch_config(patch_config, thumbnail),
+        whole = WholeImage(thumbnail.size)
+        jobs[THUMBNAIL] = Job(THUMBNAIL, thumbnail.patch_config(patch_config),
                               tuple((s, whole) for s in train_positions),
                               tuple((position, whole) for position in range(len(items))))
     return jobs
@@ -96,15 +94,6 @@ def job_fingerprints(jobs, identities, items, meta):
                     **{k: meta[k] for k in ("view", "image_size", "seed", "backbone_checkpoint_sha256", "data",
                                             "batch_size", "fusion_weights")}}
     return {name: sha256_json({"run": run_identity, "job": job.describe()}) for name, job in jobs.items()}
-
-
-def training_run(jobs, samples, items, meta, checkpoint_root, log_root, seed, pre_ckpt_path, detector_class, device):
-    """The ``TrainingRun`` of ``jobs``, with their feature grids and fingerprints (each image read and hashed once)."""
-    identities = [sample_identity(sample) for sample in samples]
-    # banks are built beside their final place (spilled features too): one filesystem, a rename to land
-    return TrainingRun(jobs, samples, items, {name: job_grid(job) for name, job in jobs.items()},
-                       job_fingerprints(jobs, identities, items, meta), checkpoint_root, log_root, seed,
-                       pre_ckpt_path, meta, detector_class, device, [identity["sha256"] for identity in identities])
 
 
 def probe_runtime(jobs, grids, meta, image_size, batch_size, pre_ckpt_path, extractors):

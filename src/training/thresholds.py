@@ -100,8 +100,8 @@ def model_thresholds(results, items, policy, val_config, say):
     # score normaliser: raw scores to [0, 1] with the image threshold at 0.5 (predict.py's image score)
     normalizer = ScoreNormalizer.at_threshold(scores[labels == 0], thresholds.image).to_dict()
     metrics = None
-    if val_config and val_config.get("evaluators"):
-        metrics = evaluate_maps(val_config["evaluators"], scores, labels, maps, masks)
+    if val_config is not None and val_config.evaluators:
+        metrics = evaluate_maps(val_config.evaluators, scores, labels, maps, masks)
         say("Validation metrics: %s", metrics)
     return thresholds, normalizer, dict(decision, **({} if metrics is None else metrics)), scores
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.config.hr import ValidationSettings
 from src.data.sample import Sample, check_array
 from src.data.synthesizers import as_synthesizer
 from src.utils.checks import positive_int
@@ -83,8 +84,9 @@ class ValidationSet:
     held_out: bool        # True: the items' images are not in the banks; False: they are (score them without)
 
 
-def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=0.2, seed=0, anomaly_ratio=0.5,
-                         max_items=None, val_images=10):
+def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=ValidationSettings.val_sample_ratio,
+                         seed=0, anomaly_ratio=ValidationSettings.anomaly_ratio, max_items=None,
+                         val_images=ValidationSettings.val_images):
     """Choose validation images among the normal training images, deterministically from ``seed``.
 
     ``images_or_samples``: HxWx3 uint8 arrays, Samples or image paths. With ``val_sample_ratio`` > 0 (HiAD's
@@ -106,12 +108,8 @@ def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=0.2, 
     if held_out and len(sources) < 2:
         raise InputError("val_sample_ratio", f"holding out validation images needs at least 2 normal images, "
                                               f"got {len(sources)}")
-    if not 0 <= val_sample_ratio < 1:
-        raise InputError("val_sample_ratio", f"must be in [0, 1), got {val_sample_ratio!r}")
-    if not 0 <= anomaly_ratio <= 1:
-        raise InputError("anomaly_ratio", f"must be in [0, 1], got {anomaly_ratio!r}")
-    for name, value in (("max_items", max_items), ("val_images", val_images)):
-        positive_int(value, name, optional=True)
+    ValidationSettings(tuple(synthesizers), val_sample_ratio, anomaly_ratio, None, val_images)   # checks them
+    positive_int(max_items, "max_items", optional=True)
     synthesizers = [as_synthesizer(s) for s in synthesizers]
     if anomaly_ratio > 0 and not synthesizers:
         raise InputError("anomaly_syn_fn", "anomaly_ratio > 0 needs at least one synthesizer")

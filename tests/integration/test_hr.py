@@ -22,7 +22,7 @@ from conftest import ROOT, assert_one_line_error, bank_digests, digest, run_cli
 from src.evaluation.metrics import DECISION_KEYS, METRIC_KEYS, OPERATING_KEYS
 from src.patchcore.detector import HRPatchCore
 from src.patchcore.scoring import compose_anomaly_map
-from src.training.trainer import HRTrainer
+from src.training.hiad import HRTrainer
 from src.tiling.plan import MultiResolutionHRImageSpliter
 from src.utils.errors import InputError
 
@@ -80,8 +80,9 @@ def test_in_bank_validation_scores_are_the_models_own_scores_without_each_images
     items = build_validation_set(samples, ["RandomBox"], 0, model.meta["seed"], 0.5, val_images=3).items
     assert [r["in_bank"] for r in records] == [True] * 6 and sorted(r["label"] for r in records) == [0, 0, 0, 1, 1, 1]
     online = [model.predict_images([item.load()[0]], item.bank_source)[0][0] for item in items]
-    # to 1e-5: a tile reused from its normal twin was computed in another batch (MindSpore differs by ~1e-6)
-    np.testing.assert_allclose(online, [r["score"] for r in records], rtol=1e-5)
+    # to 5e-5: a tile reused from its normal twin was computed in another batch (MindSpore differs by ~1e-6 on the
+    # AMD machines, 1.3e-5 on the Intel Xeon ones); the exclusion itself moves scores by over 1e-3 (below)
+    np.testing.assert_allclose(online, [r["score"] for r in records], rtol=5e-5)
     full_bank = [model.predict_images([item.load()[0]])[0][0] for item in items]
     assert max(abs(a - b) for a, b in zip(online, full_bank)) > 1e-3   # the exclusion matters: not vacuous
 
@@ -131,7 +132,8 @@ def test_normalisers_are_persisted_and_validation_maps_equal_inference_maps(trai
     loaded = [item.load() for item in items]
     # each recorded raw score is the model's own score of that validation image (held out: nothing excluded)
     scores = [score for score, _ in model.predict_images([image for image, _ in loaded])]
-    np.testing.assert_allclose(scores, [r["score"] for r in records], rtol=1e-6)
+    # to 5e-6: the validation pass batched other images with these (1.1e-6 apart on the Intel Xeon machines)
+    np.testing.assert_allclose(scores, [r["score"] for r in records], rtol=5e-6)
     by_position = {(index.row, index.col): index for index in model.indexes}
     stored = {}
     for job in JOBS:
@@ -321,17 +323,16 @@ def test_an_injected_runner_gets_each_jobs_needs_and_its_workers_write_nothing_i
         os.makedirs(folder)
         runner.model = folder
         trainer = HRTrainer(batch_size=4, tasks=O2OTaskGenerator().create_tasks(train, plan), config=config,
-                            checkpoint_root=str(folder), log_root=str(tmp_path / label / "logs"), vis_root=None,
-                            indexes=plan, pre_ckpt_path=None, seed=0, runner=runner if label == "injected" else None)
-        trainer.train(train, val_config=val_config)
+                            checkpoint_root=str(folder), log_root=str(tmp_path / label / "logs"), vis_root=None)
+        trainer.train(train, val_config=val_config, pre_ckpt_path=None, seed=0,
+                      runner=runner if label == "injected" else None)
         digests[label] = bank_digests(folder, [f"task_{k}" for k in range(4)] + ["thumbnail"])
     assert digests["injected"] == digests["local"]
     assert sorted(runner.needs) == [f"task_{k}" for k in range(4)] + ["thumbnail"]
     assert all(need.cost > 0 and need.memory > 2 ** 20 for need in runner.needs.values())
     with pytest.raises(InputError, match="workers"):
         HRTrainer(batch_size=4, tasks=O2OTaskGenerator().create_tasks(train, plan), config=config,
-                  checkpoint_root=str(tmp_path / "x"), indexes=plan, runner=runner).train(
-            train, workers=2, val_config=val_config)
+                  checkpoint_root=str(tmp_path / "x")).train(train, workers=2, val_config=val_config, runner=runner)
 
 
 def test_api_retrieve_tasks_with_multi_resolution_fusion_train_and_route(dataset, tmp_path):
@@ -345,8 +346,9 @@ def test_api_retrieve_tasks_with_multi_resolution_fusion_train_and_route(dataset
                         "layers_to_extract_from": ["features.6", "features.13"], "percentage": 0.1,
                         "pretrain_embed_dimension": 64, "target_embed_dimension": 64, "patch_size": 128}},
                         fusion_weights=[0.5, 0.5], checkpoint_root=str(tmp_path / "ckpt"),
-                        log_root=str(tmp_path / "logs"), indexes=plan, task_generator=generator)
-    summary = trainer.train(train, workers=1, val_config={"anomaly_syn_fn": ["CutPaste"], "val_sample_ratio": 0.25})
+                        log_root=str(tmp_path / "logs"))
+    summary = trainer.train(train, workers=1, val_config={"anomaly_syn_fn": ["CutPaste"], "val_sample_ratio": 0.25},
+                            task_generator=generator)
     assert sorted(summary["jobs"]) == ["task_0", "task_1"] and summary["thresholds"] is not None
     images = [HRSample(str(p), image_size=256) for p in sorted((dataset / CATEGORY / "test" / "stain").iterdir())]
     scores, maps = trainer.inference(images, return_results_only=True)

@@ -165,7 +165,7 @@ def test_a_node_that_reads_other_image_bytes_fails_its_job_with_one_line_and_fin
     from src.tiling.plan import MultiResolutionHRImageSpliter
     from src.tiling.tasks import O2OTaskGenerator
     from src.training import ray_runner
-    from src.training.trainer import HRTrainer
+    from src.training.hiad import HRTrainer
     from src.utils.errors import InputError
     train = [HRSample(str(p), image_size=512) for p in sorted((dataset / CATEGORY / "train" / "good").iterdir())]
     plan = MultiResolutionHRImageSpliter(512, 256)
@@ -183,10 +183,9 @@ def test_a_node_that_reads_other_image_bytes_fails_its_job_with_one_line_and_fin
                                           "layers_to_extract_from": ["features.6", "features.13"],
                                           "percentage": 0.1, "pretrain_embed_dimension": 64,
                                           "target_embed_dimension": 64}},
-                        checkpoint_root=str(folder), log_root=str(tmp_path / "logs"), vis_root=None, indexes=plan,
-                        runner=OtherBytesOnTheNodes(address=cluster.address))
+                        checkpoint_root=str(folder), log_root=str(tmp_path / "logs"), vis_root=None)
     with pytest.raises(InputError) as raised:
-        trainer.train(train)
+        trainer.train(train, runner=OtherBytesOnTheNodes(address=cluster.address))
     message = str(raised.value)
     assert bad in message and "other bytes" in message and "\n" not in message
     assert not (folder / "model.json").exists()

@@ -14,7 +14,7 @@ from src.patchcore.detector import HRPatchCore, estimate_fit_bytes, read_rows
 from src.patchcore.featurizer import context_features
 from src.patchcore.scoring import build_image_score, compose_anomaly_map
 from src.training.runner import schedule
-from src.training.trainer import HRTrainer
+from src.training.hiad import HRTrainer
 from src.tiling.tasks import A2OTaskGenerator
 from src.tiling.plan import Box, MultiResolutionHRImageSpliter
 
@@ -192,7 +192,7 @@ def test_fusion_weights_are_validated(weights, message):
     plan = MultiResolutionHRImageSpliter(256, 64, ds_factors=[0, 1])
     tasks = A2OTaskGenerator().create_tasks([], plan)
     with pytest.raises(InputError, match=message):
-        HRTrainer(tasks=tasks, indexes=plan, fusion_weights=weights)
+        HRTrainer(tasks=tasks, fusion_weights=weights)
     with pytest.raises(InputError, match="1 resolutions"):
         HRTrainer(tasks=A2OTaskGenerator().create_tasks([], MultiResolutionHRImageSpliter(256, 64)),
                   fusion_weights=[0.5, 0.5])

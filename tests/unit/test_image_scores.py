@@ -88,8 +88,8 @@ def test_the_policy_defaults_by_tiling_and_tiled_comes_from_the_plan_not_the_pol
     hr_overrides = ["hr.enabled=true", "hr.patch_size=32", "hr.thumbnail=null"]
     assert load_config(None, hr_overrides).image_score["policy"] == "window_max"
     for policy in IMAGE_SCORE_POLICIES:
-        plan = plan_model(load_config(None, ["image_score.policy=" + policy]), samples, 0)
-        tiled = plan_model(load_config(None, hr_overrides + ["image_score.policy=" + policy]), samples, 0)
+        plan = plan_model(load_config(None, ["image_score.policy=" + policy]), samples, 0, "leather")
+        tiled = plan_model(load_config(None, hr_overrides + ["image_score.policy=" + policy]), samples, 0, "leather")
         assert (plan.tiled, tiled.tiled) == (False, True)
         assert plan.image_score["policy"] == tiled.image_score["policy"] == policy
 

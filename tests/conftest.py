@@ -19,6 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER_DIR = ROOT / "ascend310_infer"
 
 
+# ------------------------------------------------------------------------------------------ markers
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` for every end-to-end test (tests/integration), ``cpp`` for those that need the C++ runner built
+    (the ``runner`` fixture, directly or through another fixture), ``ray`` for those on a local Ray cluster (the
+    ``cluster`` fixture of test_ray.py); ``browser`` is set on the test that drives the page."""
+    integration = Path(__file__).resolve().parent / "integration"
+    for item in items:
+        if integration in Path(item.fspath).resolve().parents:
+            item.add_marker(pytest.mark.slow)
+        if "runner" in item.fixturenames:
+            item.add_marker(pytest.mark.cpp)
+        if "cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+
+
 # ------------------------------------------------------------------------------------------ subprocesses
 
 
@@ -61,6 +78,31 @@ def error_lines(result):
 
 
 # ------------------------------------------------------------------------------------------ files
+
+
+def noise_image(seed, height=48, width=80):
+    """A seeded HxWx3 uint8 image of uniform noise."""
+    import numpy as np
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def write_png(path, rgb):
+    """An RGB array written as a PNG file."""
+    import cv2
+    import numpy as np
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
+
+
+def changed_pixels(before, after):
+    """[H, W] bool: the pixels where two images differ in any channel."""
+    import numpy as np
+    return np.any(before != after, axis=-1)
+
+
+def just_above(value):
+    """The float32 right above ``value`` (where a max-F1 threshold lands above a score), as a float."""
+    import numpy as np
+    return float(np.nextafter(np.float32(value), np.float32(np.inf)))
 
 
 def small_category(root, n_train, category="synthetic_leather"):

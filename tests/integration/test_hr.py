@@ -3,7 +3,7 @@
 The end-to-end tests train once through train.py on a small generated category (256x256 images, 128-pixel
 tiles with stride 64: a 3x3 plan, one task per tile, a thumbnail branch and a validation set) with seeded
 random mobilenet_v2 weights, and reuse that model. The parts without a trained model are in
-tests/unit/test_hr_units.py.
+tests/unit/patchcore/ and tests/unit/training/.
 """
 import contextlib
 import json

@@ -1,5 +1,5 @@
 """The torch -> MindSpore checkpoint converter run as a program (``python -m src.pthtockpt``, src/pthtockpt.py),
-also with torch unimportable (the in-process checks are in tests/unit/test_pthtockpt.py)."""
+also with torch unimportable (the in-process checks are in tests/unit/backbones/test_pthtockpt.py)."""
 import os
 import stat
 import subprocess

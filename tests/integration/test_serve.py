@@ -163,6 +163,7 @@ def test_random_bodies_never_get_a_5xx(server, body):
         assert response.status_code < 500, response.text
 
 
+@pytest.mark.browser
 def test_the_page_shows_the_score_and_label_of_an_uploaded_image(server, model_dir, dataset, tmp_path):
     """Headless Debian Chromium (scripts/setup_browser.sh) drives the page; a screenshot is kept in
     test-artifacts/serve_page.png."""

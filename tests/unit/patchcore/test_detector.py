@@ -1,0 +1,58 @@
+"""src/patchcore/detector.py: the streamed fit, row reads and the memory estimate, without a trained model."""
+import numpy as np
+import pytest
+
+import src  # noqa: F401
+from src.patchcore import detector as detector_module
+from src.patchcore.detector import HRPatchCore, estimate_fit_bytes, read_rows
+
+
+def test_fit_in_memory_and_spilled_both_select_the_samplers_coreset_and_spill_every_row(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(2, 160, 4, 4)).astype(np.float32) for _ in range(3)]
+    patch_config = {"percentage": 0.25, "sampler": "approx_greedy_coreset", "anomaly_scorer_num_nn": 1}
+    rows = np.concatenate([b.transpose(0, 2, 3, 1).reshape(-1, 160) for b in batches])
+    from src.patchcore.sampling import build_sampler
+    _, indices = build_sampler("approx_greedy_coreset", 0.25, 3).run(rows)   # the reference's order of draws
+    expected = rows[indices]
+    in_memory = HRPatchCore(patch_config, seed=3)
+    stats = in_memory.fit(iter(batches), 3 * 2 * 16, str(tmp_path / "unused.f32"))
+    assert not (tmp_path / "unused.f32").exists()
+    monkeypatch.setattr(detector_module, "IN_MEMORY_BYTES", 0)   # every row to the spill file
+    spilled = HRPatchCore(patch_config, seed=3)
+    spill = tmp_path / "spill.f32"
+    spilled_stats = spilled.fit(iter(batches), 3 * 2 * 16, str(spill))
+    assert np.array_equal(np.fromfile(spill, np.float32).reshape(-1, 160), rows)
+    for detector, fit_stats, was_spilled in ((in_memory, stats, False), (spilled, spilled_stats, True)):
+        assert {k: fit_stats[k] for k in ("num_patches", "dimension", "bank_size", "spilled")} == \
+            {"num_patches": 96, "dimension": 160, "bank_size": 24, "spilled": was_spilled}
+        assert np.array_equal(detector.bank.index.reconstruct_n(0, len(detector.bank)), expected)
+
+
+def test_streamed_fit_rejects_a_wrong_patch_count(tmp_path):
+    detector = HRPatchCore({"percentage": 0.5, "sampler": "random", "anomaly_scorer_num_nn": 1})
+    with pytest.raises(RuntimeError, match="announced"):
+        detector.fit(iter([np.zeros((1, 8, 2, 2), np.float32)]), 5, str(tmp_path / "s.f32"))
+
+
+def test_read_rows_returns_rows_in_the_requested_order(tmp_path):
+    table = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    table.tofile(tmp_path / "t.f32")
+    wanted = np.array([7, 3, 4, 5, 49, 0, 8])
+    assert np.array_equal(read_rows(tmp_path / "t.f32", wanted, 3), table[wanted])
+
+
+def test_memory_estimate_counts_projection_selection_and_bank(monkeypatch):
+    config = {"percentage": 0.01, "sampler": "approx_greedy_coreset"}
+    kept = estimate_fit_bytes(100_000, 384, config)   # 147 MiB of rows: kept in memory, counted in full
+    assert kept["features"] == 100_000 * 384 * 4 and kept["selection"] > kept["features"] + kept["projected_features"]
+    monkeypatch.setattr(detector_module, "IN_MEMORY_BYTES", 0)   # spilled: only the projected rows stay
+    estimate = estimate_fit_bytes(100_000, 384, config)
+    assert estimate["features"] == 0
+    assert estimate["projected_features"] == 100_000 * 128 * 4
+    assert estimate["bank"] == 1000 * 384 * 4
+    # the greedy reorders the projected rows in place, 16 columns at a time (never a second full copy),
+    # with 32 bytes of state per row
+    assert estimate["projected_features"] + (16 * 4 + 32) * 100_000 <= estimate["selection"]
+    assert estimate["selection"] < 1.5 * estimate["projected_features"]
+    assert estimate["peak"] == max(estimate["selection"], 2 * estimate["bank"])

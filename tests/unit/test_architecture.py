@@ -10,6 +10,8 @@ own submodules is not a cycle.
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = "src.app"
 # Modules outside src/app allowed to import it: entry points of their own (an ``if __name__ == "__main__"``
@@ -197,22 +199,21 @@ def test_src_does_not_import_the_top_level_scripts():
     assert not found, "src/ imports top-level scripts:\n" + "\n".join(found)
 
 
-def sampler_type_checks(root, package="src", sampler_package="src/patchcore/sampling"):
-    """'path:line' of every isinstance/issubclass call naming a ...Sampler class outside the sampler package."""
-    found = []
+def nodes_outside(root, owner, package="src"):
+    """('path:line', node) for every ast node of the modules of ``package`` outside ``owner`` (a module, or a
+    package folder, relative to ``root``): where a rule's one owner is not."""
+    owner = Path(root, owner)
     for path in sorted((Path(root) / package).rglob("*.py")):
-        if Path(root, sampler_package) in path.parents:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass") \
-                    and len(node.args) == 2 and "Sampler" in ast.unparse(node.args[1]):
-                found.append(f"{Path(path).relative_to(root)}:{node.lineno}")
-    return found
+        if path != owner and owner not in path.parents:
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                yield f"{path.relative_to(root)}:{getattr(node, 'lineno', 0)}", node
 
 
-def test_samplers_are_used_through_their_interface_not_their_class():
-    found = sampler_type_checks(ROOT)
-    assert not found, "sampler classes checked outside src/patchcore/sampling:\n" + "\n".join(found)
+def sampler_type_checks(root, sampler_package="src/patchcore/sampling"):
+    """'path:line' of every isinstance/issubclass call naming a ...Sampler class outside the sampler package."""
+    return [where for where, node in nodes_outside(root, sampler_package)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass")
+            and len(node.args) == 2 and "Sampler" in ast.unparse(node.args[1])]
 
 
 # ------------------------------------------------------------------------------------------ the checker itself
@@ -303,26 +304,15 @@ def test_checker_finds_an_import_back_up_the_layers(tmp_path):
 # ------------------------------------------------------------------------------------------ one way to do a thing
 
 
-def registry_errors(root, package="src", registry_module="src/utils/registry.py"):
+def registry_errors(root, registry_module="src/utils/registry.py"):
     """'path:line' of every f-string shaped like a name lookup's error, "unknown <what> {name!r}", outside the
     registry module: a component chosen by name must be looked up through ``src.utils.registry.Registry``."""
-    found = []
-    for path in sorted((Path(root) / package).rglob("*.py")):
-        if path == Path(root, registry_module):
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.JoinedStr):
-                parts = node.values
-                for text, value in zip(parts, parts[1:]):
-                    if isinstance(text, ast.Constant) and "unknown " in str(text.value) and \
-                            isinstance(value, ast.FormattedValue) and value.conversion == ord("r"):
-                        found.append(f"{path.relative_to(root)}:{node.lineno}")
-    return found
-
-
-def test_components_are_looked_up_by_name_only_through_the_registry():
-    found = registry_errors(ROOT)
-    assert not found, "name lookups outside src/utils/registry.py:\n" + "\n".join(found)
+    def lookup_error(node):
+        parts = node.values if isinstance(node, ast.JoinedStr) else []
+        return any(isinstance(text, ast.Constant) and "unknown " in str(text.value) and
+                   isinstance(value, ast.FormattedValue) and value.conversion == ord("r")
+                   for text, value in zip(parts, parts[1:]))
+    return [where for where, node in nodes_outside(root, registry_module) if lookup_error(node)]
 
 
 def test_registry_check_finds_a_lookup_of_its_own(tmp_path):
@@ -334,26 +324,27 @@ def test_registry_check_finds_a_lookup_of_its_own(tmp_path):
     assert registry_errors(root) == ["src/patchcore/scoring.py:3"]
 
 
-def threshold_comparisons(root, package="src", decisions_package="src/decisions"):
+def threshold_comparisons(root, decisions_package="src/decisions"):
     """'path:line' of every ordering comparison of a score or a map with a threshold outside the decisions
     package: an image or a pixel is judged anomalous in one place (``src.decisions.thresholds.flagged``)."""
-    found = []
-    for path in sorted((Path(root) / package).rglob("*.py")):
-        if Path(root, decisions_package) in path.parents:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Gt, ast.GtE, ast.Lt, ast.LtE))
-                                                     for op in node.ops):
-                operands = [ast.unparse(operand).lower() for operand in [node.left, *node.comparators]]
-                if any("threshold" in text for text in operands) and \
-                        any("score" in text or "map" in text for text in operands):
-                    found.append(f"{path.relative_to(root)}:{node.lineno}")
-    return found
+    def score_meets_threshold(node):
+        if not isinstance(node, ast.Compare) or not any(isinstance(op, (ast.Gt, ast.GtE, ast.Lt, ast.LtE))
+                                                        for op in node.ops):
+            return False
+        operands = [ast.unparse(operand).lower() for operand in [node.left, *node.comparators]]
+        return any("threshold" in text for text in operands) and \
+            any("score" in text or "map" in text for text in operands)
+    return [where for where, node in nodes_outside(root, decisions_package) if score_meets_threshold(node)]
 
 
-def test_scores_meet_thresholds_only_in_the_decisions_package():
-    found = threshold_comparisons(ROOT)
-    assert not found, "threshold comparisons outside src/decisions:\n" + "\n".join(found)
+@pytest.mark.parametrize("check, rule", [
+    (sampler_type_checks, "samplers are used through their interface, their classes checked only in "
+                          "src/patchcore/sampling"),
+    (registry_errors, "components chosen by name are looked up only through src/utils/registry.py"),
+    (threshold_comparisons, "scores meet thresholds only in src/decisions")])
+def test_each_recurring_thing_is_done_in_its_one_place(check, rule):
+    found = check(ROOT)
+    assert not found, f"{rule}; not at:\n" + "\n".join(found)
 
 
 def test_threshold_check_finds_a_comparison_of_its_own(tmp_path):

@@ -5,6 +5,7 @@ when it loads this file, and pytest.ini lists it in ``pythonpath`` too). Heavy p
 src.*) are imported inside the functions that need them, so that loading this file stays cheap.
 """
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -117,9 +118,10 @@ def small_category(root, n_train, category="synthetic_leather"):
 SMALL_PLAIN = ["-o", "resize=72", "-o", "imagesize=64", "-o", "batch_size=4", "-o", "percentage=0.25"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory):
-    """A generated category with 12 training images (enough for 10 validation images)."""
+    """A generated category with 12 training images (enough for 10 validation images); shared by every test file
+    that uses it: none writes into it (they copy what they alter)."""
     return small_category(tmp_path_factory.mktemp("data"), n_train=12)
 
 
@@ -131,9 +133,10 @@ def train_small(dataset, out, category="synthetic_leather"):
     return result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_model(small_dataset, tmp_path_factory):
-    """(model folder, train.py's CompletedProcess) of SMALL_PLAIN trained on ``small_dataset``."""
+    """(model folder, train.py's CompletedProcess) of SMALL_PLAIN trained on ``small_dataset``, trained once for the
+    session (tests copy the folder before they alter it)."""
     out = tmp_path_factory.mktemp("out")
     return out / "synthetic_leather", train_small(small_dataset, out)
 
@@ -236,8 +239,13 @@ def runner():
     The first build on a machine downloads the MindSpore Lite 2.0.0 wheel (~170 MB) from PyPI.
     """
     env = dict(os.environ, PYTHON=sys.executable)
-    result = subprocess.run(["bash", str(RUNNER_DIR / "build.sh")], env=env, capture_output=True, text=True,
-                            timeout=1800)
+    (RUNNER_DIR / "build").mkdir(exist_ok=True)
+    # one build at a time: the test processes (pytest-xdist workers) share the build folder; the second finds the
+    # binary up to date
+    with open(RUNNER_DIR / "build" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(["bash", str(RUNNER_DIR / "build.sh")], env=env, capture_output=True, text=True,
+                                timeout=1800)
     assert result.returncode == 0, f"build.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     binary = RUNNER_DIR / "build" / "patchcore_infer"
     assert binary.is_file()

@@ -99,7 +99,8 @@ def downscaled_row(args, data_root, patch_config, data):
         started = time.perf_counter()
         trainer = HRTrainer(batch_size=4, tasks=A2OTaskGenerator().create_tasks(train, plan), config=config,
                             checkpoint_root=folder, log_root=os.path.join(folder, "logs"), vis_root=None)
-        plain_bank = trainer.train(train, pre_ckpt_path=args.pre_ckpt_path, seed=args.seed)["jobs"]["task_0"]["bank_size"]
+        meta = trainer.train(train, pre_ckpt_path=args.pre_ckpt_path, seed=args.seed)
+        plain_bank = meta["jobs"]["task_0"]["bank_size"]
         train_s = time.perf_counter() - started
         started = time.perf_counter()
         samples = list_test_samples(str(data_root), args.category)

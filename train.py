@@ -5,12 +5,12 @@ and logs/ (see src/app/train.py).
 """
 import src  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
 from src.app import cli
-from src.training.runner import RUNNERS
+from src.training.backends import RUNNERS
 
 
 def main():
     parser = cli.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=cli.positive_int_argument, default=None,
                         help="local worker processes for the banks (default: as many as fit in memory)")
     parser.add_argument("--backend", choices=RUNNERS.names, default=None,
                         help="where the banks are trained (default: the config's runner.backend, local)")

@@ -8,6 +8,7 @@ picture of every NG image.
 import os
 import time
 
+from src.decisions.thresholds import NG
 from src.deploy.export import EXPORT_FILE
 from src.deploy.outputs import evaluate
 from src.deploy.package import load_export, load_manifest, read_latency, scoring_jobs
@@ -74,7 +75,7 @@ def postprocess(args):
     details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
                + timing_text(latency, len(items), source, postprocess_seconds))
     if predictions is not None:
-        ng = sum(p["label"] == "NG" for p in predictions)
+        ng = sum(p["label"] == NG for p in predictions)
         details += (f"\n{ng} NG, {len(predictions) - ng} OK at the image threshold {meta['hr']['thresholds']['image']:.6g}"
                     + (f"; a picture of each NG in {picture_dir}" if ng else ""))
     log_path = os.path.join(args.output_dir, f"acc_{args.category}.log")

@@ -10,6 +10,7 @@ import os
 from tqdm import tqdm
 
 from src.app import cli
+from src.decisions.thresholds import NG
 from src.inference.predict import list_inputs, load_model
 from src.utils.io import staged_files, write_json
 
@@ -35,7 +36,7 @@ def predict(args):
                 result.print()
             results.append(result.to_dict() | {"name": result.name})
         write_json(os.path.join(stage, "predict.json"), results)
-    ng = sum(result["label"] == "NG" for result in results)
+    ng = sum(result["label"] == NG for result in results)
     per_image = ", ".join(f"{part} {seconds / max(1, len(results)):.3f} s"
                           for part, seconds in predictor.model.timings.items())
     print(f"{len(results)} images: {len(results) - ng} OK, {ng} NG (image threshold "

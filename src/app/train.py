@@ -13,7 +13,7 @@ from src.app import cli
 from src.data.folders import folder_test_samples
 from src.tiling.tasks import PrintTasks
 from src.training.model_plan import plan_model
-from src.training.runner import build_runner
+from src.training.backends import build_runner
 from src.training.trainer import Trainer
 from src.utils.errors import InputError
 from src.utils.io import write_json

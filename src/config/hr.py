@@ -87,7 +87,7 @@ class ThumbnailSettings:
         unknown = set(thumbnail) - THUMBNAIL_PATCH_KEYS - {"thumbnail_size", "merge"}
         if unknown:
             raise InputError("hr.thumbnail", f"unknown entries {sorted(unknown)}")
-        merge = thumbnail.get("merge", "max")
+        merge = thumbnail.get("merge", cls.merge)
         if merge not in THUMBNAIL_MERGES:
             raise InputError("hr.thumbnail.merge", f"must be one of {', '.join(THUMBNAIL_MERGES)}, got {merge!r}")
         if not has_validation:

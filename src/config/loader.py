@@ -5,7 +5,7 @@ import os
 
 import yaml
 
-from src.config.schema import Config
+from src.config.schema import Config, default_policy
 from src.utils.errors import InputError
 
 DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -102,6 +102,6 @@ def hiad_config(config, batch_size):
             if set(given) - set(raw[section]):
                 raise InputError("config", f"unknown {section} entries {sorted(set(given) - set(raw[section]))}")
             raw[section] = {**raw[section], **given}
-    raw["image_score"]["policy"] = raw["image_score"]["policy"] or "window_max"
+    raw["image_score"]["policy"] = raw["image_score"]["policy"] or default_policy(tiled=True)
     raw["data"]["batch_size"] = batch_size
     return Config.from_dict(raw, "config")

@@ -69,6 +69,12 @@ class DataSettings:
                    int(data["batch_size"]))
 
 
+def default_policy(tiled):
+    """The image-score policy of a config that names none: the maximum patch score (the reference's) for the
+    224-pixel model, the one-cell moving-average maximum of the map for a tiled one."""
+    return "window_max" if tiled else "max"
+
+
 def reference_bn_side(value, data, source):
     """``patch.reference_bn_update`` as stored: None (off) or the side of the ones image (true: data.imagesize,
     the authors' input shape; a model.json keeps the number)."""
@@ -125,8 +131,7 @@ class Config:
             threshold = raw["postprocess"].get("threshold", "f1")
             parse_threshold_policy(threshold)
             image_score = dict(raw["image_score"])
-            if image_score["policy"] is None:
-                image_score["policy"] = "max" if hr is None else "window_max"
+            image_score["policy"] = image_score["policy"] or default_policy(tiled=hr is not None)
             build_image_score(image_score, feature_stride=1)   # a bad name or parameter stops the run here
         except InputError as exc:
             raise InputError(source, str(exc)) from None

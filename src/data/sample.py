@@ -217,7 +217,10 @@ def view_from_dict(data):
     if data is None:
         return None
     params = dict(data)
-    return VIEWS.build(params.pop("name", None), **params)
+    view = VIEWS.build(params.pop("name", None), **params)
+    if view.to_dict() != data:   # every parameter given, none left to a default
+        raise InputError("view", f"malformed image view {data!r}")
+    return view
 
 
 class Sample:

@@ -1,8 +1,9 @@
 """Decisions in one place: the thresholds a model is given at training, and the labels they give its scores.
 
 Choosing. ``choose_thresholds`` returns an image and a pixel threshold: the max-F1 threshold on the
-validation set when it holds anomalies (placed just above the highest score it does not flag), else a high
-quantile of the normal scores; ``postprocess.threshold`` may instead ask for a target false-alarm rate or a value.
+validation set when it holds anomalies (placed just above the highest score it does not flag; the search is
+``src/patchcore/normalization.py``'s, which anchors the normaliser with it), else a high quantile of the normal
+scores; ``postprocess.threshold`` may instead ask for a target false-alarm rate or a value.
 Pixel maps are reduced to two histograms (normal / defect pixels) of 2**16 bins over the pooled score range, so any
 number of full-resolution maps costs O(bins) memory; the pixel threshold is then exact up to one bin width.
 
@@ -33,9 +34,12 @@ def flagged(scores, threshold):
     return np.asarray(scores) >= threshold
 
 
+OK, NG = "OK", "NG"   # an image's labels
+
+
 def label(raw_score, threshold):
-    """"NG" when the image's raw score is anomalous at ``threshold``, else "OK"."""
-    return "NG" if flagged(raw_score, threshold) else "OK"
+    """NG when the image's raw score is anomalous at ``threshold``, else OK."""
+    return NG if flagged(raw_score, threshold) else OK
 
 
 def _pixel_histograms(pixel_maps, pixel_masks):
@@ -162,7 +166,7 @@ class DecisionRule:
         decided = label(raw_score, self.image_threshold)
         mask = flagged(amap, self.pixel_threshold) if self.pixel_threshold is not None else np.zeros(amap.shape, bool)
         source = "pixel_threshold"
-        if decided == "NG" and not mask.any():
+        if decided == NG and not mask.any():
             mask, source = score_peak(amap), "score_peak"
         normalised = self.normalizer.transform(amap)
         count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)

@@ -14,7 +14,7 @@ from src.data.sample import view_from_dict
 from src.deploy.export import EXPORT_FILE
 from src.deploy.package import job_path, one_source, runner_features, score_grids, scoring_jobs, verify_files
 from src.evaluation.evaluate import default_evaluators, evaluate_maps, with_decisions
-from src.decisions.thresholds import DecisionRule
+from src.decisions.thresholds import NG, DecisionRule
 from src.inference.model import MODEL_FILE
 from src.inference.predict import make_prediction
 from src.patchcore.detector import PatchCoreDetector
@@ -121,7 +121,7 @@ def evaluate(meta, export_dir, result_path, items, dataset_path, picture_dir):
             for sample, score, amap in zip(samples, scores, maps):
                 name = prediction_name(os.path.relpath(sample.image_path, dataset_path))
                 prediction = make_prediction(name, sample, score, amap, rule, identity)
-                if prediction.label == "NG":
+                if prediction.label == NG:
                     prediction.save_to_img(stage)
                 predictions.append(prediction.to_dict())
     return scores, evaluate_maps(evaluators, scores, labels, maps, masks), predictions, source

@@ -2,6 +2,8 @@
 import cv2
 import numpy as np
 
+from src.decisions.thresholds import NG
+
 
 def comparison_picture(rgb, amap, mask, vmin, vmax):
     """RGB uint8 [H, 3W, 3]; the map is scaled with the run-wide ``vmin``/``vmax`` so colours compare."""
@@ -48,7 +50,7 @@ def prediction_picture(rgb, normalised_map, decision, score, label):
     height = rgb.shape[0]
     contours, _ = cv2.findContours(decision.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(overlay, contours, -1, (255, 255, 255), max(1, height // 224))
-    colour = (255, 64, 64) if label == "NG" else (64, 255, 64)
+    colour = (255, 64, 64) if label == NG else (64, 255, 64)
     scale = max(0.4, height / 600)
     _text(overlay, f"{label}  score {score:.3f}", (8, int(28 * scale) + 4), scale, colour)
     return np.concatenate([rgb, overlay, colour_bar(height)], axis=1)

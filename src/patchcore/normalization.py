@@ -1,5 +1,6 @@
-"""Score normalisation to [0, 1], fitted on the validation set, stored as JSON (the thresholds it is anchored
-at are chosen in ``src/decisions/thresholds.py``).
+"""Score normalisation to [0, 1], fitted on the validation set, stored as JSON, and the max-F1 separation of two
+score sets (``score_threshold``) that anchors it; ``src/decisions/thresholds.py`` chooses the model's thresholds
+with it and is where scores meet them.
 
 Normaliser. From held-out normal scores take two robust anchors, ``low`` = the q_low quantile (default
 the median) and ``high`` = the q_high quantile (default 0.99), and map a score s through

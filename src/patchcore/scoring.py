@@ -64,9 +64,11 @@ def gaussian_smooth(amap, sigma):
 
 class ImageScorePolicy:
     """An image's score from its map and its grids (module doc, step 4). ``needs_weights``: the policy needs
-    ``PatchCoreDetector.max_cell_weights`` of every grid (with ``num_nn`` bank neighbours)."""
+    ``PatchCoreDetector.max_cell_weights`` of every grid (with ``num_nn`` bank neighbours); ``defaults``: the
+    parameters it takes, with their values when the config gives none."""
     name = None
     needs_weights = False
+    defaults = {}
 
     def __call__(self, amap, grids, weights=None):
         raise NotImplementedError
@@ -88,6 +90,7 @@ class MaxScore(ImageScorePolicy):
 
 class WindowMax(ImageScorePolicy):
     name = "window_max"
+    defaults = {"window": None}   # one feature cell: filled in by the caller that knows the backbone
 
     def __init__(self, window):
         self.window = positive_int(window, "image_score.window")
@@ -101,6 +104,7 @@ class WindowMax(ImageScorePolicy):
 
 class TopkMean(ImageScorePolicy):
     name = "topk_mean"
+    defaults = {"k": 10}
 
     def __init__(self, k):
         self.k = positive_int(k, "image_score.k")
@@ -116,6 +120,7 @@ class TopkMean(ImageScorePolicy):
 
 class Reweighted(ImageScorePolicy):
     name = "reweighted"
+    defaults = {"num_nn": 9}
     needs_weights = True
 
     def __init__(self, num_nn):
@@ -135,20 +140,17 @@ class Reweighted(ImageScorePolicy):
 # model.json files written before the registry call ``max`` by its old name, grid_max
 IMAGE_SCORE_POLICIES = Registry("image_score.policy", "policy", {policy.name: policy for policy in (
     MaxScore, WindowMax, TopkMean, Reweighted)}, {"grid_max": "max"})
-# Parameters a policy takes, and their defaults when the config gives none (window: one feature cell, filled by
-# the caller that knows the backbone).
-POLICY_DEFAULTS = {"max": {}, "window_max": {"window": None}, "topk_mean": {"k": 10}, "reweighted": {"num_nn": 9}}
 
 
 def build_image_score(spec, feature_stride=None):
     """The policy of ``spec``: a name, or {"policy": name, parameter: value, ...} (parameters of other policies,
-    as the config's flat ``image_score`` section has them, are ignored; missing ones take ``POLICY_DEFAULTS``;
+    as the config's flat ``image_score`` section has them, are ignored; missing ones take the policy's ``defaults``;
     ``window`` None: ``feature_stride``)."""
     spec = {"policy": spec} if isinstance(spec, str) else dict(spec)
     name = IMAGE_SCORE_POLICIES.canonical(spec.get("policy"))
     options = {key: spec.get(key) if spec.get(key) is not None else default
-               for key, default in POLICY_DEFAULTS[name].items()}
-    if name == "window_max" and options["window"] is None:
+               for key, default in IMAGE_SCORE_POLICIES[name].defaults.items()}
+    if options.get("window", 1) is None:
         options["window"] = feature_stride
     return IMAGE_SCORE_POLICIES.build(name, **options)
 

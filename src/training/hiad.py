@@ -11,6 +11,7 @@ import os
 
 from src.config.hr import ThumbnailSettings, ValidationSettings
 from src.config.loader import hiad_config
+from src.config.schema import Config
 from src.evaluation.evaluate import run_inference
 from src.inference.model import TASKS_FILE, Model
 from src.patchcore.detector import PatchCoreDetector
@@ -40,14 +41,16 @@ class HRTrainer:
         self.thumbnail = config.get("thumbnail") if isinstance(config, dict) else None
         self.checkpoint_root, self.log_root, self.vis_root = checkpoint_root, log_root, vis_root
         self.pre_ckpt_path, self.task_generator, self.seed, self.vis_size = None, None, 0, 1024
+        self.trainer = None   # the last training's: inference after it shares its networks
 
-    def train(self, train_samples, gpu_ids=None, val_config=None, val_samples=None, workers=None, runner=None,
+    def train(self, train_samples, *, gpu_ids=None, val_config=None, val_samples=None, workers=None, runner=None,
               pre_ckpt_path=None, seed=0, task_generator=None):
         """Train into ``checkpoint_root`` (resuming an interrupted run); returns model.json's contents.
         ``val_config``: HiAD's validation settings (synthetic defects on training images); ``val_samples``: real
         labelled validation images used next to them; ``workers``: local worker processes, or ``runner``: where
         the jobs run; ``pre_ckpt_path``: backbone weights (None: seeded random); ``task_generator``: the Retrieve
-        generator that routes tiles (default: one for the tasks). ``gpu_ids`` are ignored (CPU)."""
+        generator that routes tiles (default: one for the tasks). ``gpu_ids`` are ignored (CPU). Arguments after
+        the samples are keywords (HiAD's own order differs from this project's earlier one)."""
         if runner is not None and workers is not None:
             raise InputError("workers", "set on the runner given to the trainer, not here")
         if gpu_ids is not None:
@@ -56,28 +59,29 @@ class HRTrainer:
         thumbnail = ThumbnailSettings.from_dict(self.thumbnail, validation is not None or bool(val_samples))
         if task_generator is None and any(task.center is not None for task in self.tasks):
             task_generator = RetrieveTaskGenerator(len(self.tasks), fusion_weights=self.fusion_weights, seed=seed)
-        samples = list(train_samples)
-        if not samples:
-            raise InputError("train_samples", "no training samples")
-        plan = ModelPlan(samples, self.indexes, self.tasks, task_generator, None, self.config.image_score, True,
+        plan = ModelPlan(list(train_samples), self.indexes, self.tasks, task_generator, None, self.config.image_score, True,
                          os.path.basename(os.path.abspath(self.checkpoint_root)), thumbnail, self.fusion_weights,
                          validation, detector_class=self.detector_class)
-        trainer = Trainer(self.config, plan, self.checkpoint_root, runner or LocalRunner(workers), pre_ckpt_path,
-                          seed, log_root=self.log_root)
+        self.trainer = Trainer(self.config, plan, self.checkpoint_root, runner or LocalRunner(workers),
+                               pre_ckpt_path, seed, log_root=self.log_root)
         self.pre_ckpt_path, self.task_generator, self.seed = pre_ckpt_path, task_generator, seed
-        return trainer.train(val_samples)
+        return self.trainer.train(val_samples)
 
     @classmethod
     def from_checkpoint(cls, checkpoint_root, pre_ckpt_path=None, log_root="logs", vis_root="vis", vis_size=1024):
         """A trainer for a model trained earlier (``tasks.json`` + ``model.json``), ready for ``inference``."""
         meta = Model.read_meta(checkpoint_root)
         tasks, _ = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
-        trainer = cls(meta["batch_size"], tasks, fusion_weights=meta["fusion_weights"],
-                      checkpoint_root=checkpoint_root, log_root=log_root, vis_root=vis_root)
+        trainer = cls(meta["batch_size"], tasks, config=Config.from_dict(meta["config"], "model.json"),
+                      fusion_weights=meta["fusion_weights"], checkpoint_root=checkpoint_root, log_root=log_root,
+                      vis_root=vis_root)
         trainer.pre_ckpt_path, trainer.seed, trainer.vis_size = pre_ckpt_path, meta["seed"], vis_size
         return trainer
 
     def load_model(self):
+        """The trained model, loaded for scoring."""
+        if self.trainer is not None:
+            return self.trainer.load_model()
         return Model.load(self.checkpoint_root, self.pre_ckpt_path, self.task_generator)
 
     def inference(self, test_samples, evaluators=None, return_results_only=False, gpu_ids=None, clsname="unknown",

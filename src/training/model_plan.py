@@ -6,8 +6,8 @@ crop ``data.imagesize``) with one A2O task, no thumbnail and the maximum patch s
 ``hr`` the image is resized to ``hr.image_size`` (the first training image's size by default), cut into tiles by
 ``MultiResolutionHRImageSpliter``, the configured task generator maps tiles to tasks, and the image score is the
 one-cell moving-average maximum of the map by default. The image-score policy is the config's (any policy with
-any plan); ``tiled`` says whether the plan came from an ``hr`` section (then every task's scores are normalised
-on the validation images; a one-task 224-pixel model keeps the reference's raw scores).
+any plan). ``tiled``: every task's scores are normalised on the validation images (a plan from an ``hr`` section,
+or HiAD's interface); the 224-pixel model keeps the reference's raw scores.
 """
 from dataclasses import dataclass
 
@@ -54,7 +54,7 @@ class ModelPlan:
 def task_generator(hr, seed):
     """The configured generator and its JSON spec; clustering generators also get the fusion weights and seed."""
     params = dict(hr.task_generator_params)
-    if TASK_GENERATORS.get(hr.task_generator) in CLUSTERING:
+    if TASK_GENERATORS.lookup(hr.task_generator) in CLUSTERING:
         params = {"fusion_weights": None if hr.fusion_weights is None else list(hr.fusion_weights), "seed": seed,
                   **params}
     generator = build_task_generator(hr.task_generator, **params)

@@ -1,4 +1,4 @@
-"""Runners: where training jobs run, chosen by name (``runner.backend``) from ``RUNNERS``. One interface:
+"""Runners: where training jobs run, chosen by name (``runner.backend``, ``src/training/backends.py``). One interface:
 ``runner.run(run, needs, report, say) -> [peak RSS per process]``, where ``needs`` maps each job to train to its
 ``JobNeeds`` (work and memory) and ``report(kind, name, payload)`` hears ("done", job, JobResult), ("error", job,
 message) for bad input and ("crash", job, message) otherwise; the caller writes each result (the workers write
@@ -19,7 +19,6 @@ import psutil
 from src.training.jobs import MIB, peak_rss, prepare_worker, run_jobs
 from src.utils.checks import positive_int
 from src.utils.errors import InputError
-from src.utils.registry import Registry
 
 
 def schedule(costs, workers):
@@ -145,16 +144,3 @@ def train_jobs(runner, run, needs, checkpoint_root, say):
         kind, message = errors[0]
         raise InputError(message) if kind == "error" else RuntimeError(message)
     return stats, peaks
-
-
-def _ray_runner(**options):
-    from src.training.ray_runner import RayRunner   # Ray is imported only when this backend is chosen
-    return RayRunner(**options)
-
-
-RUNNERS = Registry("runner.backend", "backend", {"local": LocalRunner, "ray": _ray_runner})
-
-
-def build_runner(backend="local", **options):
-    """The runner registered as ``backend``, made with ``options`` (e.g. ``workers`` for ``local``)."""
-    return RUNNERS.build(backend, **options)

@@ -1,6 +1,6 @@
 """The trainer: a config and the model plan it makes of a category's images in, a model folder out.
 
-    trainer = Trainer(config, model_plan, "output/leather", runner=build_runner("local"))
+    trainer = Trainer(config, model_plan, "output/leather", runner=build_runner("local"))   # src/training/backends.py
     meta = trainer.train(val_samples=None)          # model.json's contents
 
 A run, in order: ``planning`` (inputs, validation set, jobs, fingerprints, the runtime's memory), ``manifest``

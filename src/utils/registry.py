@@ -30,15 +30,15 @@ class Registry:
             raise InputError(self.config_key, f"unknown {self.what} {name!r} (known: {known})")
         return canonical
 
-    def get(self, name):
-        """The class or factory registered as ``name`` (or an alias of it)."""
+    def lookup(self, name):
+        """The class or factory registered as ``name`` (or an alias of it); InputError when unknown."""
         return self.entries[self.canonical(name)]
 
-    __getitem__ = get
+    __getitem__ = lookup
 
     def build(self, name, *args, **params):
-        """``get(name)(*args, **params)``; parameters it does not take -> InputError."""
-        factory = self.get(name)
+        """``lookup(name)(*args, **params)``; parameters it does not take -> InputError."""
+        factory = self.lookup(name)
         try:
             return factory(*args, **params)
         except TypeError as exc:

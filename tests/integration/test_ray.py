@@ -220,7 +220,7 @@ def test_run_all_mvtec_with_ray_gives_the_serial_runs_results(cluster, tmp_path)
 
 
 def test_without_the_ray_backend_nothing_imports_ray():
-    code = ("import sys, src\nfrom src.training.runner import build_runner\nfrom src.training import trainer\n"
+    code = ("import sys, src\nfrom src.training.backends import build_runner\nfrom src.training import trainer\n"
             "build_runner('local')\nimport src.app.train\nprint('ray' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,6 @@ from src.patchcore.sampling.sampling_def import BaseSampler, IdentitySampler, Pr
 
 SAMPLERS = Registry("sampler", "sampler", {cls.name: cls for cls in (IdentitySampler, RandomSampler,
                                                                     ApproximateGreedyCoresetSampler)})
-SAMPLER_NAMES = SAMPLERS.names
 
 
 def sampler_options(spec):
@@ -26,4 +25,4 @@ def build_sampler(spec, percentage, seed=0):
 
 
 __all__ = ["ApproximateGreedyCoresetSampler", "BaseSampler", "IdentitySampler", "Projection", "RandomSampler",
-           "SAMPLER_NAMES", "build_sampler", "estimate_peak_bytes", "sampler_options"]
+           "build_sampler", "estimate_peak_bytes", "sampler_options"]

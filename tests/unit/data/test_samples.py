@@ -183,3 +183,15 @@ def test_one_decoding_rule_for_both_views(tmp_path, kind):
     for view in (ResizeCrop(32, 24), Resize((30, 20))):
         assert np.array_equal(Sample(str(path), view=view).load_image(), view.image(expected))
     assert Sample(str(path), view=ResizeCrop(32, 24)).load_image().shape == (24, 24, 3)
+
+
+def test_a_view_is_rebuilt_from_its_record_and_a_damaged_record_is_refused():
+    from src.data.sample import Resize, ResizeCrop, view_from_dict
+    for view in (Resize((48, 32)), ResizeCrop(72, 64)):
+        assert view_from_dict(view.to_dict()).to_dict() == view.to_dict()
+    assert view_from_dict(None) is None
+    for record, problem in (({"name": "resize_crop", "crop": 64}, "malformed image view"),
+                            ({"name": "fisheye"}, "unknown image view 'fisheye'"),
+                            ({"name": "resize", "size": [48, 32], "zoom": 2}, "bad parameters")):
+        with pytest.raises(InputError, match=problem):
+            view_from_dict(record)

@@ -35,7 +35,8 @@ def test_a_job_result_lands_whole_only_when_every_file_matches_its_sha256(tmp_pa
 
 
 def test_runners_are_chosen_by_name():
-    from src.training.runner import LocalRunner, build_runner
+    from src.training.backends import build_runner
+    from src.training.runner import LocalRunner
     runner = build_runner("local", workers=2)
     assert isinstance(runner, LocalRunner) and runner.workers == 2
     with pytest.raises(InputError, match="runner.backend.*unknown backend 'cluster'.*known: local, ray"):

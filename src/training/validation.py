@@ -108,9 +108,9 @@ def build_validation_set(images_or_samples, synthesizers, val_sample_ratio=Valid
     if held_out and len(sources) < 2:
         raise InputError("val_sample_ratio", f"holding out validation images needs at least 2 normal images, "
                                               f"got {len(sources)}")
+    synthesizers = [as_synthesizer(s) for s in synthesizers]   # built once; the settings' check passes objects
     ValidationSettings(tuple(synthesizers), val_sample_ratio, anomaly_ratio, None, val_images)   # checks them
     positive_int(max_items, "max_items", optional=True)
-    synthesizers = [as_synthesizer(s) for s in synthesizers]
     if anomaly_ratio > 0 and not synthesizers:
         raise InputError("anomaly_syn_fn", "anomaly_ratio > 0 needs at least one synthesizer")
 

@@ -1,12 +1,13 @@
 """Turn the C++ runner's outputs into scores, anomaly maps, decisions and metrics: acc_<CATEGORY>.log and
-acc_<CATEGORY>.json, and a picture of every NG image in ng_<CATEGORY>/ (see src/app/postprocess.py).
+acc_<CATEGORY>.json, and a picture of every NG or REVIEW image in ng_<CATEGORY>/ (see src/app/postprocess.py).
 
 Patch scores come from <stem>_scores.npy (the runner scored with --bank_path) or, when no input has one,
 from the patch features <stem>_0.npy and the exported memory bank, in Python with faiss. Image scores,
 maps and metrics use the functions eval.py uses, so the numbers are comparable one to one: the tile grids of
 every task folder go through the task's normaliser and are stitched (with the thumbnail's) as eval.py does
-(see src/deploy/outputs.py). Every image also gets predict.py's decision (OK/NG at the model's threshold, its
-normalised score, its regions: an NG image always has one), in acc_<CATEGORY>.json's "predictions".
+(see src/deploy/outputs.py). Every image also gets predict.py's decision (OK, REVIEW or NG at the model's
+thresholds, its normalised score, its regions: an NG or REVIEW image always has one), in acc_<CATEGORY>.json's
+"predictions".
 """
 import argparse
 

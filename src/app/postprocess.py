@@ -1,14 +1,14 @@
-"""postprocess.py: the C++ runner's outputs -> image scores, maps, OK/NG decisions and metrics, as eval.py and
+"""postprocess.py: the C++ runner's outputs -> image scores, maps, OK/REVIEW/NG decisions and metrics, as eval.py and
 predict.py compute them (see src/deploy/outputs.py).
 
 Writes into ``--output_dir`` acc_<CATEGORY>.log (the model zoo's summary line, the metrics table, the timings),
 acc_<CATEGORY>.json (metrics, score source, latency, every image's score and decision) and ng_<CATEGORY>/, a
-picture of every NG image.
+picture of every NG or REVIEW image.
 """
 import os
 import time
 
-from src.decisions.thresholds import NG
+from src.decisions.thresholds import OK, DecisionRule
 from src.deploy.export import EXPORT_FILE
 from src.deploy.outputs import evaluate
 from src.deploy.package import load_export, load_manifest, read_latency, scoring_jobs
@@ -75,9 +75,10 @@ def postprocess(args):
     details = (f"{len(items)} test images, patch scores computed in {'C++' if source == 'cpp' else 'Python'}"
                + timing_text(latency, len(items), source, postprocess_seconds))
     if predictions is not None:
-        ng = sum(p["label"] == NG for p in predictions)
-        details += (f"\n{ng} NG, {len(predictions) - ng} OK at the image threshold {meta['hr']['thresholds']['image']:.6g}"
-                    + (f"; a picture of each NG in {picture_dir}" if ng else ""))
+        rule = DecisionRule(meta["hr"]["thresholds"], meta["hr"]["score_normalizer"])
+        decided = [p["label"] for p in predictions]
+        details += (f"\n{rule.count(decided)} ({rule.describe()})"
+                    + (f"; a picture of each NG or REVIEW image in {picture_dir}" if set(decided) - {OK} else ""))
     log_path = os.path.join(args.output_dir, f"acc_{args.category}.log")
     write_text(log_path, f"{line}\n\n{table}\n\n{details}\n")
     write_json(os.path.join(args.output_dir, f"acc_{args.category}.json"), {
@@ -86,7 +87,7 @@ def postprocess(args):
                     "path": os.path.relpath(sample.image_path, manifest["dataset_path"]),
                     "defect_type": sample.defect_type, "label": int(sample.label), "image_score": float(score)}
                    for (item, sample), score in zip(items, scores)],
-        # predict.py's fields per image (OK/NG, normalised score, regions); null without thresholds
+        # predict.py's fields per image (label, normalised score, regions); null without thresholds
         "predictions": predictions})
     print(line)
     print(f"({details}; written to {log_path})")

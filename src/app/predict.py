@@ -1,4 +1,4 @@
-"""predict.py: a score, an OK/NG decision and a picture for every new image (see src/inference/predict.py).
+"""predict.py: a score, an OK/REVIEW/NG decision and a picture for every new image (see src/inference/predict.py).
 
 Writes into ``--output_dir`` (default MODEL_DIR/predict/) ``<name>.json`` and ``<name>.png`` per image, and with
 ``--save_map`` ``<name>.npy``; ``predict.json`` lists every result. Nothing is written unless every image could
@@ -10,7 +10,6 @@ import os
 from tqdm import tqdm
 
 from src.app import cli
-from src.decisions.thresholds import NG
 from src.inference.predict import list_inputs, load_model
 from src.utils.io import staged_files, write_json
 
@@ -36,9 +35,9 @@ def predict(args):
                 result.print()
             results.append(result.to_dict() | {"name": result.name})
         write_json(os.path.join(stage, "predict.json"), results)
-    ng = sum(result["label"] == NG for result in results)
     per_image = ", ".join(f"{part} {seconds / max(1, len(results)):.3f} s"
                           for part, seconds in predictor.model.timings.items())
-    print(f"{len(results)} images: {len(results) - ng} OK, {ng} NG (image threshold "
-          f"{predictor.image_threshold:.6g}); per image {per_image}; results in {output_dir}")
+    decided = [result["label"] for result in results]
+    print(f"{len(results)} images: {predictor.rule.count(decided)} ({predictor.rule.describe()}); "
+          f"per image {per_image}; results in {output_dir}")
     return 0

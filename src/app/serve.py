@@ -57,7 +57,7 @@ class Region(BaseModel):
     bbox: list[int]
     area: int
     max_score: float
-    source: str   # "pixel_threshold", or "score_peak": an NG image's peak when no pixel reached the threshold
+    source: str   # "pixel_threshold", or "score_peak": an NG/REVIEW image's peak when no pixel reached the threshold
 
 
 class ModelId(BaseModel):
@@ -69,8 +69,9 @@ class PredictResponse(BaseModel):
     request_id: str
     image_score: float
     raw_score: float
-    label: str
+    label: str = Field(description="OK, REVIEW (between the review and the image threshold: for a person) or NG")
     image_threshold: float
+    review_threshold: float | None
     pixel_threshold: float | None
     regions: list[Region]
     image_size: list[int]
@@ -270,7 +271,7 @@ def response_fields(result, upload, request_id):
 router = APIRouter()
 
 
-@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+@router.post("/predict", response_model=PredictResponse, response_model_exclude_unset=True)
 async def predict(request: Request, service: ServiceDep):
     request_id, started, status, size, label = uuid.uuid4().hex[:12], time.perf_counter(), 500, 0, "-"
     try:

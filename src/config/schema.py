@@ -7,7 +7,7 @@ validated mapping back, as stored in ``model.json``.
 from dataclasses import dataclass
 
 from src.config.hr import TilingSettings, ValidationSettings, effective_val_config
-from src.decisions.thresholds import parse_threshold_policy
+from src.decisions.thresholds import ThresholdPolicy
 from src.patchcore.scoring import build_image_score
 from src.patchcore.sampling import build_sampler
 from src.utils.checks import positive_int
@@ -106,15 +106,15 @@ class RunnerSettings:
 @dataclass(frozen=True)
 class Config:
     """A whole validated config. ``hr`` is None for the 224-pixel model; ``val_config`` is the validation the
-    model trains with (``hr.val_config`` or the top-level one; None: none); ``threshold`` the image-threshold
-    policy (``postprocess.threshold``); ``image_score`` the ``image_score`` section, its policy filled in (None:
+    model trains with (``hr.val_config`` or the top-level one; None: none); ``decision`` how training sets the image
+    and review thresholds (``postprocess.threshold`` and ``postprocess.review``); ``image_score`` the ``image_score`` section, its policy filled in (None:
     by tiling, see configs/patchcore.yaml)."""
     patch: PatchSettings
     data: DataSettings
     postprocess: dict
     hr: TilingSettings
     val_config: ValidationSettings
-    threshold: str
+    decision: ThresholdPolicy
     image_score: dict
     runner: RunnerSettings
     raw: dict   # the validated mapping (model.json's "config")
@@ -128,14 +128,13 @@ class Config:
         try:
             val_config = ValidationSettings.from_dict(effective_val_config(raw))
             hr = None if "hr" not in raw else TilingSettings.from_dict(raw["hr"], val_config is not None)
-            threshold = raw["postprocess"].get("threshold", "f1")
-            parse_threshold_policy(threshold)
+            decision = ThresholdPolicy.from_postprocess(raw["postprocess"])
             image_score = dict(raw["image_score"])
             image_score["policy"] = image_score["policy"] or default_policy(tiled=hr is not None)
             build_image_score(image_score, feature_stride=1)   # a bad name or parameter stops the run here
         except InputError as exc:
             raise InputError(source, str(exc)) from None
-        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, threshold, image_score,
+        return cls(patch, data, dict(raw["postprocess"]), hr, val_config, decision, image_score,
                    RunnerSettings.from_dict(raw.get("runner"), source), raw)
 
     def to_dict(self):

@@ -2,8 +2,8 @@
 
 Each task folder's score grids (the runner's ``<stem>_scores.npy``, or its features scored here with the task's
 bank) go through the task's normaliser and the model's ``ImageScorer`` (``src.patchcore.scoring``), as in
-``Model.predict``, so the numbers are eval.py's, and each image's OK/NG and regions are predict.py's. Fused tiles: the runner only computes the features of every
-level, fused here with ``fuse_levels`` and scored in Python. A policy that needs the bank (``reweighted``) gets
+``Model.predict``, so the numbers are eval.py's, and each image's label and regions are predict.py's. Fused tiles: the runner only computes the
+features of every level, fused here with ``fuse_levels`` and scored in Python. A policy that needs the bank (``reweighted``) gets
 each grid's max-cell weight from the runner's features (runner_jobs has it keep them).
 """
 import os
@@ -14,7 +14,7 @@ from src.data.sample import view_from_dict
 from src.deploy.export import EXPORT_FILE
 from src.deploy.package import job_path, one_source, runner_features, score_grids, scoring_jobs, verify_files
 from src.evaluation.evaluate import default_evaluators, evaluate_maps, with_decisions
-from src.decisions.thresholds import NG, DecisionRule
+from src.decisions.thresholds import OK, DecisionRule
 from src.inference.model import MODEL_FILE
 from src.inference.predict import make_prediction
 from src.patchcore.detector import PatchCoreDetector
@@ -102,7 +102,7 @@ def prediction_name(path):
 
 def evaluate(meta, export_dir, result_path, items, dataset_path, picture_dir):
     """(image scores, metrics, predictions, score source) with eval.py's evaluators (pixel metrics at
-    eval_resize). predictions: predict.py's fields per image (OK/NG, regions), the picture of every NG image
+    eval_resize). predictions: predict.py's fields per image (label, regions), the picture of every NG or REVIEW image
     written into ``picture_dir``; None when the export holds no thresholds (trained with val_config: null)."""
     scores, maps, source = anomaly_maps(meta, export_dir, result_path, items)
     view = view_from_dict(meta["preprocess"]["view"])
@@ -121,7 +121,7 @@ def evaluate(meta, export_dir, result_path, items, dataset_path, picture_dir):
             for sample, score, amap in zip(samples, scores, maps):
                 name = prediction_name(os.path.relpath(sample.image_path, dataset_path))
                 prediction = make_prediction(name, sample, score, amap, rule, identity)
-                if prediction.label == NG:
+                if prediction.label != OK:
                     prediction.save_to_img(stage)
                 predictions.append(prediction.to_dict())
     return scores, evaluate_maps(evaluators, scores, labels, maps, masks), predictions, source

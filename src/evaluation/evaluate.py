@@ -13,7 +13,7 @@ import numpy as np
 from src.evaluation.metrics import (compute_imagewise_metrics, compute_pixelwise_metrics, decision_metrics, format_table,
                                     mean_row, operating_points, operating_points_note, OPERATING_KEYS)
 from src.evaluation.visualize import comparison_picture, save_picture
-from src.decisions.thresholds import Thresholds, flagged
+from src.decisions.thresholds import Thresholds, flagged, label as decide_label
 from src.utils.errors import InputError
 from src.utils.io import write_json, write_text
 
@@ -97,9 +97,10 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
     print(table)
     if "image_counts" in metrics and any(metrics[key] is None for key in OPERATING_KEYS):
         print(operating_points_note(metrics["image_counts"]))
-    image_threshold = None if thresholds is None else Thresholds.from_dict(thresholds).image
+    chosen = None if thresholds is None else Thresholds.from_dict(thresholds)
     per_image = [{"name": name, "label": int(label), "image_score": float(score),
-                  **({} if image_threshold is None else {"predicted_anomalous": bool(flagged(score, image_threshold))})}
+                  **({} if chosen is None else {"predicted_anomalous": bool(flagged(score, chosen.image)),
+                                                "decision": decide_label(score, chosen.image, chosen.review)})}
                  for name, label, score in zip(names, labels, scores)]
     if results_root:
         write_json(os.path.join(results_root, "results.json"),

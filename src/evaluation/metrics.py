@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from sklearn.metrics import auc, roc_auc_score
 
-from src.decisions.thresholds import flagged
+from src.decisions.thresholds import NG, OK, REVIEW, decide, flagged
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1", "pro")
 
@@ -303,14 +303,33 @@ def operating_points_note(image_counts):
 
 DECISION_KEYS = ("image_threshold", "image_precision", "image_recall", "image_fpr", "image_f1_at_threshold",
                  "pixel_f1_at_threshold")
+# The review band's figures: its threshold (None: no band), the share of images it sends to a person, the recall
+# and false-alarm rate of the images decided outside it, and the share of all images decided wrongly outside it
+# (good as NG, defective as OK).
+REVIEW_KEYS = ("review_threshold", "review_share", "recall_outside_review", "fpr_outside_review",
+               "wrong_outside_review")
+
+
+def review_metrics(scores, labels, thresholds):
+    """``REVIEW_KEYS`` of ``scores`` with boolean ``labels`` (True: defective) at ``thresholds`` (a model without a
+    review threshold sends none to review)."""
+    decided = decide(scores, thresholds["image"], thresholds.get("review"))
+    outside = decided != REVIEW
+    defective, good = labels & outside, ~labels & outside
+    wrong = ((decided == NG) & ~labels) | ((decided == OK) & labels)
+    return {"review_threshold": thresholds.get("review"),
+            "review_share": float(np.mean(~outside)) if len(decided) else None,
+            "recall_outside_review": float(np.mean(decided[defective] == NG)) if defective.any() else None,
+            "fpr_outside_review": float(np.mean(decided[good] == NG)) if good.any() else None,
+            "wrong_outside_review": float(np.mean(wrong)) if len(decided) else None}
 
 
 def decision_metrics(prediction_scores, gt_labels, prediction_masks, gt_masks, thresholds=None, defect_types=None,
                      resize=None, **kwargs):
     """HiAD-style evaluator of the decisions a model makes at its persisted ``thresholds`` ({"image", "pixel"}):
     ``DECISION_KEYS`` (an image is NG when its score >= the image threshold; pixel F1 of map >= the pixel
-    threshold, pooled, after ``resize`` as the pixel metrics) and ``recall_per_defect_type`` (``defect_types``:
-    one name per image). Empty without thresholds."""
+    threshold, pooled, after ``resize`` as the pixel metrics), ``REVIEW_KEYS`` and ``recall_per_defect_type``
+    (``defect_types``: one name per image). Empty without thresholds."""
     if not thresholds:
         return {}
     scores, labels = np.asarray(prediction_scores, np.float64), np.asarray(gt_labels) > 0
@@ -322,7 +341,7 @@ def decision_metrics(prediction_scores, gt_labels, prediction_masks, gt_masks, t
                "image_recall": tp / (tp + fn) if tp + fn else None,
                "image_fpr": fp / (fp + tn) if fp + tn else None,
                "image_f1_at_threshold": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
-               "pixel_f1_at_threshold": None}
+               "pixel_f1_at_threshold": None, **review_metrics(scores, labels, thresholds)}
     if thresholds.get("pixel") is not None and prediction_masks is not None and len(prediction_masks):
         hit = truth = both = 0
         for amap, mask in zip(prediction_masks, gt_masks, strict=True):

@@ -16,20 +16,24 @@ from src.evaluation.metrics import METRIC_KEYS, OPERATING_KEYS, format_table, me
 
 # The operating points (n/a with too few test images of a class) and the worst defect type's margin.
 COLUMNS = ["clsname", *METRIC_KEYS, *OPERATING_KEYS, "worst_margin"]
-# The decisions at each model's threshold, shown beside the rankings when the rows have them.
+# The decisions at each model's threshold, shown beside the rankings when the rows have them; the review band's
+# figures when some row's model has one.
 DECISION_COLUMNS = ["image_recall", "image_fpr", "pixel_f1_at_threshold"]
+BAND_COLUMNS = ["review_share", "wrong_outside_review"]
 
 
 def read_row(label, metrics_path):
     with open(metrics_path, "r", encoding="utf-8") as f:
         metrics = json.load(f)
     metrics = metrics.get("metrics", metrics)  # postprocess.py's acc_<CATEGORY>.json nests them
-    return dict(clsname=label, **{k: metrics.get(k) for k in COLUMNS[1:] + DECISION_COLUMNS})
+    return dict(clsname=label, **{k: metrics.get(k) for k in COLUMNS[1:] + DECISION_COLUMNS + BAND_COLUMNS},
+                review_threshold=metrics.get("review_threshold"))
 
 
 def columns_of(rows):
-    """COLUMNS, then the decision columns some row has a value for."""
-    return COLUMNS + [key for key in DECISION_COLUMNS if any(row.get(key) is not None for row in rows)]
+    """COLUMNS, then the decision columns some row has a value for (the band's when some row has a band)."""
+    band = BAND_COLUMNS if any(row.get("review_threshold") is not None for row in rows) else []
+    return COLUMNS + [key for key in DECISION_COLUMNS + band if any(row.get(key) is not None for row in rows)]
 
 
 def per_category(output_dir, categories):

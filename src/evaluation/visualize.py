@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from src.decisions.thresholds import NG
+from src.decisions.thresholds import NG, REVIEW
 
 
 def comparison_picture(rgb, amap, mask, vmin, vmax):
@@ -44,13 +44,13 @@ def colour_bar(height, width=None):
 def prediction_picture(rgb, normalised_map, decision, score, label):
     """RGB uint8: the image | its heat map (normalised: one fixed 0-1 scale for every image, 0.5 at the image
     threshold) with the outline of the predicted regions (``decision``: bool map) and the image's normalised score
-    and OK/NG written on it | the colour bar."""
+    and its label written on it | the colour bar."""
     heat = cv2.applyColorMap((np.clip(normalised_map, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     overlay = np.ascontiguousarray(cv2.addWeighted(rgb, 0.5, heat, 0.5, 0.0))
     height = rgb.shape[0]
     contours, _ = cv2.findContours(decision.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(overlay, contours, -1, (255, 255, 255), max(1, height // 224))
-    colour = (255, 64, 64) if label == NG else (64, 255, 64)
+    colour = {NG: (255, 64, 64), REVIEW: (255, 176, 0)}.get(label, (64, 255, 64))
     scale = max(0.4, height / 600)
     _text(overlay, f"{label}  score {score:.3f}", (8, int(28 * scale) + 4), scale, colour)
     return np.concatenate([rgb, overlay, colour_bar(height)], axis=1)

@@ -3,8 +3,9 @@
 ``x`` is an image file, a folder (searched recursively, sorted), a text file listing images (one path per
 line, relative to the list's folder; blank lines and ``#`` comments skipped), an HxWx3 uint8 RGB array, or a
 list of these. Every result holds, for one image: the raw image score (eval.py's), the score normalised to
-[0, 1] with the model's image threshold at 0.5, the OK/NG label at that threshold, the raw image and pixel
-thresholds, the regions of the pixel decision (``src.decisions.thresholds``: an NG image always has one) and the
+[0, 1] with the model's image threshold at 0.5, the label (NG at that threshold; REVIEW at or above the model's
+review threshold, when it has one; else OK), the raw image, review and pixel thresholds, the regions of the pixel
+decision (``src.decisions.thresholds``: an NG or REVIEW image always has one) and the
 model's name and ``model.json`` sha256. ``res.print()``, ``res.save_to_json(dir)``, ``res.save_to_img(dir)``
 and ``res.save_map(dir)`` write ``<name>.json``, ``<name>.png`` (image | heat map | colour bar: the map's
 pixel scores normalised as the image score is, on one fixed 0-1 scale where 0.5 is the image threshold, with
@@ -138,7 +139,8 @@ def make_prediction(name, sample, raw_score, amap, rule, identity, image=None):
     decision = rule(raw_score, amap, sample.view, original_size)
     fields = {"input_path": os.path.abspath(sample.image_path) if sample.image_path else None,
               "image_score": decision.image_score, "raw_score": decision.raw_score, "label": decision.label,
-              "image_threshold": rule.image_threshold, "pixel_threshold": rule.pixel_threshold,
+              "image_threshold": rule.image_threshold, "review_threshold": rule.review_threshold,
+              "pixel_threshold": rule.pixel_threshold,
               "regions": decision.regions, "image_size": list(original_size),
               "map_size": [amap.shape[1], amap.shape[0]],
               "view": None if sample.view is None else sample.view.to_dict(), "model": identity}

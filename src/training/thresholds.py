@@ -12,7 +12,7 @@ import numpy as np
 
 from src.evaluation.evaluate import evaluate_maps
 from src.evaluation.metrics import decision_metrics
-from src.decisions.thresholds import choose_thresholds, flagged
+from src.decisions.thresholds import NG, REVIEW, choose_thresholds, decide
 from src.patchcore.normalization import ScoreNormalizer
 from src.training.jobs import VALIDATION_FILE
 
@@ -27,6 +27,22 @@ def rate(hits, total):
     from scipy.stats import binomtest
     interval = binomtest(int(hits), int(total)).proportion_ci(method="wilson")
     return f"{hits / total:.2f} ({hits}/{total}, 95% interval {interval.low:.2f}-{interval.high:.2f})"
+
+
+def decision_rates(scores, labels, thresholds):
+    """'recall <rate>, false-alarm rate <rate>' of the NG label on labelled ``scores``; with a review band also
+    the share sent to review and those rates among the images decided outside it."""
+    decided = decide(scores, thresholds.image, thresholds.review)
+    defective, good = labels == 1, labels == 0
+    text = (f"recall {rate(int((decided[defective] == NG).sum()), int(defective.sum()))}, false-alarm rate "
+            f"{rate(int((decided[good] == NG).sum()), int(good.sum()))}")
+    if thresholds.review is None:
+        return text
+    outside = decided != REVIEW
+    return (f"{text}; review threshold {thresholds.review:.4g} ({thresholds.review_method}) sends "
+            f"{rate(int((~outside).sum()), len(labels))} to review; outside the band: recall "
+            f"{rate(int((decided[defective & outside] == NG).sum()), int((defective & outside).sum()))}, "
+            f"false-alarm rate {rate(int((decided[good & outside] == NG).sum()), int((good & outside).sum()))}")
 
 
 def validation_batches(items, batch_size):
@@ -77,21 +93,18 @@ def validation_results(model, items, stored, batch_size):
 
 
 def model_thresholds(results, items, policy, val_config, say):
-    """Thresholds (``postprocess.threshold`` ``policy``) from ``results`` (:func:`validation_results`) of the
-    validation ``items``; says the rates they give on them. Returns (thresholds, score normaliser dict, metrics,
-    raw image scores)."""
+    """Thresholds (a ``ThresholdPolicy``) from ``results`` (:func:`validation_results`) of the validation ``items``;
+    says the rates they give on them. Returns (thresholds, score normaliser dict, metrics, raw image scores)."""
     scores, maps, masks = (list(column) for column in zip(*results))
     labels = np.asarray([item.label for item in items])
     scores = np.asarray(scores)
     thresholds = choose_thresholds(scores[labels == 0], scores[labels == 1], maps, masks, policy=policy)
     decision = decision_metrics(scores, labels, maps, masks, thresholds.to_dict())
-    anomalous = flagged(scores, thresholds.image)
     in_bank = sum(item.bank_source is not None for item in items)
-    say("Thresholds (%s) from %d validation images (%d anomalous%s): image %.4g, pixel %.4g; "
-        "on them: recall %s, false-alarm rate %s", policy, len(labels), int(labels.sum()),
+    say("Thresholds (%s) from %d validation images (%d anomalous%s): image %.4g, pixel %.4g; on them: %s",
+        policy.ng, len(labels), int(labels.sum()),
         "" if not in_bank else f"; {in_bank} also in the bank, scored without their own entries",
-        thresholds.image, thresholds.pixel, rate(int((anomalous & (labels == 1)).sum()), int(labels.sum())),
-        rate(int((anomalous & (labels == 0)).sum()), int((labels == 0).sum())))
+        thresholds.image, thresholds.pixel, decision_rates(scores, labels, thresholds))
     if (labels == 0).sum() < MIN_VALIDATION_NORMAL or labels.sum() < MIN_VALIDATION_ANOMALOUS:
         say("Warning: %d normal and %d anomalous validation images are too few to set a threshold reliably "
             "(at least %d and %d): raise val_config.val_images or val_sample_ratio, or check the rates on "

@@ -102,7 +102,7 @@ class Trainer:
             stored_grids(run, detectors, plan.plan, self.model_dir)
         model = Model(meta, plan.tasks, plan.plan, detectors, {} if stored is not None else
                       make_featurizers(detectors, meta, self.pre_ckpt_path, self._extractors), plan.task_generator)
-        fit_thresholds(model, run.validation, stored, self.config.data.batch_size, self.config.threshold,
+        fit_thresholds(model, run.validation, stored, self.config.data.batch_size, self.config.decision,
                        plan.val_config, meta, say)
 
     def load_model(self):

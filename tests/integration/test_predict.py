@@ -13,7 +13,8 @@ from src.evaluation.metrics import DECISION_KEYS
 
 CATEGORY = "synthetic_leather"
 SMALL = SMALL_PLAIN
-KEYS = {"input_path", "image_score", "raw_score", "label", "image_threshold", "pixel_threshold", "regions", "model"}
+KEYS = {"input_path", "image_score", "raw_score", "label", "image_threshold", "review_threshold", "pixel_threshold",
+        "regions", "model"}
 
 
 def common(dataset, out):
@@ -188,10 +189,11 @@ def test_check_dataset_reports_every_problem_with_its_path(dataset, tmp_path):
     assert (tmp_path / "bad" / CATEGORY / "check_dataset" / "image_sizes.png").is_file()
 
 
-def test_real_labelled_validation_images_set_the_thresholds(model, dataset, tmp_path):
+def test_real_labelled_validation_images_set_the_thresholds_and_the_review_band(model, dataset, tmp_path):
     test_dir = dataset / CATEGORY / "test"
     result = run_cli("train.py", *common(dataset, tmp_path), *SMALL, "-o", "val_config=null", "--val_dir",
-                     str(test_dir), "--val_mask_dir", str(dataset / CATEGORY / "ground_truth"))
+                     str(test_dir), "--val_mask_dir", str(dataset / CATEGORY / "ground_truth"),
+                     "-o", "postprocess.review=recall:1")
     assert result.returncode == 0, result.stderr
     meta = json.loads((tmp_path / CATEGORY / "model.json").read_text())
     items = meta["validation"]["items"]
@@ -201,3 +203,19 @@ def test_real_labelled_validation_images_set_the_thresholds(model, dataset, tmp_
     assert "Thresholds (f1) from 7 validation images (4 anomalous)" in result.stdout
     # the bank is the same: the validation images are not training images
     assert digest(tmp_path / CATEGORY / "task_0" / "faiss.index") == digest(model["dir"] / "task_0" / "faiss.index")
+    # the review band keeps every labelled defect at or above its lower threshold: none of them is OK
+    thresholds = meta["thresholds"]
+    assert thresholds["review_method"] == "recall:1" and thresholds["review"] <= thresholds["image"]
+    assert "review threshold" in result.stdout and "outside the band" in result.stdout
+    predicted = run_cli("predict.py", "--model_dir", str(tmp_path / CATEGORY), "--input", str(test_dir),
+                        "--output_dir", str(tmp_path / "predict"))
+    assert predicted.returncode == 0, predicted.stderr
+    fields = json.loads((tmp_path / "predict" / "predict.json").read_text())
+    assert all(f["review_threshold"] == thresholds["review"] for f in fields)
+    defective = [f["label"] for f in fields if "good" not in f["input_path"]]
+    assert len(defective) == 4 and "OK" not in defective
+    for f in fields:   # an image in the band is REVIEW and shown where
+        in_band = thresholds["review"] <= f["raw_score"] < thresholds["image"]
+        assert (f["label"] == "REVIEW") == in_band and (f["label"] == "OK" or f["regions"])
+    counts = {name: sum(f["label"] == name for f in fields) for name in ("OK", "REVIEW", "NG")}
+    assert f"{counts['OK']} OK, {counts['REVIEW']} REVIEW, {counts['NG']} NG" in predicted.stdout

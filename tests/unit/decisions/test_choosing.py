@@ -7,7 +7,8 @@ from sklearn.metrics import f1_score
 
 import src  # noqa: F401
 from conftest import just_above
-from src.decisions.thresholds import PIXEL_BINS, Thresholds, choose_thresholds, parse_threshold_policy, pixel_threshold
+from src.decisions.thresholds import (PIXEL_BINS, ThresholdPolicy, Thresholds, choose_thresholds, parse_threshold_policy,
+                                     pixel_threshold)
 from src.patchcore.normalization import score_threshold
 from src.utils.errors import InputError
 
@@ -141,3 +142,38 @@ def test_each_policy_sets_the_image_threshold_as_documented():
     assert fpr.image == pytest.approx(np.quantile(normal, 0.9)) and fpr.image_method == "fpr:0.1"
     manual = choose_thresholds(normal, anomalous, policy="manual:0.25")
     assert manual.image == 0.25 and manual.image_method == "manual:0.25"
+
+
+def test_each_review_policy_sets_a_lower_threshold_as_documented():
+    normal = np.linspace(0.0, 1.0, 101)
+    anomalous = np.array([0.5, 0.8, 1.5, 2.0, 3.0])
+    off = choose_thresholds(normal, anomalous)
+    assert off.review is None and off.review_method is None
+    recall = choose_thresholds(normal, anomalous, policy=ThresholdPolicy("f1", "recall:0.8"))
+    # 4 of the 5 anomalous scores are at or above 0.8: the highest threshold that keeps 80% of them
+    assert recall.review == 0.8 and recall.review_method == "recall:0.8" and recall.review < recall.image
+    assert choose_thresholds(normal, anomalous, policy=ThresholdPolicy("f1", "recall:1")).review == 0.5
+    fpr = choose_thresholds(normal, anomalous, policy=ThresholdPolicy("f1", "fpr:0.2"))
+    assert fpr.review == pytest.approx(np.quantile(normal, 0.8))
+    # never above the NG threshold: an empty band
+    high = choose_thresholds(normal, anomalous, policy=ThresholdPolicy("manual:0.3", "recall:0.2"))
+    assert high.review == high.image == 0.3
+    assert Thresholds.from_dict(recall.to_dict()) == recall
+
+
+@pytest.mark.parametrize("review", ["on", "recall:0", "recall:1.5", "fpr:1", "manual:inf", "f1"])
+def test_bad_review_policies_are_input_errors(review):
+    with pytest.raises(InputError, match="postprocess.review"):
+        ThresholdPolicy("f1", review)
+
+
+def test_a_recall_review_needs_anomalous_validation_images():
+    with pytest.raises(InputError, match="postprocess.review: recall:0.9 needs anomalous"):
+        choose_thresholds([0.1, 0.2], [], policy=ThresholdPolicy("f1", "recall:0.9"))
+
+
+def test_the_policy_comes_from_the_postprocess_section():
+    assert ThresholdPolicy.from_postprocess({}) == ThresholdPolicy("f1", "off")
+    assert ThresholdPolicy.from_postprocess({"review": False}) == ThresholdPolicy("f1", "off")   # YAML's bare off
+    assert ThresholdPolicy.from_postprocess({"threshold": "fpr:0.1", "review": "recall:0.95"}) == \
+        ThresholdPolicy("fpr:0.1", "recall:0.95")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from src.data.sample import Resize
-from src.decisions.thresholds import DecisionRule, flagged, label, score_peak
+from src.decisions.thresholds import DecisionRule, decide, flagged, label, score_peak
 from src.patchcore.normalization import ScoreNormalizer
 from src.utils.errors import InputError
 
@@ -49,3 +49,23 @@ def test_an_ok_image_has_no_region_below_the_pixel_threshold():
     decision = rule()(0.2, np.full((6, 6), 0.3))
     assert decision.label == "OK" and decision.regions == [] and not decision.mask.any()
     assert decision.image_score < 0.5
+
+
+def test_scores_between_the_review_and_the_image_threshold_are_sent_to_review():
+    assert [label(s, 1.0, 0.6) for s in (0.59, 0.6, 0.99, 1.0)] == ["OK", "REVIEW", "REVIEW", "NG"]
+    assert decide([0.59, 0.6, 1.0], 1.0).tolist() == ["OK", "OK", "NG"]   # no band: OK or NG
+    assert decide([0.59, 0.6, 1.0], 1.0, 0.6).tolist() == ["OK", "REVIEW", "NG"]
+
+
+def test_a_review_image_is_shown_where_its_score_came_from():
+    normalizer = ScoreNormalizer.at_threshold(np.linspace(0.0, 0.5, 11), 1.0).to_dict()
+    banded = DecisionRule({"image": 1.0, "pixel": 0.8, "review": 0.7}, normalizer)
+    amap = np.full((10, 10), 0.1)
+    amap[2, 3] = 0.6
+    decision = banded(0.8, amap)
+    assert decision.label == "REVIEW" and decision.image_score < 0.5
+    assert [(region["bbox"], region["source"]) for region in decision.regions] == [([3, 2, 1, 1], "score_peak")]
+    assert banded(0.69, amap).regions == []
+    assert banded.count(["OK", "REVIEW", "NG", "REVIEW"]) == "1 OK, 2 REVIEW, 1 NG"
+    assert banded.describe() == "image threshold 1, review threshold 0.7"
+    assert rule().count(["OK", "NG"]) == "1 OK, 1 NG" and rule().describe() == "image threshold 1"

@@ -27,7 +27,8 @@ settings (counts, ``-o`` overrides) under their own ``--tag`` keep each other's 
 
 Per texture: train.py with ``--config`` (configs/hr_patchcore.yaml; ``-o`` overrides pass through), eval.py,
 then one row: eval.py's metrics (image and pixel AUROC, pixel AP, PRO, each defect type's margin over the
-highest good image, recall and false alarms at the persisted threshold, ...); per half and overall, from eval.py's
+highest good image, recall and false alarms at the persisted threshold, the review band's ``review_share`` and
+``wrong_outside_review``, ...); per half and overall, from eval.py's
 per-image decisions (scores.json), ``fa_rate`` (share of good images labelled NG) and ``recall`` (share of
 defective ones labelled NG): ``fa_rate_field``, ``recall_field``, ``fa_rate_check``, ``recall_check``,
 ``fa_rate``, ``recall``; the false-alarm rate training predicted, that of its validation normals at its image
@@ -112,7 +113,8 @@ PHOTOS = {
         shape=(1600, 2560), scale=1.4,
         train=(2120, 0, 3584, 1610), field=(0, 0, 1060, 1610), check=(1060, 0, 2120, 1610)),
 }
-COLUMNS = ["texture", "img_auroc", "px_auroc", "recall", "fa_field", "fa_check", "fa", "val_fa (95%)", "inside"]
+COLUMNS = ["texture", "auroc", "recall", "fa_field", "fa_check", "fa", "val_fa (95%)", "inside",
+           "review", "wrong"]
 
 
 def area_faults(spec, size=IMAGE_SIZE):
@@ -309,9 +311,10 @@ def table_row(texture, row):
     predicted = shown("val_fa_rate")
     if predicted is not None and row.get("val_fa_low") is not None:
         predicted = f"{predicted:.2f} ({row['val_fa_low']:.2f}-{row['val_fa_high']:.2f})"
-    return dict(texture=texture, img_auroc=shown("image_auroc"), px_auroc=shown("pixel_auroc"),
+    return dict(texture=texture, auroc=shown("image_auroc"),
                 recall=shown("recall"), fa_field=shown("fa_rate_field"), fa_check=shown("fa_rate_check"),
-                fa=shown("fa_rate"), inside=shown("fa_inside"), **{"val_fa (95%)": predicted})
+                fa=shown("fa_rate"), inside=shown("fa_inside"), **{"val_fa (95%)": predicted},
+                review=shown("review_share"), wrong=shown("wrong_outside_review"))
 
 
 def main():

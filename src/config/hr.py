@@ -33,16 +33,20 @@ def _number_in(value, name, low, high, high_open):
 class ValidationSettings:
     """HiAD's ``val_config``: validation images among the normal training images, ``anomaly_ratio`` of them given a
     synthetic defect by ``synthesizers`` (``src/training/validation.py``); ``evaluators`` score them after training.
-    Numbers are kept as given (model.json records them)."""
+    ``folds`` (with ``val_sample_ratio`` 0): the validation images in the banks are scored without the entries of
+    every training image in their fold, not only their own (None). Numbers are kept as given (model.json records
+    them)."""
     synthesizers: tuple = ()   # ``anomaly_syn_fn``: names, config dicts or synthesizer objects
     val_sample_ratio: float = 0.2
     anomaly_ratio: float = 0.5
     max_patch_number: int = None
     val_images: int = 10
     evaluators: tuple = None
+    folds: int = None
 
     KEYS = {"anomaly_syn_fn": "synthesizers", "val_sample_ratio": "val_sample_ratio", "anomaly_ratio": "anomaly_ratio",
-            "max_patch_number": "max_patch_number", "val_images": "val_images", "evaluators": "evaluators"}
+            "max_patch_number": "max_patch_number", "val_images": "val_images", "evaluators": "evaluators",
+            "folds": "folds"}
 
     def __post_init__(self):
         for spec in self.synthesizers:
@@ -51,6 +55,13 @@ class ValidationSettings:
         _number_in(self.anomaly_ratio, "val_config.anomaly_ratio", 0, 1, False)
         positive_int(self.max_patch_number, "val_config.max_patch_number", optional=True)
         positive_int(self.val_images, "val_config.val_images", optional=True)
+        if positive_int(self.folds, "val_config.folds", optional=True) is not None:
+            if self.folds < 2:
+                raise InputError("val_config.folds", "must be at least 2 (null: each image without its own "
+                                                     f"entries), got {self.folds}")
+            if self.val_sample_ratio != 0:
+                raise InputError("val_config.folds", "needs val_sample_ratio 0: held-out validation images are "
+                                                     "not in the banks")
 
     @classmethod
     def from_dict(cls, val_config):

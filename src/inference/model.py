@@ -94,10 +94,10 @@ class Model:
         """[(task, [tiles])] for one image (see :func:`src.tiling.tasks.assign_tiles`)."""
         return assign_tiles(image, self.tasks, self.indexes, self.task_generator)
 
-    def grids(self, images, exclude_source=None):
+    def grids(self, images, exclude_sources=None):
         """Per image: ([(TileIndex, normalised grid)], normalised thumbnail grid or None, the policy's max-cell
-        weight per grid, tiles then thumbnail, each None when the policy needs none). ``exclude_source``: a
-        training image's position, to score without the bank entries it contributed (validation)."""
+        weight per grid, tiles then thumbnail, each None when the policy needs none). ``exclude_sources``: training
+        images' positions (a tuple), to score without the bank entries they contributed (validation)."""
         for image in images:
             check_image_size(image, self.image_size)
         tiles_of, thumbnails = [[] for _ in images], [None] * len(images)
@@ -108,18 +108,18 @@ class Model:
                 views.setdefault(task.name, []).extend((position, image, tile) for tile in tiles)
         for name, entries in views.items():
             for (position, _, tile), (grid, weight) in zip(
-                    entries, self._scores(name, [(i, t) for _, i, t in entries], exclude_source)):
+                    entries, self._scores(name, [(i, t) for _, i, t in entries], exclude_sources)):
                 tiles_of[position].append((tile, grid))
                 weights_of[position].append(weight)
         if THUMBNAIL in self.detectors:
             whole = WholeImage(tuple(self.settings["thumbnail_size"]))
             for position, (grid, weight) in enumerate(self._scores(THUMBNAIL, [(image, whole) for image in images],
-                                                                   exclude_source)):
+                                                                   exclude_sources)):
                 thumbnails[position] = grid
                 weights_of[position].append(weight)
         return list(zip(tiles_of, thumbnails, weights_of))
 
-    def _scores(self, name, views, exclude_source=None):
+    def _scores(self, name, views, exclude_sources=None):
         """Yield (normalised grid, max-cell weight or None) of every view, scored by task ``name``."""
         detector, featurizer = self.detectors[name], self.featurizers[name]
         policy = self.scorer.policy
@@ -131,18 +131,18 @@ class Model:
             self.timings["network"] += scored - started
             if features is None:
                 return
-            raw = detector.patch_scores(features, exclude_source)
-            weights = detector.max_cell_weights(features, raw, policy.num_nn, exclude_source) \
+            raw = detector.patch_scores(features, exclude_sources)
+            weights = detector.max_cell_weights(features, raw, policy.num_nn, exclude_sources) \
                 if policy.needs_weights else [None] * len(raw)
             grids = detector.normalize(raw)
             self.timings["scoring"] += time.perf_counter() - scored
             yield from zip(grids, weights)
 
-    def predict_images(self, images, exclude_source=None):
-        """[(image score, [H, W] anomaly map)] of HxWx3 uint8 images of the model's size (``exclude_source``: see
+    def predict_images(self, images, exclude_sources=None):
+        """[(image score, [H, W] anomaly map)] of HxWx3 uint8 images of the model's size (``exclude_sources``: see
         :meth:`grids`)."""
         results = []
-        for tile_grids, thumbnail, weights in self.grids(images, exclude_source):
+        for tile_grids, thumbnail, weights in self.grids(images, exclude_sources):
             started = time.perf_counter()
             results.append(self.scorer(tile_grids, thumbnail, weights))
             self.timings["map"] += time.perf_counter() - started

@@ -104,7 +104,7 @@ class PatchCoreDetector:
         self.bank = None
         self.normalizer = None
         self.selected = None       # after fit: the coreset's row numbers in the fitted features, in bank order
-        self._without = {}         # source -> the bank without that source's rows (see patch_scores)
+        self._without = {}         # excluded sources -> the bank without their rows (one entry: see _bank)
 
     def fit(self, feature_batches, num_patches, spill_path):
         """Build the bank from ``feature_batches`` ([B, D, h, w] arrays) holding ``num_patches`` patches in all.
@@ -152,36 +152,45 @@ class PatchCoreDetector:
         self.selected = indices
         return read_rows(spill_path, indices, dim), extracted
 
-    def patch_scores(self, features, exclude_source=None):
+    def patch_scores(self, features, exclude_sources=None):
         """[B, D, h, w] features -> [B, h, w] raw patch scores (mean squared distance to the nearest entries).
 
-        ``exclude_source``: score against the bank without the entries that training image contributed (its
-        ``sources`` in ``bank.json``), as if it had been held out: for validation images that are in the bank.
+        ``exclude_sources``: training-image positions (a tuple) whose entries the bank is searched without (their
+        ``sources`` in ``bank.json``), as if held out: for validation images that are in the bank (their own image,
+        or every image of their fold).
         """
         rows, (h, w) = to_patch_rows(features)
-        bank = self.bank if exclude_source is None else self._bank_without(int(exclude_source))
-        scores = bank.patch_scores(rows, int(self.patch_config["anomaly_scorer_num_nn"]))
+        scores = self._bank(exclude_sources).patch_scores(rows, int(self.patch_config["anomaly_scorer_num_nn"]))
         return scores.reshape(len(features), h, w).astype(np.float32)
 
-    def max_cell_weights(self, features, scores, num_nn, exclude_source=None):
+    def max_cell_weights(self, features, scores, num_nn, exclude_sources=None):
         """[B] eq. 7 weights (``MemoryBank.support_weight``) of each item's largest cell of ``scores`` [B, h, w],
-        from its feature in ``features`` [B, D, h, w] (the reweighted image score)."""
-        bank = self.bank if exclude_source is None else self._bank_without(int(exclude_source))
+        from its feature in ``features`` [B, D, h, w] (the reweighted image score; ``exclude_sources``: as in
+        :meth:`patch_scores`)."""
+        bank = self._bank(exclude_sources)
         weights = []
         for item_features, item_scores in zip(features, scores):
             y, x = np.unravel_index(int(np.argmax(item_scores)), item_scores.shape)
             weights.append(bank.support_weight(item_features[:, y, x], num_nn))
         return weights
 
-    def _bank_without(self, source):
-        if source not in self._without:
+    def _bank(self, exclude_sources):
+        """The bank without the entries of ``exclude_sources`` (None: the whole bank). Only the last such bank is
+        kept (a bank may be large): callers score items with the same exclusion one after the other."""
+        if exclude_sources is None:
+            return self.bank
+        excluded = tuple(int(source) for source in exclude_sources)
+        if excluded not in self._without:
             sources = np.asarray(self.metadata.get("sources", []))
             if len(sources) != len(self.bank):
                 raise InputError("bank.json", "the bank does not record which training image each entry comes from")
-            keep = sources != source
-            self._without = {source: self.bank if keep.all() else
+            keep = ~np.isin(sources, excluded)
+            if not keep.any():
+                raise InputError("bank.json", f"every entry comes from the excluded training images {list(excluded)}: "
+                                              "nothing to score against (fewer val_config.folds or more images)")
+            self._without = {excluded: self.bank if keep.all() else
                              MemoryBank.from_features(self.bank.index.reconstruct_n(0, len(self.bank))[keep])}
-        return self._without[source]
+        return self._without[excluded]
 
     def normalize(self, scores):
         """[..., h, w] score grids through the task's normaliser (unchanged without one)."""

@@ -179,6 +179,7 @@ def train_job(run, job, featurizer, log):
                  stats["coreset_seconds"], peak_rss() / MIB)
         cells = grid[0] * grid[1]
         # which training image each bank entry comes from: validation images in the bank are scored without theirs
+        # (or without their fold's)
         metadata = {"job": job.name, "fingerprint": run.fingerprints[job.name],
                     "sources": [int(job.train_views[row // cells][0]) for row in detector.selected]}
         detector.bank.metadata = metadata
@@ -204,18 +205,29 @@ def score_validation(run, job, detector, featurizer, stage, log):
     return sha256_of(path)
 
 
+def _by_exclusion(groups, items):
+    """``groups`` ([(position in ``items``, views)]) reordered so that items excluding the same bank sources (their
+    own image, their fold, or none) are consecutive, in order of first appearance: the detector rebuilds its bank
+    without a set of sources once (it keeps only the last such bank)."""
+    first = {}
+    for position, _ in groups:
+        first.setdefault(items[position].excluded_sources, len(first))
+    return sorted(groups, key=lambda group: first[items[group[0]].excluded_sources])
+
+
 def _validation_grids(run, job, detector, featurizer):
     """The job's raw score grid of every validation view, with its item, tile row and column and cell labels."""
     grids, items, rows, cols, anomalous = [], [], [], [], []
     # An image's normal and defective validation items differ only where the defect is: a view whose network
     # inputs are byte-identical to one already scored (same image, same excluded entries) reuses its grid.
-    same_source, source = {}, None
-    for position, indexes in _grouped(job.val_views):
+    same_source, reused_scope = {}, None
+    for position, indexes in _by_exclusion(_grouped(job.val_views), run.validation):
         item = run.validation[position]
         image, mask = item.load()
-        exclude = item.bank_source
-        if getattr(item, "source_index", None) != source or source is None:
-            same_source, source = {}, getattr(item, "source_index", None)
+        exclude = item.excluded_sources
+        scope = (getattr(item, "source_index", None), exclude)   # labelled items (no source) reuse nothing
+        if scope != reused_scope or scope[0] is None:
+            same_source, reused_scope = {}, scope
         keys = [(index, tuple(hashlib.blake2b(np.ascontiguousarray(level)).digest() for level in index.views(image)))
                 for index in indexes]
         new = [(image, index) for index, key in zip(indexes, keys) if key not in same_source]

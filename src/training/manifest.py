@@ -57,6 +57,18 @@ def remove_stale_jobs(root, jobs):
             shutil.rmtree(folder)
 
 
+def validation_scheme(items, validation):
+    """How the validation ``items`` were kept off their own surface's bank entries, for model.json: "held_out" (no
+    item is in the banks), "leave_own_out" (each without its own image's) or "k_fold" (each without those of every
+    training image in its fold) with the count of ``validation.folds`` (None: only labelled images validate)."""
+    folds = None if validation is None else validation.folds
+    if not any(item.excluded_sources is not None for item in items):
+        scheme = "held_out"
+    else:
+        scheme = "leave_own_out" if folds is None else "k_fold"
+    return {"held_out": scheme == "held_out", "scheme": scheme, **({"folds": folds} if scheme == "k_fold" else {})}
+
+
 def model_meta(config, model_plan, image_score, seed, pre_ckpt_path, items):
     """model.json's description of the model trained from ``config`` and ``model_plan`` with ``image_score`` (the
     built policy) and the validation ``items`` (the trainer adds the banks, thresholds, memory and time)."""
@@ -82,8 +94,7 @@ def model_meta(config, model_plan, image_score, seed, pre_ckpt_path, items):
         "validation": None if not items else {
             "val_sample_ratio": None if validation is None else validation.val_sample_ratio,
             "max_patch_number": None if validation is None else validation.max_patch_number,
-            # False: the validation images also trained the banks; they were scored without their own entries
-            "held_out": not any(item.bank_source is not None for item in items),
+            **validation_scheme(items, validation),
             "items": [item.describe() for item in items]},
         "versions": {"python": platform.python_version(), "mindspore": ms.__version__,
                      "faiss": faiss.__version__, "numpy": np.__version__},

@@ -40,7 +40,7 @@ def training_items(samples, labelled, validation, seed, tiles_per_image):
     chosen = build_validation_set(samples, validation.synthesizers, float(validation.val_sample_ratio), seed,
                                   float(validation.anomaly_ratio if validation.synthesizers else 0.0),
                                   None if max_patches is None else max(1, max_patches // tiles_per_image),
-                                  validation.val_images)
+                                  validation.val_images, validation.folds)
     return chosen.items + list(labelled), chosen.train_indices
 
 

@@ -1,9 +1,9 @@
 """The trained model's image and pixel thresholds, from its validation images' scores and maps.
 
 The validation images are scored as the model's own inference (``Model.predict_images``) and eval.py score them;
-those in the bank without their own entries. Where the jobs stored their raw validation grids when they fitted
-their normalisers (``validation.npz``), the scores are composed from those grids instead: each image is scored
-once, not twice.
+those in the bank without the entries of their own image (or, with ``val_config.folds``, of every training image in
+their fold). Where the jobs stored their raw validation grids when they fitted their normalisers
+(``validation.npz``), the scores are composed from those grids instead: each image is scored once, not twice.
 """
 import logging
 import os
@@ -46,19 +46,15 @@ def decision_rates(scores, labels, thresholds):
 
 
 def validation_batches(items, batch_size):
-    """Yield ([items], excluded bank source or None): items in the bank one at a time (each without its own
-    entries), the others ``batch_size`` at a time."""
-    batch = []
-    for item in items:
-        if item.bank_source is not None:
-            yield [item], item.bank_source
-        else:
-            batch.append(item)
-            if len(batch) == batch_size:
-                yield batch, None
-                batch = []
-    if batch:
-        yield batch, None
+    """Yield ([(position in ``items``, item)], excluded bank sources or None), ``batch_size`` items at a time: the
+    items with the same exclusion (their own image, their fold, or none: not in the bank) one batch after the
+    other, so each bank is rebuilt without a set of sources once (a detector keeps only the last such bank)."""
+    groups = {}
+    for position, item in enumerate(items):
+        groups.setdefault(item.excluded_sources, []).append((position, item))
+    for excluded, members in groups.items():
+        for start in range(0, len(members), batch_size):
+            yield members[start:start + batch_size], excluded
 
 
 def stored_grids(run, detectors, indexes, checkpoint_root):
@@ -86,10 +82,13 @@ def validation_results(model, items, stored, batch_size):
         for item, grids in zip(items, stored):
             yield *model.scorer(*grids), item.load()[1]
         return
-    for batch, exclude in validation_batches(items, batch_size):
-        loaded = [item.load() for item in batch]
-        for (score, amap), (_, mask) in zip(model.predict_images([image for image, _ in loaded], exclude), loaded):
-            yield score, amap, mask
+    results = [None] * len(items)
+    for batch, excluded in validation_batches(items, batch_size):
+        loaded = [item.load() for _, item in batch]
+        for (position, _), (score, amap), (_, mask) in zip(
+                batch, model.predict_images([image for image, _ in loaded], excluded), loaded):
+            results[position] = (score, amap, mask)
+    yield from results
 
 
 def model_thresholds(results, items, policy, val_config, say):
@@ -100,10 +99,12 @@ def model_thresholds(results, items, policy, val_config, say):
     scores = np.asarray(scores)
     thresholds = choose_thresholds(scores[labels == 0], scores[labels == 1], maps, masks, policy=policy)
     decision = decision_metrics(scores, labels, maps, masks, thresholds.to_dict())
-    in_bank = sum(item.bank_source is not None for item in items)
+    in_bank = sum(item.excluded_sources is not None for item in items)
+    folds = None if val_config is None else val_config.folds
     say("Thresholds (%s) from %d validation images (%d anomalous%s): image %.4g, pixel %.4g; on them: %s",
         policy.ng, len(labels), int(labels.sum()),
-        "" if not in_bank else f"; {in_bank} also in the bank, scored without their own entries",
+        "" if not in_bank else f"; {in_bank} also in the bank, scored without " +
+        ("their own entries" if folds is None else f"their fold's entries ({folds} folds)"),
         thresholds.image, thresholds.pixel, decision_rates(scores, labels, thresholds))
     if (labels == 0).sum() < MIN_VALIDATION_NORMAL or labels.sum() < MIN_VALIDATION_ANOMALOUS:
         say("Warning: %d normal and %d anomalous validation images are too few to set a threshold reliably "

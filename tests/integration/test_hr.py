@@ -79,7 +79,7 @@ def test_in_bank_validation_scores_are_the_models_own_scores_without_each_images
     samples = [HRSample(s.image_path, image_size=(256, 256)) for s in list_train_samples(str(dataset), CATEGORY)]
     items = build_validation_set(samples, ["RandomBox"], 0, model.meta["seed"], 0.5, val_images=3).items
     assert [r["in_bank"] for r in records] == [True] * 6 and sorted(r["label"] for r in records) == [0, 0, 0, 1, 1, 1]
-    online = [model.predict_images([item.load()[0]], item.bank_source)[0][0] for item in items]
+    online = [model.predict_images([item.load()[0]], item.excluded_sources)[0][0] for item in items]
     # to 5e-5: a tile reused from its normal twin was computed in another batch (MindSpore differs by ~1e-6 on the
     # AMD machines, 1.3e-5 on the Intel Xeon ones); the exclusion itself moves scores by over 1e-3 (below)
     np.testing.assert_allclose(online, [r["score"] for r in records], rtol=5e-5)

@@ -36,3 +36,12 @@ def test_sampler_config_by_name_or_mapping_recorded_with_every_option(tmp_path):
         load_config(None, ["patch.sampler.name=kmeans"])
     with pytest.raises(InputError, match="bad parameters for sampler"):
         load_config(None, ["patch.sampler={name: random, chunk_size: 3}"])
+
+
+def test_validation_folds_are_an_entry_of_val_config_checked_when_loaded():
+    assert load_config(None, []).val_config.folds is None   # leave-own-out until measured otherwise
+    assert load_config(None, ["folds=4"]).val_config.folds == 4
+    with pytest.raises(InputError, match="val_config.folds: must be at least 2"):
+        load_config(None, ["folds=1"])
+    with pytest.raises(InputError, match="val_config.folds: needs val_sample_ratio 0"):
+        load_config(None, ["folds=4", "val_sample_ratio=0.2"])

@@ -1,10 +1,13 @@
-"""src/patchcore/detector.py: the streamed fit, row reads and the memory estimate, without a trained model."""
+"""src/patchcore/detector.py: the streamed fit, row reads, the memory estimate and scoring without some training
+images' entries, without a trained model."""
 import numpy as np
 import pytest
 
 import src  # noqa: F401
 from src.patchcore import detector as detector_module
 from src.patchcore.detector import HRPatchCore, estimate_fit_bytes, read_rows
+from src.patchcore.memory_bank import MemoryBank
+from src.utils.errors import InputError
 
 
 def test_fit_in_memory_and_spilled_both_select_the_samplers_coreset_and_spill_every_row(tmp_path, monkeypatch):
@@ -56,3 +59,22 @@ def test_memory_estimate_counts_projection_selection_and_bank(monkeypatch):
     assert estimate["projected_features"] + (16 * 4 + 32) * 100_000 <= estimate["selection"]
     assert estimate["selection"] < 1.5 * estimate["projected_features"]
     assert estimate["peak"] == max(estimate["selection"], 2 * estimate["bank"])
+
+
+def test_scoring_without_a_set_of_sources_searches_the_bank_without_exactly_their_entries():
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(8, 4)).astype(np.float32)
+    sources = [0, 1, 2, 3, 0, 1, 2, 3]
+    detector = HRPatchCore({"anomaly_scorer_num_nn": 2})
+    detector.bank = MemoryBank.from_features(rows, {"sources": sources})
+    rest = HRPatchCore({"anomaly_scorer_num_nn": 2})   # a bank of the other images' entries alone
+    rest.bank = MemoryBank.from_features(rows[~np.isin(sources, (1, 3))])
+    features = rng.normal(size=(3, 4, 2, 2)).astype(np.float32)
+    scores = detector.patch_scores(features, (1, 3))
+    np.testing.assert_allclose(scores, rest.patch_scores(features), rtol=1e-6)
+    assert not np.allclose(scores, detector.patch_scores(features))
+    assert detector.max_cell_weights(features, scores, 2, (1, 3)) == rest.max_cell_weights(features, scores, 2)
+    np.testing.assert_allclose(detector.patch_scores(features, (2,)), detector.patch_scores(features, (2, 9)))
+    assert list(detector._without) == [(2, 9)]   # one bank kept: the last set's
+    with pytest.raises(InputError, match="every entry comes from the excluded training images"):
+        detector.patch_scores(features, (0, 1, 2, 3))

@@ -29,6 +29,7 @@ def test_model_meta_records_the_plan_the_config_and_the_validation_set():
     assert meta["view"] == Resize((48, 64)).to_dict() and meta["pretrained"] is False
     assert meta["inference"]["thumbnail_size"] == [24, 32] and meta["inference"]["thumbnail_merge"] == "mean"
     assert meta["validation"]["val_sample_ratio"] == 0.25 and meta["validation"]["held_out"] is True
+    assert meta["validation"]["scheme"] == "held_out" and "folds" not in meta["validation"]
     assert [item["source_index"] for item in meta["validation"]["items"]] == [item.source_index for item in items]
     assert meta["config"] == config.to_dict() and meta["task_generator"] == {"name": "A2O"}
     json.dumps(meta)   # model.json holds plain JSON

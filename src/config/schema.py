@@ -7,6 +7,7 @@ validated mapping back, as stored in ``model.json``.
 from dataclasses import dataclass
 
 from src.config.hr import TilingSettings, ValidationSettings, effective_val_config
+from src.data.augment import check_augmentations
 from src.decisions.thresholds import ThresholdPolicy
 from src.patchcore.scoring import build_image_score
 from src.patchcore.sampling import build_sampler
@@ -51,12 +52,14 @@ class PatchSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """The ``data`` section: the 224-pixel model's view, the input normalisation and the batch size."""
+    """The ``data`` section: the 224-pixel model's view, the input normalisation, the batch size and the training
+    images' augmented copies (``src/data/augment.py``)."""
     resize: int
     imagesize: int
     mean: tuple
     std: tuple
     batch_size: int
+    train_augment: tuple = ()
 
     @classmethod
     def from_dict(cls, data, source):
@@ -66,7 +69,7 @@ class DataSettings:
             raise InputError(source, "mean and std need three values each, std > 0")
         positive_int(data["batch_size"], f"{source}: batch_size")
         return cls(int(data["resize"]), int(data["imagesize"]), tuple(data["mean"]), tuple(data["std"]),
-                   int(data["batch_size"]))
+                   int(data["batch_size"]), check_augmentations(data.get("train_augment")))
 
 
 def default_policy(tiled):
@@ -107,8 +110,8 @@ class RunnerSettings:
 class Config:
     """A whole validated config. ``hr`` is None for the 224-pixel model; ``val_config`` is the validation the
     model trains with (``hr.val_config`` or the top-level one; None: none); ``decision`` how training sets the image
-    and review thresholds (``postprocess.threshold`` and ``postprocess.review``); ``image_score`` the ``image_score`` section, its policy filled in (None:
-    by tiling, see configs/patchcore.yaml)."""
+    and review thresholds (``postprocess.threshold`` and ``postprocess.review``); ``image_score`` the
+    ``image_score`` section, its policy filled in (None: by tiling, see configs/patchcore.yaml)."""
     patch: PatchSettings
     data: DataSettings
     postprocess: dict

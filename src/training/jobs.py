@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.data.augment import augmented
 from src.inference.model import make_featurizer
 from src.patchcore.memory_bank import METADATA_FILE
 from src.patchcore.normalization import ScoreNormalizer
@@ -61,13 +62,20 @@ class Job:
 
     ``train_views``/``val_views``: ((position in the training samples / validation items, view), ...) where a
     view is a TileIndex, or a WholeImage (thumbnail); ``fusion_weights``: the levels its views are fused from
-    (None: the view alone).
+    (None: the view alone); ``augment``: the augmented copies of every training image (``data.train_augment``)
+    whose views also train the bank.
     """
     name: str
     patch_config: dict
     train_views: tuple
     val_views: tuple
     fusion_weights: list = None
+    augment: tuple = ()
+
+    @property
+    def train_inputs(self):
+        """How many network inputs train the bank: every training view of every copy."""
+        return len(self.train_views) * (1 + len(self.augment))
 
     @property
     def input_size(self):
@@ -77,7 +85,9 @@ class Job:
     def describe(self):
         def view(entry):
             return [entry[0], entry[1].to_dict()]
+        # augment only when there is some: a job without copies keeps the fingerprint it had before the option
         return {"name": self.name, "patch_config": self.patch_config, "fusion_weights": self.fusion_weights,
+                **({"augment": list(self.augment)} if self.augment else {}),
                 "train_views": [view(v) for v in self.train_views], "val_views": [view(v) for v in self.val_views]}
 
 
@@ -135,13 +145,13 @@ def _grouped(views):
     return list(groups.items())
 
 
-def job_views(images, groups):
-    """(image, view) of every view of ``groups`` ([(position, [views])]); ``images(position)`` loads one image
-    when its first view is needed."""
+def job_views(images, groups, augment=()):
+    """(image, view) of every view of ``groups`` ([(position, [views])]), of the image and then of each of its
+    ``augment`` copies; ``images(position)`` loads one image when its first view is needed."""
     for position, indexes in groups:
-        image = images(position)
-        for index in indexes:
-            yield image, index
+        for image in augmented(images(position), augment):
+            for index in indexes:
+                yield image, index
 
 
 def _view_mask(mask, view):
@@ -169,8 +179,8 @@ def train_job(run, job, featurizer, log):
     # named like a staging folder, so a killed run's leftovers in the checkpoint folder are recognised
     with tempfile.TemporaryDirectory(prefix=f".{job.name}.partial-", dir=run.scratch_root) as stage:
         spill = os.path.join(stage, SPILL_FILE)
-        stats = detector.fit(featurizer.view_batches(job_views(image, groups)),
-                             len(job.train_views) * grid[0] * grid[1], spill)
+        stats = detector.fit(featurizer.view_batches(job_views(image, groups, job.augment)),
+                             job.train_inputs * grid[0] * grid[1], spill)
         with contextlib.suppress(FileNotFoundError):
             os.remove(spill)
         log.info("bank: %d of %d patches (dimension %d) in %.1f s (features %.1f s, %s %.1f s); process peak RSS so "
@@ -178,10 +188,12 @@ def train_job(run, job, featurizer, log):
                  time.perf_counter() - started, stats["feature_seconds"], stats["coreset_method"],
                  stats["coreset_seconds"], peak_rss() / MIB)
         cells = grid[0] * grid[1]
-        # which training image each bank entry comes from: validation images in the bank are scored without theirs
-        # (or without their fold's)
+        # which training image each bank entry comes from (its copies' entries too): validation images in the
+        # bank are scored without theirs (or without their fold's)
+        view_sources = [position for position, indexes in groups for _ in range(1 + len(job.augment))
+                        for _ in indexes]
         metadata = {"job": job.name, "fingerprint": run.fingerprints[job.name],
-                    "sources": [int(job.train_views[row // cells][0]) for row in detector.selected]}
+                    "sources": [int(view_sources[row // cells]) for row in detector.selected]}
         detector.bank.metadata = metadata
         if job.val_views:
             metadata["validation_sha256"] = score_validation(run, job, detector, featurizer, stage, log)

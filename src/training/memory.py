@@ -19,7 +19,7 @@ def job_estimate(job, grid, batch_size, image_size):
     resident while features stream in: per input, the features, their patch rows and the framework's copy
     (x levels with fusion), the input and its normalisation temporaries; plus the decoded image."""
     dim = int(job.patch_config["target_embed_dimension"])
-    estimate = estimate_fit_bytes(len(job.train_views) * grid[0] * grid[1], dim, job.patch_config)
+    estimate = estimate_fit_bytes(job.train_inputs * grid[0] * grid[1], dim, job.patch_config)
     width, height = job.input_size
     levels = 1 if job.fusion_weights is None else 1 + len(job.fusion_weights)
     batch = batch_size * (3 * levels * dim * grid[0] * grid[1] + 3 * 3 * width * height) * 4 \
@@ -66,7 +66,7 @@ def job_cost(job):
     """Estimated work: pixels through the network (each fusion level counts)."""
     width, height = job.input_size
     levels = 1 if job.fusion_weights is None else sum(w > 0 for w in job.fusion_weights)
-    return float((len(job.train_views) + len(job.val_views)) * levels * width * height)
+    return float((job.train_inputs + len(job.val_views)) * levels * width * height)
 
 
 def job_needs(jobs, grids, batch_size, image_size, runtime, say):

@@ -12,6 +12,7 @@ or HiAD's interface); the 224-pixel model keeps the reference's raw scores.
 from dataclasses import dataclass
 
 from src.config.hr import ThumbnailSettings, ValidationSettings
+from src.data.augment import check_image_shape
 from src.data.sample import Resize, ResizeCrop, Sample
 from src.patchcore.detector import PatchCoreDetector
 from src.tiling.plan import MultiResolutionHRImageSpliter, plan_image_size
@@ -74,6 +75,7 @@ def plan_model(config, samples, seed, category):
                          {"name": "A2OTaskGenerator", "params": {}}, config.image_score, False, category,
                          val_config=config.val_config)
     image_size = hr.image_size or Sample(samples[0].image).original_size()
+    check_image_shape(config.data.train_augment, image_size)
     viewed = [Sample(s.image, image_size=image_size, defect_type=s.defect_type) for s in samples]
     plan = MultiResolutionHRImageSpliter(image_size, hr.patch_size, hr.stride, hr.ds_factors)
     generator, spec = task_generator(hr, seed)

@@ -44,10 +44,10 @@ def training_items(samples, labelled, validation, seed, tiles_per_image):
     return chosen.items + list(labelled), chosen.train_indices
 
 
-def plan_jobs(model_plan, patch_config, train_positions, items, say):
+def plan_jobs(model_plan, patch_config, train_positions, items, say, augment=()):
     """{name: Job} for the tasks of ``model_plan`` (and its thumbnail branch): training views from the images at
-    ``train_positions``, validation views of every item (none for an untiled plan: its scores stay raw); Retrieve
-    tasks get the validation tiles routed to them."""
+    ``train_positions`` and their ``augment`` copies, validation views of every item (none for an untiled plan: its
+    scores stay raw); Retrieve tasks get the validation tiles routed to them."""
     keep, tasks, thumbnail = set(train_positions), model_plan.tasks, model_plan.thumbnail
     items = items if model_plan.tiled else []
     routed = {}
@@ -69,12 +69,12 @@ def plan_jobs(model_plan, patch_config, train_positions, items, say):
             if items and not val:
                 say("Warning: no validation tile is routed to %s: its scores stay unnormalised", task.name,
                     level=logging.WARNING)
-        jobs[task.name] = Job(task.name, patch_config, train, val, model_plan.fusion_weights)
+        jobs[task.name] = Job(task.name, patch_config, train, val, model_plan.fusion_weights, augment)
     if thumbnail is not None:
         whole = WholeImage(thumbnail.size)
         jobs[THUMBNAIL] = Job(THUMBNAIL, thumbnail.patch_config(patch_config),
                               tuple((s, whole) for s in train_positions),
-                              tuple((position, whole) for position in range(len(items))))
+                              tuple((position, whole) for position in range(len(items))), augment=augment)
     return jobs
 
 

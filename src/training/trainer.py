@@ -57,7 +57,7 @@ class Trainer:
         plan, batch_size = self.plan, self.config.data.batch_size
         samples, labelled = checked_inputs(plan.samples, val_samples, plan.image_size)
         items, train_positions = training_items(samples, labelled, plan.val_config, self.seed, len(plan.plan))
-        jobs = plan_jobs(plan, self.config.patch.to_dict(), train_positions, items, say)
+        jobs = plan_jobs(plan, self.config.patch.to_dict(), train_positions, items, say, self.config.data.train_augment)
         set_device(*self.device, seed=self.seed)
         meta = model_meta(self.config, plan, self.image_score, self.seed, self.pre_ckpt_path, items)
         run = self._training_run(jobs, samples, items, meta)

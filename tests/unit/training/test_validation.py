@@ -166,3 +166,29 @@ def test_training_with_folds_records_them_and_scores_in_bank_images_without_thei
     # the same banks; the fold's other image matters (by 2e-3 relative here; float noise is ~1e-5)
     differences = [abs(a["score"] / b["score"] - 1) for a, b in zip(k_fold["items"], leave_own_out["items"])]
     assert max(differences) > 2e-4
+
+
+def test_augmented_copies_train_the_banks_as_entries_of_their_own_image(tmp_path):
+    """Three 64x64 images, four 32-pixel tiles; with every patch kept (percentage 1), each image's hflip and rot90
+    copies add twice its entries, all recorded as coming from it (so leaving an image out leaves its copies out)."""
+    from src.tiling.plan import MultiResolutionHRImageSpliter
+    from src.tiling.tasks import A2OTaskGenerator
+    from src.training.hiad import HRTrainer
+    samples = [HRSample(noise_image(k, 64, 64)) for k in range(3)]
+    plan = MultiResolutionHRImageSpliter(64, 32)
+
+    def train(augment):
+        folder = tmp_path / "-".join(augment or ["none"])
+        config = {"patch": {"backbone_name": "mobilenet_v2", "layers_to_extract_from": ["features.6", "features.13"],
+                            "percentage": 1.0, "pretrain_embed_dimension": 32, "target_embed_dimension": 32},
+                  "data": {"train_augment": augment}}
+        trainer = HRTrainer(batch_size=4, tasks=A2OTaskGenerator().create_tasks(samples, plan), config=config,
+                            checkpoint_root=str(folder), log_root=str(folder / "logs"), vis_root=None)
+        meta = trainer.train(samples, val_config=None, workers=1, seed=0)
+        return meta, json.loads((folder / "task_0" / "bank.json").read_text())
+    (plain, plain_bank), (copies, copies_bank) = train(None), train(["hflip", "rot90"])
+    assert copies["config"]["data"]["train_augment"] == ["hflip", "rot90"]
+    assert copies_bank["bank_size"] == 3 * plain_bank["bank_size"]
+    cells = plain_bank["bank_size"] // 3
+    assert collections.Counter(copies_bank["sources"]) == {0: 3 * cells, 1: 3 * cells, 2: 3 * cells}
+    assert copies["jobs"]["task_0"]["fingerprint"] != plain["jobs"]["task_0"]["fingerprint"]

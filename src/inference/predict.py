@@ -119,6 +119,11 @@ class Predictor:
     def pixel_threshold(self):
         return self.rule.pixel_threshold
 
+    @property
+    def review_threshold(self):
+        """The raw score from which an image is REVIEW (below the image threshold); None: the model says OK/NG."""
+        return self.rule.review_threshold
+
     def predict(self, inputs):
         """Yield a Prediction per image of ``inputs`` (module docstring), ``model.batch_size`` images at a time."""
         return self.predict_listed(list_inputs(inputs))

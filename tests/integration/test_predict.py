@@ -115,6 +115,7 @@ def test_the_python_api_on_an_array_gives_the_files_result(model, dataset):
     assert from_array.fields["raw_score"] == from_file.fields["raw_score"]
     assert from_array.fields["regions"] == from_file.fields["regions"] and from_array.fields["input_path"] is None
     assert from_file.name == "001" and from_array.name == "array_000"
+    assert predictor.review_threshold is None and from_file.label in ("OK", "NG")   # review: off by default
     # every part of the two predictions took time, and was counted (predict.py prints them per image)
     assert all(seconds > 0 for seconds in predictor.model.timings.values()), predictor.model.timings
 
@@ -219,3 +220,5 @@ def test_real_labelled_validation_images_set_the_thresholds_and_the_review_band(
         assert (f["label"] == "REVIEW") == in_band and (f["label"] == "OK" or f["regions"])
     counts = {name: sum(f["label"] == name for f in fields) for name in ("OK", "REVIEW", "NG")}
     assert f"{counts['OK']} OK, {counts['REVIEW']} REVIEW, {counts['NG']} NG" in predicted.stdout
+    from src.inference.predict import load_model
+    assert load_model(str(tmp_path / CATEGORY)).review_threshold == thresholds["review"]

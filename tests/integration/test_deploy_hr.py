@@ -195,9 +195,10 @@ def box_union(regions, shape):
 
 
 def test_the_cpp_path_decides_as_predict_py_and_pictures_every_ng(project, cpp_run, python_model, tmp_path):
-    """postprocess.py's per-image decisions are predict.py's: the same OK/NG, normalised score and regions (up to
+    """postprocess.py's per-image decisions are predict.py's: the same label, normalised score and regions (up to
     the runner's ~1e-4 numerical difference at region edges), a region for every NG, a picture of every NG; and,
-    at a threshold splitting the test images (the model's own may flag all of them), still the same."""
+    at an image and a review threshold splitting the test images in three (the model's own may flag all of them),
+    still the same, with a region and a picture for every NG and REVIEW image."""
     from src.deploy.outputs import evaluate
     from src.deploy.package import load_export, load_manifest
     from src.inference.predict import Predictor
@@ -211,6 +212,7 @@ def test_the_cpp_path_decides_as_predict_py_and_pictures_every_ng(project, cpp_r
         assert [p["label"] for p in predictions] == [e["label"] for e in expected]
         for ours, theirs in zip(predictions, expected):
             assert ours["model"] == theirs["model"] and ours["image_threshold"] == theirs["image_threshold"]
+            assert ours["review_threshold"] == theirs["review_threshold"]
             assert abs(ours["image_score"] - theirs["image_score"]) <= 1e-4
             assert ours["label"] == "OK" or ours["regions"]
             ours_box, theirs_box = (box_union(p["regions"], (256, 256)) for p in (ours, theirs))
@@ -223,19 +225,23 @@ def test_the_cpp_path_decides_as_predict_py_and_pictures_every_ng(project, cpp_r
                               for s, p in zip(acc["scores"], acc["predictions"]) if p["label"] == "NG")
     meta = load_export(project["export"])
     ranked = np.sort([s["image_score"] for s in acc["scores"]])
-    gap = int(np.argmax(np.diff(ranked)))   # mid-gap, far from any score: Python and C++ cannot disagree on a tie
-    split = float(ranked[gap] + ranked[gap + 1]) / 2
-    meta["hr"]["thresholds"] = dict(meta["hr"]["thresholds"], image=split)
-    predictor.rule.image_threshold = split
+    # mid-gap, far from any score (Python and C++ cannot disagree on a tie): the widest gap of each half
+    gaps, half = np.diff(ranked), len(ranked) // 2
+    lower, upper = int(np.argmax(gaps[:half])), half + int(np.argmax(gaps[half:]))
+    assert min(gaps[lower], gaps[upper]) > 1e-3 * ranked[-1]
+    review, split = (float(ranked[gap] + ranked[gap + 1]) / 2 for gap in (lower, upper))
+    meta["hr"]["thresholds"] = dict(meta["hr"]["thresholds"], image=split, review=review)
+    predictor.rule.image_threshold, predictor.rule.review_threshold = split, review
     manifest, items = load_manifest(cpp_run["inputs"] / "manifest.json")
     (tmp_path / "ng").mkdir()
     (tmp_path / "ng" / "from_an_earlier_run.png").write_bytes(b"stale")
     _, _, predictions, _ = evaluate(meta, str(project["export"]), str(cpp_run["results"]), items,
                                     manifest["dataset_path"], str(tmp_path / "ng"))
-    assert {"OK", "NG"} <= {p["label"] for p in predictions}   # both decisions occur: the comparison is not vacuous
+    # every label occurs: the comparison is not vacuous
+    assert {p["label"] for p in predictions} == {"OK", "REVIEW", "NG"}
     compare(predictions)
-    # the folder holds this run's NG pictures only
-    assert len(list((tmp_path / "ng").iterdir())) == sum(p["label"] == "NG" for p in predictions)
+    # the folder holds this run's NG and REVIEW pictures only
+    assert len(list((tmp_path / "ng").iterdir())) == sum(p["label"] != "OK" for p in predictions)
 
 
 def test_python_scoring_of_runner_features_gives_the_same_scores(project, cpp_run, tmp_path):

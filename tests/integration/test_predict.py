@@ -69,10 +69,13 @@ def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(mode
                    for s in json.loads((model["dir"] / "eval" / "scores.json").read_text())}
     names = sorted(p.stem for p in tmp_path.glob("*.png"))
     assert len(names) == 7 and names == sorted(p.stem for p in tmp_path.glob("*.npy"))
-    ng = 0
+    labels = []
     for name in names:
         fields = json.loads((tmp_path / f"{name}.json").read_text())
-        assert KEYS <= set(fields) and fields["label"] in ("OK", "NG")
+        assert KEYS <= set(fields) and fields["label"] in ("OK", "REVIEW", "NG")
+        # the default review band: REVIEW from the review threshold up to the image threshold
+        in_band = fields["review_threshold"] <= fields["raw_score"] < fields["image_threshold"]
+        assert (fields["label"] == "REVIEW") == in_band
         expected = eval_scores[os.path.relpath(fields["input_path"], dataset)]
         assert abs(fields["raw_score"] - expected) <= 1e-6 * abs(expected)
         assert (fields["image_score"] > 0.5) == (fields["raw_score"] > fields["image_threshold"])
@@ -81,10 +84,11 @@ def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(mode
             x, y, w, h = region["bbox"]
             assert 0 <= x and 0 <= y and x + w <= 72 and y + h <= 72 and region["area"] > 0
             assert region["source"] in ("pixel_threshold", "score_peak")
-        assert fields["regions"] or fields["label"] == "OK"    # an NG image is always shown where
+        assert fields["regions"] or fields["label"] == "OK"    # an NG or REVIEW image is always shown where
         assert np.load(tmp_path / f"{name}.npy").shape == (64, 64)
-        ng += fields["label"] == "NG"
-    assert f"7 images: {7 - ng} OK, {ng} NG" in result.stdout
+        labels.append(fields["label"])
+    assert f"7 images: {labels.count('OK')} OK, {labels.count('REVIEW')} REVIEW, {labels.count('NG')} NG (" \
+        in result.stdout
     times = re.search(r"per image network (\d+\.\d+) s, scoring (\d+\.\d+) s, map (\d+\.\d+) s", result.stdout)
     assert times and float(times[1]) > 0   # this tiny bank's scoring can round to 0.000 s
     assert len(json.loads((tmp_path / "predict.json").read_text())) == 7
@@ -102,7 +106,7 @@ def test_an_ng_image_without_a_pixel_over_the_threshold_gets_its_score_peak_as_r
         peak = np.unravel_index(int(np.argmax(result.raw_map)), result.raw_map.shape)
         assert result.decision[peak] and 0 < result.decision.sum() < result.decision.size
         assert region["max_score"] == pytest.approx(float(result.normalised_map.max()))
-    assert ok.fields["regions"] == [] or ok.label == "NG"     # an OK image gets no peak region
+    assert ok.fields["regions"] == [] or ok.label != "OK"     # an OK image gets no peak region
 
 
 def test_the_python_api_on_an_array_gives_the_files_result(model, dataset):
@@ -115,7 +119,7 @@ def test_the_python_api_on_an_array_gives_the_files_result(model, dataset):
     assert from_array.fields["raw_score"] == from_file.fields["raw_score"]
     assert from_array.fields["regions"] == from_file.fields["regions"] and from_array.fields["input_path"] is None
     assert from_file.name == "001" and from_array.name == "array_000"
-    assert predictor.review_threshold is None and from_file.label in ("OK", "NG")   # review: off by default
+    assert predictor.review_threshold <= predictor.image_threshold   # the default review band (postprocess.review)
     # every part of the two predictions took time, and was counted (predict.py prints them per image)
     assert all(seconds > 0 for seconds in predictor.model.timings.values()), predictor.model.timings
 

@@ -38,7 +38,6 @@ from pydantic import BaseModel, Field
 from starlette.formparsers import MultiPartParser
 
 from src.data.sample import decode_image, encoded_size
-from src.evaluation.visualize import prediction_picture
 from src.utils.errors import InputError
 
 logger = logging.getLogger("patchcore.serve")
@@ -72,6 +71,8 @@ class PredictResponse(BaseModel):
     label: str = Field(description="OK, REVIEW (between the review and the image threshold: for a person) or NG")
     image_threshold: float
     review_threshold: float | None
+    review_image_score: float | None = Field(description="the image_score from which an image is REVIEW (the image "
+                                                         "threshold's is 0.5); null: the model says OK or NG")
     pixel_threshold: float | None
     regions: list[Region]
     image_size: list[int]
@@ -261,8 +262,7 @@ def response_fields(result, upload, request_id):
     fields = dict(result.fields, request_id=request_id)
     fields.pop("input_path", None)
     if upload.return_overlay:
-        fields["overlay_png"] = _png_base64(prediction_picture(result.image, result.normalised_map, result.decision,
-                                                               fields["image_score"], result.label))
+        fields["overlay_png"] = _png_base64(result.picture())
     if upload.return_map:
         fields["map"], fields["map_format"] = _map_payload(result, upload.map_format), upload.map_format
     return fields

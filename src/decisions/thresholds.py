@@ -227,6 +227,12 @@ class DecisionRule:
         self.review_threshold = None if thresholds.get("review") is None else float(thresholds["review"])
         self.normalizer = ScoreNormalizer.from_dict(normalizer)
 
+    @property
+    def review_image_score(self):
+        """The normalised image score from which an image is REVIEW (the image threshold's is 0.5), or None."""
+        return None if self.review_threshold is None else float(self.normalizer.transform(
+            np.float64(self.review_threshold)))
+
     def describe(self):
         """'image threshold <t>[, review threshold <r>]' (raw scores)."""
         review = "" if self.review_threshold is None else f", review threshold {self.review_threshold:.6g}"

@@ -41,10 +41,11 @@ def colour_bar(height, width=None):
     return canvas
 
 
-def prediction_picture(rgb, normalised_map, decision, score, label):
+def prediction_picture(rgb, normalised_map, decision, score, label, review_score=None):
     """RGB uint8: the image | its heat map (normalised: one fixed 0-1 scale for every image, 0.5 at the image
     threshold) with the outline of the predicted regions (``decision``: bool map) and the image's normalised score
-    and its label written on it | the colour bar."""
+    and its label written on it (a REVIEW image also the score its band starts at, ``review_score``) | the colour
+    bar."""
     heat = cv2.applyColorMap((np.clip(normalised_map, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     overlay = np.ascontiguousarray(cv2.addWeighted(rgb, 0.5, heat, 0.5, 0.0))
     height = rgb.shape[0]
@@ -53,4 +54,6 @@ def prediction_picture(rgb, normalised_map, decision, score, label):
     colour = {NG: (255, 64, 64), REVIEW: (255, 176, 0)}.get(label, (64, 255, 64))
     scale = max(0.4, height / 600)
     _text(overlay, f"{label}  score {score:.3f}", (8, int(28 * scale) + 4), scale, colour)
+    if label == REVIEW and review_score is not None:   # a second line: a 224-pixel map is narrow
+        _text(overlay, f"review from {review_score:.3f}", (8, 2 * int(28 * scale) + 4), scale, colour)
     return np.concatenate([rgb, overlay, colour_bar(height)], axis=1)

@@ -4,7 +4,8 @@
 line, relative to the list's folder; blank lines and ``#`` comments skipped), an HxWx3 uint8 RGB array, or a
 list of these. Every result holds, for one image: the raw image score (eval.py's), the score normalised to
 [0, 1] with the model's image threshold at 0.5, the label (NG at that threshold; REVIEW at or above the model's
-review threshold, when it has one; else OK), the raw image, review and pixel thresholds, the regions of the pixel
+review threshold, when it has one; else OK), the raw image, review and pixel thresholds (and the normalised score
+from which an image is REVIEW, ``review_image_score``), the regions of the pixel
 decision (``src.decisions.thresholds``: an NG or REVIEW image always has one) and the
 model's name and ``model.json`` sha256. ``res.print()``, ``res.save_to_json(dir)``, ``res.save_to_img(dir)``
 and ``res.save_map(dir)`` write ``<name>.json``, ``<name>.png`` (image | heat map | colour bar: the map's
@@ -88,12 +89,16 @@ class Prediction:
     def save_to_json(self, folder):
         write_json(os.path.join(folder, f"{self.name}.json"), self.fields)
 
+    def picture(self):
+        """RGB uint8: the image | its heat map with the regions, score and label | the colour bar."""
+        image = self.image if self.image is not None else self.sample.load_image()
+        return prediction_picture(image, self.normalised_map, self.decision, self.fields["image_score"], self.label,
+                                  self.fields["review_image_score"])
+
     def save_to_img(self, folder):
         path = os.path.join(folder, f"{self.name}.png")
         with atomic_path(path) as tmp:
-            image = self.image if self.image is not None else self.sample.load_image()
-            save_picture(tmp + ".png", prediction_picture(image, self.normalised_map, self.decision,
-                                                           self.fields["image_score"], self.label))
+            save_picture(tmp + ".png", self.picture())
             os.replace(tmp + ".png", tmp)
 
     def save_map(self, folder):
@@ -145,7 +150,7 @@ def make_prediction(name, sample, raw_score, amap, rule, identity, image=None):
     fields = {"input_path": os.path.abspath(sample.image_path) if sample.image_path else None,
               "image_score": decision.image_score, "raw_score": decision.raw_score, "label": decision.label,
               "image_threshold": rule.image_threshold, "review_threshold": rule.review_threshold,
-              "pixel_threshold": rule.pixel_threshold,
+              "review_image_score": rule.review_image_score, "pixel_threshold": rule.pixel_threshold,
               "regions": decision.regions, "image_size": list(original_size),
               "map_size": [amap.shape[1], amap.shape[0]],
               "view": None if sample.view is None else sample.view.to_dict(), "model": identity}

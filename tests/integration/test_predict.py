@@ -13,8 +13,8 @@ from src.evaluation.metrics import DECISION_KEYS
 
 CATEGORY = "synthetic_leather"
 SMALL = SMALL_PLAIN
-KEYS = {"input_path", "image_score", "raw_score", "label", "image_threshold", "review_threshold", "pixel_threshold",
-        "regions", "model"}
+KEYS = {"input_path", "image_score", "raw_score", "label", "image_threshold", "review_threshold", "review_image_score",
+        "pixel_threshold", "regions", "model"}
 
 
 def common(dataset, out):
@@ -76,6 +76,7 @@ def test_predict_writes_a_json_and_a_picture_per_image_with_evals_raw_score(mode
         # the default review band: REVIEW from the review threshold up to the image threshold
         in_band = fields["review_threshold"] <= fields["raw_score"] < fields["image_threshold"]
         assert (fields["label"] == "REVIEW") == in_band
+        assert (fields["label"] == "REVIEW") == (fields["review_image_score"] <= fields["image_score"] < 0.5)
         expected = eval_scores[os.path.relpath(fields["input_path"], dataset)]
         assert abs(fields["raw_score"] - expected) <= 1e-6 * abs(expected)
         assert (fields["image_score"] > 0.5) == (fields["raw_score"] > fields["image_threshold"])

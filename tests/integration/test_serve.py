@@ -65,8 +65,8 @@ def test_multipart_and_json_return_what_predict_returns(server, model_dir, datas
         body = response.json()
         assert abs(body["raw_score"] - expected.fields["raw_score"]) <= 1e-6 * abs(expected.fields["raw_score"])
         assert abs(body["image_score"] - expected.fields["image_score"]) <= 1e-6
-        for key in ("label", "image_threshold", "review_threshold", "pixel_threshold", "regions", "model",
-                    "image_size", "map_size"):
+        for key in ("label", "image_threshold", "review_threshold", "review_image_score", "pixel_threshold",
+                    "regions", "model", "image_size", "map_size"):
             assert body[key] == expected.fields[key], key
 
 

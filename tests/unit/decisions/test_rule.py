@@ -68,4 +68,6 @@ def test_a_review_image_is_shown_where_its_score_came_from():
     assert banded(0.69, amap).regions == []
     assert banded.count(["OK", "REVIEW", "NG", "REVIEW"]) == "1 OK, 2 REVIEW, 1 NG"
     assert banded.describe() == "image threshold 1, review threshold 0.7"
+    assert banded.review_image_score == pytest.approx(float(banded.normalizer.transform(0.7)))
+    assert banded.review_image_score < 0.5 and rule().review_image_score is None
     assert rule().count(["OK", "NG"]) == "1 OK, 1 NG" and rule().describe() == "image threshold 1"

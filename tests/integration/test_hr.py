@@ -19,7 +19,7 @@ import pytest
 
 import src  # noqa: F401
 from conftest import ROOT, assert_one_line_error, bank_digests, digest, run_cli
-from src.evaluation.metrics import DECISION_KEYS, METRIC_KEYS, OPERATING_KEYS
+from src.evaluation.metrics import DECISION_KEYS, METRIC_KEYS, OPERATING_KEYS, REVIEW_KEYS
 from src.patchcore.detector import HRPatchCore
 from src.patchcore.scoring import compose_anomaly_map
 from src.training.hiad import HRTrainer
@@ -208,8 +208,8 @@ def test_eval_prints_the_table_and_writes_results_and_pictures(evaluated):
     lines = stdout.strip().splitlines()
     header = [k for k, line in enumerate(lines) if "clsname" in line][0]
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[header:header + 4]]
-    # the rankings, the operating points, then the decisions at threshold
-    assert cells[0] == ["clsname", *METRIC_KEYS, *OPERATING_KEYS, "worst_margin", *DECISION_KEYS]
+    # the rankings, the operating points, then the decisions at threshold and what the review band does
+    assert cells[0] == ["clsname", *METRIC_KEYS, *OPERATING_KEYS, "worst_margin", *DECISION_KEYS, *REVIEW_KEYS]
     assert cells[2][0] == CATEGORY and cells[3][0] == "mean" and cells[2][1:] == cells[3][1:]
     metrics = json.loads((evaluation / "metrics.json").read_text())
     # 3 good and 2 defective test images: too few for any rate, said under the table; the margins are there

@@ -106,8 +106,8 @@ def test_training_writes_one_verified_bank_per_task_tasks_json_logs_and_memory_r
     estimate_line = stdout.index("Memory estimate for")
     assert estimate_line < stdout.index("task_0 done") < stdout.index("Peak RSS")
     memory = meta["memory"]
-    # Alone this run peaks at 1.04x its estimate; beside the suite's second test process (pytest-xdist) MindSpore's
-    # runtime holds more while it waits for the cores: 1.57x once and 2.20x twice, measured on the same 2-core machine.
+    # Alone this run peaks at 1.04x its estimate; beside the suite's second test process (pytest-xdist) it holds more
+    # (why is not yet known): 1.57x once and 2.20x twice, measured on the same 2-core machine.
     assert 0 < memory["peak_rss_bytes"] < 3 * memory["estimate_bytes"]
     assert "Task: task_0, Indexes: ['{\"main_index\": {\"x\": 0, \"y\": 0, \"width\": 128, \"height\": 128}" in stdout
 

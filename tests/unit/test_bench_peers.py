@@ -1,7 +1,8 @@
 """The peer benchmark's result handling (benchmarks/bench_peers.py): anomalib's side reports on one prefixed JSON
 line among its other output, a missing line is an error naming the step, the speed-ups are the right way up, and
 the table rows give per-image times and mark an untimed warm-up. The benchmark itself (anomalib in its own venv)
-is not run by the tests."""
+is not run by the tests; the weights it hands to anomalib's side are."""
+import numpy as np
 import pytest
 
 from benchmarks import bench_peers
@@ -37,3 +38,16 @@ def test_table_rows_per_image_time_and_a_dash_where_a_side_did_not_time_its_firs
     assert rows[1]["predict_s_per_img"] == 1.25 and rows[1]["predict_img_per_s"] == 0.8
     assert rows[0]["first_batch_s"] == 3.97 and rows[1]["first_batch_s"] == "-"
     assert [row["models"] for row in rows] == [5, 4]
+
+
+def test_anomalib_side_gets_the_torch_files_tensors_as_arrays_without_unpickling(tmp_path):
+    import torch   # a test dependency (requirements-test.txt)
+    from benchmarks import peers_anomalib
+    weights = {"features.0.0.weight": torch.randn(4, 3, 3, 3), "features.0.1.running_mean": torch.arange(4.0)}
+    torch.save(weights, tmp_path / "w.pth")
+    npz = bench_peers.tensors_npz(tmp_path / "w.pth", tmp_path / "w.npz")
+    with np.load(npz, allow_pickle=False) as arrays:   # plain arrays: loads with pickle refused
+        assert sorted(arrays.files) == sorted(weights)
+    loaded = peers_anomalib.state_dict(npz)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in weights.items())
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []   # no temporary left

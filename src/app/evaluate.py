@@ -77,7 +77,7 @@ def evaluate(args):
             write_json(os.path.join(stage, "scores.json"), [
                 {"path": os.path.relpath(s.image_path, root), "defect_type": s.defect_type,
                  "label": int(s.label), "image_score": image["image_score"],
-                 **{k: v for k, v in image.items() if k == "predicted_anomalous"}}
+                 **{k: v for k, v in image.items() if k in ("predicted_anomalous", "decision")}}
                 for s, image in zip(listed, results["images"])])
             write_text(os.path.join(stage, "metrics.md"), results["table"] + "\n")
             cli.logger.info("results written to %s", os.path.join(folder, "eval"))

@@ -13,7 +13,7 @@ import numpy as np
 from src.evaluation.metrics import (compute_imagewise_metrics, compute_pixelwise_metrics, decision_metrics, format_table,
                                     mean_row, operating_points, operating_points_note, OPERATING_KEYS)
 from src.evaluation.visualize import comparison_picture, save_picture
-from src.decisions.thresholds import Thresholds, flagged, label as decide_label
+from src.decisions.thresholds import Thresholds, decide, flagged
 from src.utils.errors import InputError
 from src.utils.io import write_json, write_text
 
@@ -98,10 +98,11 @@ def run_inference(model, samples, evaluators=None, return_results_only=False, cl
     if "image_counts" in metrics and any(metrics[key] is None for key in OPERATING_KEYS):
         print(operating_points_note(metrics["image_counts"]))
     chosen = None if thresholds is None else Thresholds.from_dict(thresholds)
+    decisions = None if chosen is None else decide(scores, chosen.image, chosen.review)
     per_image = [{"name": name, "label": int(label), "image_score": float(score),
                   **({} if chosen is None else {"predicted_anomalous": bool(flagged(score, chosen.image)),
-                                                "decision": decide_label(score, chosen.image, chosen.review)})}
-                 for name, label, score in zip(names, labels, scores)]
+                                                "decision": str(decisions[k])})}
+                 for k, (name, label, score) in enumerate(zip(names, labels, scores))]
     if results_root:
         write_json(os.path.join(results_root, "results.json"),
                    {"rows": rows, "mean": mean_row(rows, columns), "thresholds": thresholds, "images": per_image,

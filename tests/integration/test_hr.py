@@ -224,6 +224,8 @@ def test_eval_prints_the_table_and_writes_results_and_pictures(evaluated):
     scores = json.loads((evaluation / "scores.json").read_text())
     assert [s["defect_type"] for s in scores] == ["good"] * 3 + ["scratch", "stain"]
     assert all(isinstance(s["predicted_anomalous"], bool) for s in scores)
+    assert all((s["decision"] == "NG") == s["predicted_anomalous"] and s["decision"] in ("OK", "REVIEW", "NG")
+               for s in scores)
     results = json.loads((evaluation / "results.json").read_text())
     assert results["mean"]["pixel_auroc"] == metrics["pixel_auroc"]
     assert (evaluation / "results.md").read_text() == (evaluation / "metrics.md").read_text()

@@ -152,6 +152,38 @@ class PatchCoreDetector:
         self.selected = indices
         return read_rows(spill_path, indices, dim), extracted
 
+    def extend(self, feature_batches, num_patches, spill_path, sources):
+        """Add new patches to the fitted bank: those of ``feature_batches`` ([B, D, h, w], ``num_patches`` in all)
+        that the sampler's continuation picks (``BaseSampler.extend``: for the greedy coreset, those farther from
+        the bank than its entries lie from each other). ``sources``: each new patch row's training-image position,
+        recorded in ``bank.json``'s ``sources`` for the rows added. The new rows are projected in memory and spilled
+        in full to ``spill_path`` (the caller removes it), as a spilled fit. Returns statistics."""
+        started = time.perf_counter()
+        sampler = build_sampler(self.patch_config["sampler"], float(self.patch_config["percentage"]), self.seed)
+        dim = self.bank.dimension
+        projection = sampler.projection(dim)
+        projected = np.empty((num_patches, projection.out_dim), np.float32)
+        with open(spill_path, "wb") as spill:
+            def keep(start, rows):
+                if rows.shape[1] != dim:
+                    raise InputError("features", f"dimension {rows.shape[1]}, but the bank's is {dim}")
+                projection.project(rows, out=projected[start:start + len(rows)])
+                rows.tofile(spill)
+            _fill(_rows(feature_batches), num_patches, keep)
+        extracted = time.perf_counter()
+        bank_rows = self.bank.index.reconstruct_n(0, len(self.bank))
+        picks = sampler.extend(projection.project(bank_rows), projected, projection)
+        del projected
+        added = read_rows(spill_path, picks, dim)
+        metadata = dict(self.metadata, sources=list(self.metadata.get("sources", [])) +
+                        [int(sources[row]) for row in picks])
+        self.bank = MemoryBank.from_features(np.concatenate([bank_rows, added]), metadata)
+        self._without = {}
+        return {"num_patches": int(num_patches), "added": len(picks), "bank_size": len(self.bank),
+                "method": sampler.stats.get("method", sampler.name), "spacing": sampler.stats.get("spacing"),
+                "feature_seconds": round(extracted - started, 3),
+                "coreset_seconds": round(time.perf_counter() - extracted, 3)}
+
     def patch_scores(self, features, exclude_sources=None):
         """[B, D, h, w] features -> [B, h, w] raw patch scores (mean squared distance to the nearest entries).
 

@@ -2,8 +2,8 @@
 import numpy as np
 
 from src.utils.errors import InputError
-from src.patchcore.sampling.kcenter_greedy import (estimate_peak_bytes, greedy_coreset_plain, greedy_coreset_pruned,
-                                                 projection_weights)
+from src.patchcore.sampling.kcenter_greedy import (continued_greedy, estimate_peak_bytes, greedy_coreset_plain,
+                                                 greedy_coreset_pruned, projection_weights)
 from src.patchcore.sampling.sampling_def import BaseSampler, coreset_size
 from src.patchcore.sampling.two_round import (DEFAULT_CHUNK_SIZE, DEFAULT_OVERSAMPLE, two_round_coreset_indices,
                                               two_round_peak_bytes)
@@ -70,6 +70,11 @@ class ApproximateGreedyCoresetSampler(BaseSampler):
             self.stats["visited_fraction"] = 1.0
             return greedy_coreset_plain(points, num_picks, start_indices, progress=self.progress)
         return greedy_coreset_pruned(points, num_picks, start_indices, progress=self.progress, stats=self.stats)
+
+    def _extend(self, bank_points, points, projection):
+        indices, spacing = continued_greedy(bank_points, points, progress=self.progress)
+        self.stats = {"method": "continued_greedy", "spacing": spacing}
+        return indices
 
     def estimate_peak_bytes(self, n, d, projected_resident=False):
         if self.two_round(n):

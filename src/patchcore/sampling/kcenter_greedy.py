@@ -110,19 +110,66 @@ def greedy_coreset_plain(points, num_picks, start_indices, progress=None):
     return picks
 
 
-def _nearest_centres(points, centres, chunk_elements=2 ** 19):
-    """Index of each point's nearest centre (squared Euclidean; BLAS, in row chunks of about
-    ``chunk_elements`` distances). Hand-written rather than faiss: faiss's OpenMP search slows down
-    several-fold whenever the cores are shared with other work, which this chunked matmul does not."""
+def _centre_scores(points, centres, chunk_elements=2 ** 19):
+    """Yield (first row, [rows, centres] |c|^2 - 2 x.c) for row chunks of ``points`` of about ``chunk_elements``
+    values: the squared distance to each centre minus the row's own |x|^2. BLAS rather than faiss: faiss's OpenMP
+    search slows down several-fold whenever the cores are shared with other work, which this chunked matmul does
+    not."""
     centre_sq = squared_norms(centres)
-    nearest = np.empty(len(points), dtype=np.int64)
     rows = max(1, chunk_elements // len(centres))
     for start in range(0, len(points), rows):
         scores = points[start:start + rows] @ centres.T
         scores *= -2
-        scores += centre_sq  # |x|^2 is the same for every centre of a row
-        nearest[start:start + rows] = scores.argmin(1)
+        scores += centre_sq
+        yield start, scores
+
+
+def _nearest_centres(points, centres):
+    """Index of each point's nearest centre (squared Euclidean)."""
+    nearest = np.empty(len(points), dtype=np.int64)
+    for start, scores in _centre_scores(points, centres):
+        nearest[start:start + len(scores)] = scores.argmin(1)
     return nearest
+
+
+def nearest_distances(points, centres, exclude_self=False):
+    """float32 Euclidean distance of each point to its nearest centre; ``exclude_self``: ``points`` are the
+    centres, each measured to the nearest other one (inf when there is none)."""
+    sq_norms = squared_norms(points)
+    nearest = np.empty(len(points), dtype=np.float32)
+    for start, scores in _centre_scores(points, centres):
+        if exclude_self:
+            scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = np.inf
+        nearest[start:start + len(scores)] = scores.min(1)
+    nearest += sq_norms
+    return np.sqrt(np.maximum(nearest, 0, out=nearest), out=nearest)
+
+
+def continued_greedy(bank_points, points, progress=None):
+    """Continue a finished greedy coreset ``bank_points`` [M, d] over new ``points`` [N, d] (projected alike): every
+    new point's running value starts at its distance to the nearest bank point, and points are picked as by the
+    greedy (the largest running value, then every value lowered to the distance to the pick) while the largest
+    exceeds the bank's spacing, the smallest distance between two bank points: for the exact greedy, the running
+    value of its last pick, how far every point it left out lies at most from the bank. So a new point is added only
+    when it lies farther from the bank, and from the points added before it, than the coreset covered its own
+    points. Returns (int64 indices of ``points`` in pick order, the spacing)."""
+    bank_points = np.ascontiguousarray(bank_points, dtype=np.float32)
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    spacing = float(nearest_distances(bank_points, bank_points, exclude_self=True).min()) \
+        if len(bank_points) > 1 else 0.0
+    running = nearest_distances(points, bank_points)
+    sq_norms = squared_norms(points)
+    picks = []
+    with tqdm.tqdm(desc="Coreset (continued)", unit="pick", disable=None if progress is None else not progress) as bar:
+        while len(picks) < len(points):
+            index = int(np.argmax(running))
+            if not running[index] > spacing:
+                break
+            picks.append(index)
+            np.minimum(running, distances_to_point(points, sq_norms, points[index].copy(), sq_norms[index]),
+                       out=running)
+            bar.update(1)
+    return np.asarray(picks, dtype=np.int64), spacing
 
 
 class _Blocks:

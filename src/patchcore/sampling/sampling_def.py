@@ -100,6 +100,17 @@ class BaseSampler:
     def _select(self, points, projection):
         raise NotImplementedError
 
+    def extend(self, bank_points, points, projection):
+        """Indices (int64, in pick order) of the new ``points`` to add to a bank this sampler chose: ``bank_points``
+        are the bank's rows and ``points`` the new rows, both through ``projection`` (drawn anew: the same seed
+        gives the fit's projection). Percentage 1 keeps every point, as ``select`` does."""
+        if self.percentage == 1:
+            return np.arange(len(points), dtype=np.int64)
+        return self._extend(bank_points, points, projection)
+
+    def _extend(self, bank_points, points, projection):
+        raise NotImplementedError
+
     def run(self, features):
         """(coreset rows, indices) of ``features`` in memory: projection, then selection."""
         features = as_feature_matrix(features)
@@ -169,6 +180,9 @@ class RandomSampler(BaseSampler):
     def _select(self, points, projection):
         return projection.rng.choice(len(points), coreset_size(len(points), self.percentage),
                                      replace=False).astype(np.int64)
+
+    def _extend(self, bank_points, points, projection):
+        return self._select(points, projection)   # the same share of the new rows
 
     def estimate_peak_bytes(self, n, d, projected_resident=False):
         k = coreset_size(n, self.percentage)

@@ -78,3 +78,26 @@ def test_scoring_without_a_set_of_sources_searches_the_bank_without_exactly_thei
     assert list(detector._without) == [(2, 9)]   # one bank kept: the last set's
     with pytest.raises(InputError, match="every entry comes from the excluded training images"):
         detector.patch_scores(features, (0, 1, 2, 3))
+
+
+def test_extend_appends_the_continuations_rows_with_their_sources_and_keeps_the_bank(tmp_path):
+    rng = np.random.default_rng(1)
+    patch_config = {"percentage": 0.25, "sampler": "approx_greedy_coreset", "anomaly_scorer_num_nn": 1}
+    detector = HRPatchCore(patch_config, seed=2)
+    trained = rng.normal(size=(4, 16, 4, 4)).astype(np.float32)
+    detector.fit(iter([trained]), 64, str(tmp_path / "fit.f32"))
+    detector.bank.metadata = {"sources": [int(row // 16) for row in detector.selected]}
+    before = detector.bank.index.reconstruct_n(0, len(detector.bank))
+    known = np.ascontiguousarray(before.reshape(1, 4, 4, 16).transpose(0, 3, 1, 2))   # the bank's own 16 rows
+    new = np.concatenate([known, rng.normal(3, 1, size=(1, 16, 4, 4)).astype(np.float32)])
+    stats = detector.extend(iter([new]), 32, str(tmp_path / "new.f32"), [7] * 16 + [8] * 16)
+    after = detector.bank.index.reconstruct_n(0, len(detector.bank))
+    assert np.array_equal(after[:len(before)], before) and stats["bank_size"] == len(after)
+    added = after[len(before):]
+    assert stats["added"] == len(added) > 0 and stats["method"] == "continued_greedy"
+    sources = detector.metadata["sources"]
+    assert len(sources) == len(after) and set(sources[len(before):]) == {8}   # the known image adds nothing
+    rows = new[1].transpose(1, 2, 0).reshape(-1, 16)
+    assert all(np.any(np.all(rows == row, axis=1)) for row in added)
+    with pytest.raises(InputError, match="dimension 8"):
+        detector.extend(iter([np.zeros((1, 8, 4, 4), np.float32)]), 16, str(tmp_path / "bad.f32"), [9] * 16)

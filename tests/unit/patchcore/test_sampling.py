@@ -308,3 +308,37 @@ def test_one_interface_projection_then_selection_equals_run():
         for start in range(0, 2000, 256):
             projection.project(features[start:start + 256], out=projected[start:start + 256])
         np.testing.assert_array_equal(sampler.select(projected, projection), build_sampler(spec, 0.1, 4).run(features)[1])
+
+
+def test_continued_greedy_adds_only_points_farther_than_the_banks_spacing_and_covers_the_rest():
+    # Checked in float64 with scipy: the bank is a finished greedy coreset; the new points are half points it was
+    # chosen from (covered: nothing to add) and half a shifted surface (new: added until covered).
+    old = clustered(1200, 24, seed=21)
+    sampler = ApproximateGreedyCoresetSampler(0.05, seed=0, progress=False)
+    bank = sampler.run(old)[0]
+    same, shifted = old[:150], clustered(150, 24, seed=22, offset=3.0)
+    new = np.concatenate([same, shifted])
+    picks = sampler.extend(bank, new, sampler.projection(24))
+    spacing = sampler.stats["spacing"]
+    pairwise = cdist(bank.astype(np.float64), bank.astype(np.float64))
+    np.fill_diagonal(pairwise, np.inf)
+    assert spacing == pytest.approx(pairwise.min(), rel=1e-4)
+    assert sampler.stats["method"] == "continued_greedy" and picks.dtype == np.int64
+    assert len(picks) and set(picks.tolist()) <= set(range(150, 300))   # the known surface adds nothing
+    extended = np.concatenate([bank, new[picks]]).astype(np.float64)
+    # every new point ends within the spacing of the extended bank, and each pick was farther than it when chosen
+    assert cdist(new.astype(np.float64), extended).min(1).max() <= spacing * (1 + 1e-4)
+    for k, pick in enumerate(picks):
+        assert cdist(new[pick:pick + 1].astype(np.float64), extended[:len(bank) + k]).min() > spacing * (1 - 1e-4)
+    again = ApproximateGreedyCoresetSampler(0.05, seed=0, progress=False)
+    np.testing.assert_array_equal(again.extend(bank, new, again.projection(24)), picks)
+
+
+def test_extension_keeps_every_new_point_at_percentage_one_and_a_share_at_random():
+    points = clustered(200, 8, seed=23)
+    assert np.array_equal(IdentitySampler().extend(points[:50], points, None), np.arange(200))
+    full = ApproximateGreedyCoresetSampler(1.0, progress=False)
+    assert np.array_equal(full.extend(points[:50], points, full.projection(8)), np.arange(200))
+    random = RandomSampler(0.1, seed=5)
+    chosen = random.extend(points[:50], points, random.projection(8))
+    assert len(chosen) == 20 and len(np.unique(chosen)) == 20

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from src.evaluation.evaluate import evaluation_size
-from src.inference.model import MODEL_FILE, TASKS_FILE, THUMBNAIL, Model, load_detectors
+from src.inference.model import MODEL_FILE, TASKS_FILE, THUMBNAIL, Model, job_folder, load_detectors
 from src.patchcore.extractor import build_extractor, check_backbone_checkpoint, extractor_key
 from src.patchcore.featurizer import relative_weights
 from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE
@@ -54,6 +54,7 @@ class ExportPlan:
     inputs: list           # [ModelInput]
     copies: list           # [(source file, path inside the export folder)]
     describe: Callable     # ({job: model entry}, {file: sha256}) -> the kind's own export.json entries
+    contents: dict = None  # {path inside the export folder: JSON-ready contents} written instead of copied
 
 
 def fusion_weights(meta):
@@ -80,11 +81,18 @@ def export_plan(checkpoint_dir):
         width, height = inference["thumbnail_size"]
         inputs.append(ModelInput(THUMBNAIL, "thumbnail", thumbnail.patch_config, height, width,
                                  thumbnail.bank.dimension))
-    copies = [(os.path.join(checkpoint_dir, name), name) for name in (MODEL_FILE, TASKS_FILE)]
+    copies = [(os.path.join(checkpoint_dir, TASKS_FILE), TASKS_FILE)]
     for name, detector in detectors.items():
-        copies += [(os.path.join(checkpoint_dir, name, detector.metadata.get("index_file", INDEX_FILE)),
-                    f"{name}/{INDEX_FILE}"),
-                   (os.path.join(checkpoint_dir, name, METADATA_FILE), f"{name}/{METADATA_FILE}")]
+        folder = job_folder(checkpoint_dir, meta, name)
+        copies += [(os.path.join(folder, detector.metadata.get("index_file", INDEX_FILE)), f"{name}/{INDEX_FILE}"),
+                   (os.path.join(folder, METADATA_FILE), f"{name}/{METADATA_FILE}")]
+    # every bank lands in <job>/ of the export: a taught version's model.json is written without its bank folders
+    # (the export's model.json then differs from the model's), a trained model's is copied as it is
+    moved = any("folder" in job for job in meta["jobs"].values())
+    contents = {MODEL_FILE: dict(meta, jobs={name: {k: v for k, v in job.items() if k != "folder"}
+                                             for name, job in meta["jobs"].items()})} if moved else {}
+    if not moved:
+        copies.insert(0, (os.path.join(checkpoint_dir, MODEL_FILE), MODEL_FILE))
 
     def job_entry(name, models):
         detector, model = detectors[name], models[name]
@@ -113,7 +121,7 @@ def export_plan(checkpoint_dir):
                 "image_score": meta["image_score"], "eval_resize": evaluation_size(meta),
                 "thresholds": meta.get("thresholds"), "score_normalizer": meta.get("score_normalizer")}}
 
-    return ExportPlan(meta["category"], meta, meta["config"], inputs, copies, describe)
+    return ExportPlan(meta["category"], meta, meta["config"], inputs, copies, describe, contents)
 
 
 def model_file_names(height, width, role=None):
@@ -192,6 +200,8 @@ def export_checkpoint(checkpoint_dir, ckpt_file, output_dir, file_format="MINDIR
         for source, name in plan.copies:
             os.makedirs(os.path.dirname(os.path.join(stage, name)), exist_ok=True)
             shutil.copyfile(source, os.path.join(stage, name))
+        for name, contents in (plan.contents or {}).items():
+            write_json(os.path.join(stage, name), contents)
         files = {name: sha256_of(os.path.join(stage, name)) for name in export_files(stage)}
         meta = {
             "format_version": FORMAT_VERSION,

@@ -22,10 +22,10 @@ from src.patchcore.featurizer import Featurizer
 from src.patchcore.scoring import ImageScorer, build_image_score
 from src.tiling.plan import WholeImage
 from src.tiling.tasks import assign_tiles, load_tasks, routing_generator
+from src.inference.versions import MODEL_FILE, meta_path
 from src.utils.errors import InputError
 from src.utils.io import read_json
 
-MODEL_FILE = "model.json"
 MODEL_FORMAT = "patchcore-ms/model"
 MODEL_VERSION = 2
 TASKS_FILE = "tasks.json"
@@ -53,13 +53,14 @@ class Model:
         self.timings = {"network": 0.0, "scoring": 0.0, "map": 0.0}
 
     @classmethod
-    def load(cls, checkpoint_root, pre_ckpt_path=None, task_generator=None, extractors=None):
+    def load(cls, checkpoint_root, pre_ckpt_path=None, task_generator=None, extractors=None, version=None):
         """Read ``model.json``, ``tasks.json`` and every verified bank; build the feature extractors.
 
         ``pre_ckpt_path`` must be the backbone the model was trained with (checked by sha256).
         ``extractors``: an optional {patch-config key: extractor} cache shared with the caller.
+        ``version``: a version of the folder (``src/inference/versions.py``) other than the active one.
         """
-        meta = cls.read_meta(checkpoint_root)
+        meta = cls.read_meta(checkpoint_root, version)
         check_backbone_checkpoint(meta, pre_ckpt_path)
         tasks, indexes = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
         detectors = load_detectors(checkpoint_root, meta)
@@ -68,21 +69,21 @@ class Model:
                    task_generator)
 
     @staticmethod
-    def read_meta(checkpoint_root):
-        """The contents of ``model.json`` (an InputError when training has not finished or the folder holds
-        a model of an older version)."""
-        meta_path = os.path.join(checkpoint_root, MODEL_FILE)
-        if not os.path.isfile(meta_path):
+    def read_meta(checkpoint_root, version=None):
+        """The contents of ``model.json``, or of version ``version``'s (an InputError when training has not finished,
+        the version does not exist or the folder holds a model of an older format)."""
+        path = meta_path(checkpoint_root, version)
+        if not os.path.isfile(path):
             legacy = [name for name in LEGACY_FILES if os.path.isfile(os.path.join(checkpoint_root, name))]
             if legacy:
                 raise InputError(os.path.join(checkpoint_root, legacy[0]), "a model of an older version (before "
                                  f"{MODEL_FILE}): retrain it with train.py")
             hint = " (training did not finish: run it again to resume)" if os.path.isfile(
                 os.path.join(checkpoint_root, TASKS_FILE)) else " (train it first)"
-            raise InputError(meta_path, f"no trained model here{hint}")
-        meta = read_json(meta_path, "model file")
+            raise InputError(path, f"no trained model here{hint}")
+        meta = read_json(path, "model file")
         if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_VERSION:
-            raise InputError(meta_path, f"not a model file of version {MODEL_VERSION} (format "
+            raise InputError(path, f"not a model file of version {MODEL_VERSION} (format "
                                         f"{meta.get('format')!r}, version {meta.get('version')!r}): retrain it")
         return meta
 
@@ -163,13 +164,31 @@ class Model:
                 yield sample, image, score, amap
 
 
+def job_folder(checkpoint_root, meta, name):
+    """Where job ``name``'s bank of the model ``meta`` describes lies: ``<name>/`` as training wrote it, or a taught
+    version's ``versions/<n>/<name>/`` (model.json's ``jobs.<name>.folder``)."""
+    return os.path.join(checkpoint_root, meta["jobs"][name].get("folder", name))
+
+
 def load_detectors(checkpoint_root, meta):
     """{job name: PatchCoreDetector} of every bank in ``model.json``'s jobs, each verified (sha256, fingerprint)."""
-    detectors = {name: PatchCoreDetector.load(os.path.join(checkpoint_root, name)) for name in meta["jobs"]}
+    detectors = {name: PatchCoreDetector.load(job_folder(checkpoint_root, meta, name)) for name in meta["jobs"]}
     for name, detector in detectors.items():
         if detector.metadata.get("fingerprint") != meta["jobs"][name]["fingerprint"]:
-            raise InputError(os.path.join(checkpoint_root, name), "bank belongs to another training run")
+            raise InputError(job_folder(checkpoint_root, meta, name), "bank belongs to another training run")
     return detectors
+
+
+def recorded_checkpoint(meta, model_dir, pre_ckpt_path=None):
+    """The backbone checkpoint to load the model ``meta`` with: ``pre_ckpt_path`` when given, else the one model.json
+    records (an InputError when it is not there; None for a model of seeded random weights)."""
+    if pre_ckpt_path is not None or meta.get("backbone_checkpoint_sha256") is None:
+        return pre_ckpt_path
+    recorded = meta.get("backbone_checkpoint")
+    if not recorded or not os.path.isfile(recorded):
+        raise InputError(recorded or os.path.join(model_dir, MODEL_FILE),
+                         "the model's backbone checkpoint is not there: pass it with --pre_ckpt_path")
+    return recorded
 
 
 def check_image_size(image, image_size):

@@ -23,7 +23,8 @@ from src.data.folders import images_below
 from src.data.sample import IMAGE_EXTENSIONS, Sample
 from src.evaluation.visualize import prediction_picture, save_picture
 from src.decisions.thresholds import DecisionRule
-from src.inference.model import MODEL_FILE, Model
+from src.inference.model import Model, recorded_checkpoint
+from src.inference.versions import meta_path, version_number
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, sha256_of, write_json
 
@@ -110,11 +111,12 @@ class Prediction:
 class Predictor:
     """A trained model ready to inspect images (``load_model``)."""
 
-    def __init__(self, model, model_dir):
+    def __init__(self, model, model_dir, version=None):
         self.model = model
-        self.rule = DecisionRule(model.meta.get("thresholds"), model.meta.get("score_normalizer"),
-                                 os.path.join(model_dir, MODEL_FILE))
-        self.identity = {"name": model.meta["category"], "sha256": sha256_of(os.path.join(model_dir, MODEL_FILE))}
+        path = meta_path(model_dir, version)
+        self.rule = DecisionRule(model.meta.get("thresholds"), model.meta.get("score_normalizer"), path)
+        self.identity = {"name": model.meta["category"], "version": version_number(model.meta),
+                         "sha256": sha256_of(path)}
 
     @property
     def image_threshold(self):
@@ -157,15 +159,11 @@ def make_prediction(name, sample, raw_score, amap, rule, identity, image=None):
     return Prediction(name, sample, image, amap, fields, decision.normalised_map, decision.mask)
 
 
-def load_model(model_dir, pre_ckpt_path=None, device_target="CPU", device_id=0):
-    """A Predictor of the model trained into ``model_dir``. The backbone weights are the checkpoint recorded in
-    ``model.json`` (its sha256 checked) unless ``pre_ckpt_path`` is given."""
+def load_model(model_dir, pre_ckpt_path=None, device_target="CPU", device_id=0, version=None):
+    """A Predictor of the model trained into ``model_dir`` (its active version, or ``version``). The backbone weights
+    are the checkpoint recorded in ``model.json`` (its sha256 checked) unless ``pre_ckpt_path`` is given."""
     from src.utils.device import set_device
-    meta = Model.read_meta(model_dir)
-    if pre_ckpt_path is None and meta.get("backbone_checkpoint_sha256") is not None:
-        pre_ckpt_path = meta.get("backbone_checkpoint")
-        if not pre_ckpt_path or not os.path.isfile(pre_ckpt_path):
-            raise InputError(pre_ckpt_path or os.path.join(model_dir, MODEL_FILE),
-                             "the model's backbone checkpoint is not there: pass it with --pre_ckpt_path")
+    meta = Model.read_meta(model_dir, version)
+    pre_ckpt_path = recorded_checkpoint(meta, model_dir, pre_ckpt_path)
     set_device(device_target, device_id)
-    return Predictor(Model.load(model_dir, pre_ckpt_path), model_dir)
+    return Predictor(Model.load(model_dir, pre_ckpt_path, version=version), model_dir, version)

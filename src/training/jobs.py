@@ -137,7 +137,7 @@ class JobResult:
                     f.write(data)
 
 
-def _grouped(views):
+def grouped_views(views):
     """[(position, [indexes])] in order of first appearance."""
     groups = {}
     for position, index in views:
@@ -166,7 +166,7 @@ def train_job(run, job, featurizer, log):
     started = time.perf_counter()
     grid = run.grids[job.name]
 
-    groups = _grouped(job.train_views)
+    groups = grouped_views(job.train_views)
     done = iter(range(1, len(groups) + 1))
 
     def image(position):
@@ -196,24 +196,25 @@ def train_job(run, job, featurizer, log):
                     "sources": [int(view_sources[row // cells]) for row in detector.selected]}
         detector.bank.metadata = metadata
         if job.val_views:
-            metadata["validation_sha256"] = score_validation(run, job, detector, featurizer, stage, log)
+            metadata["validation_sha256"] = score_validation(run.validation, job, detector, featurizer, stage, log)
         detector.save(stage, metadata)
         stats["seconds"] = round(time.perf_counter() - started, 3)
         return JobResult.collect(job.name, stage, stats)
 
 
-def score_validation(run, job, detector, featurizer, stage, log):
-    """Raw validation grids -> ``validation.npz``; fit the job's normaliser on them. Returns the file's sha256."""
+def score_validation(items, job, detector, featurizer, stage, log):
+    """Raw grids of the job's views of the validation ``items`` -> ``validation.npz`` in ``stage``; fit the job's
+    normaliser on them. Returns the file's sha256."""
     # One thread for the kNN search: its distances' last bits depend on how BLAS splits the work, and a bank must
     # be the same whatever the worker count (or a Ray node's CPUs) gave its process.
     with faiss_threads(1):
-        grids, items, rows, cols, anomalous = _validation_grids(run, job, detector, featurizer)
+        grids, positions, rows, cols, anomalous = _validation_grids(items, job, detector, featurizer)
     grids, anomalous = np.stack(grids), np.stack(anomalous)
     detector.normalizer = ScoreNormalizer.fit_grids(grids, anomalous)
     log.info("normaliser from %d normal and %d anomalous validation cells: %s", int((~anomalous).sum()),
              int(anomalous.sum()), detector.normalizer.to_dict())
     path = os.path.join(stage, VALIDATION_FILE)
-    np.savez(path, grids=grids, items=np.asarray(items), rows=np.asarray(rows), cols=np.asarray(cols))
+    np.savez(path, grids=grids, items=np.asarray(positions), rows=np.asarray(rows), cols=np.asarray(cols))
     return sha256_of(path)
 
 
@@ -227,14 +228,15 @@ def _by_exclusion(groups, items):
     return sorted(groups, key=lambda group: first[items[group[0]].excluded_sources])
 
 
-def _validation_grids(run, job, detector, featurizer):
-    """The job's raw score grid of every validation view, with its item, tile row and column and cell labels."""
-    grids, items, rows, cols, anomalous = [], [], [], [], []
+def _validation_grids(items, job, detector, featurizer):
+    """The job's raw score grid of every view of the validation ``items``, with the item's position, the tile row
+    and column and the cell labels."""
+    grids, positions, rows, cols, anomalous = [], [], [], [], []
     # An image's normal and defective validation items differ only where the defect is: a view whose network
     # inputs are byte-identical to one already scored (same image, same excluded entries) reuses its grid.
     same_source, reused_scope = {}, None
-    for position, indexes in _by_exclusion(_grouped(job.val_views), run.validation):
-        item = run.validation[position]
+    for position, indexes in _by_exclusion(grouped_views(job.val_views), items):
+        item = items[position]
         image, mask = item.load()
         exclude = item.excluded_sources
         scope = (getattr(item, "source_index", None), exclude)   # labelled items (no source) reuse nothing
@@ -249,11 +251,11 @@ def _validation_grids(run, job, detector, featurizer):
                   for key in keys]
         for index, grid in zip(indexes, scored):
             grids.append(grid)
-            items.append(position)
+            positions.append(position)
             rows.append(getattr(index, "row", -1))   # -1: the whole image
             cols.append(getattr(index, "col", -1))
             anomalous.append(cell_labels(_view_mask(mask, index), grid.shape))
-    return grids, items, rows, cols, anomalous
+    return grids, positions, rows, cols, anomalous
 
 
 _MINDSPORE_THREADS = []   # what this process gave MindSpore: it takes a thread count once per process

@@ -62,8 +62,9 @@ def task_generator(hr, seed):
     return generator, {"name": type(generator).__name__, "params": params}
 
 
-def plan_model(config, samples, seed, category):
-    """The ModelPlan of ``config`` (a ``Config``) for ``samples`` (a category's training images)."""
+def plan_model(config, samples, seed, category, tasks=None):
+    """The ModelPlan of ``config`` (a ``Config``) for ``samples`` (a category's training images); ``tasks``: a
+    trained model's (its tasks.json), instead of creating them (a clustering generator would run the network)."""
     hr = config.hr
     if hr is None:
         view = ResizeCrop(config.data.resize, config.data.imagesize)
@@ -71,7 +72,7 @@ def plan_model(config, samples, seed, category):
         size = view.output_size(None)
         plan = MultiResolutionHRImageSpliter(size, size)
         generator = A2OTaskGenerator()
-        return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator,
+        return ModelPlan(viewed, plan, tasks or generator.create_tasks(viewed, plan), generator,
                          {"name": "A2OTaskGenerator", "params": {}}, config.image_score, False, category,
                          val_config=config.val_config)
     image_size = hr.image_size or Sample(samples[0].image).original_size()
@@ -79,6 +80,6 @@ def plan_model(config, samples, seed, category):
     viewed = [Sample(s.image, image_size=image_size, defect_type=s.defect_type) for s in samples]
     plan = MultiResolutionHRImageSpliter(image_size, hr.patch_size, hr.stride, hr.ds_factors)
     generator, spec = task_generator(hr, seed)
-    return ModelPlan(viewed, plan, generator.create_tasks(viewed, plan), generator, spec, config.image_score, True,
+    return ModelPlan(viewed, plan, tasks or generator.create_tasks(viewed, plan), generator, spec, config.image_score, True,
                      category, hr.thumbnail, None if hr.fusion_weights is None else list(hr.fusion_weights),
                      config.val_config, hr.workers)

@@ -57,15 +57,15 @@ def validation_batches(items, batch_size):
             yield members[start:start + batch_size], excluded
 
 
-def stored_grids(run, detectors, indexes, checkpoint_root):
-    """Per validation item, what ``Model.grids`` gives for it (tile grids, thumbnail grid, weights), rebuilt from
-    the raw grids each job of ``run`` stored in ``checkpoint_root/<job>/validation.npz``."""
+def stored_grids(jobs, items, detectors, indexes, folders):
+    """Per validation item of ``items``, what ``Model.grids`` gives for it (tile grids, thumbnail grid, weights),
+    rebuilt from the raw grids each of the ``jobs`` stored in ``folders[job]/validation.npz``."""
     by_position = {(index.row, index.col): index for index in indexes}
-    tiles, thumbnails = [[] for _ in run.validation], [None] * len(run.validation)
-    for name, job in run.jobs.items():   # the tasks in Model.grids' order, then the thumbnail
+    tiles, thumbnails = [[] for _ in items], [None] * len(items)
+    for name, job in jobs.items():   # the tasks in Model.grids' order, then the thumbnail
         if not job.val_views:
             continue   # a routed task no validation tile went to
-        with np.load(os.path.join(checkpoint_root, name, VALIDATION_FILE)) as stored:
+        with np.load(os.path.join(folders[name], VALIDATION_FILE)) as stored:
             grids = detectors[name].normalize(stored["grids"])
             for grid, item, row, col in zip(grids, stored["items"], stored["rows"], stored["cols"]):
                 if row < 0:

@@ -15,6 +15,7 @@ import time
 
 from src.backbones.networks import feature_strides
 from src.inference.model import MODEL_FILE, Model, make_featurizers
+from src.inference.versions import has_versions
 from src.patchcore.scoring import build_image_score
 from src.training.jobs import TrainingRun, sample_identity
 from src.training.manifest import bank_digest, jobs_to_train, model_meta, prepare_model_folder, remove_stale_jobs
@@ -23,6 +24,7 @@ from src.training.planning import checked_inputs, job_fingerprints, job_grid, pl
 from src.training.runner import LocalRunner, train_jobs
 from src.training.thresholds import fit_thresholds, stored_grids
 from src.utils.device import set_device
+from src.utils.errors import InputError
 from src.utils.io import sha256_of, write_json
 from src.utils.logs import file_logging, say_to
 
@@ -54,6 +56,9 @@ class Trainer:
         validation images (Samples, normal or defective, with or without masks), used next to the synthetic ones
         of the plan's ``val_config``. Returns model.json's contents."""
         started = time.perf_counter()
+        if has_versions(self.model_dir):
+            raise InputError(self.model_dir, "holds versions taught since training (teach.py): train into another "
+                                             "folder, or move this one away to start over")
         plan, batch_size = self.plan, self.config.data.batch_size
         samples, labelled = checked_inputs(plan.samples, val_samples, plan.image_size)
         items, train_positions = training_items(samples, labelled, plan.val_config, self.seed, len(plan.plan))
@@ -99,7 +104,8 @@ class Trainer:
         plan = self.plan
         detectors = {name: plan.detector_class.load(os.path.join(self.model_dir, name)) for name in run.jobs}
         stored = None if not plan.tiled or self.image_score.needs_weights else \
-            stored_grids(run, detectors, plan.plan, self.model_dir)
+            stored_grids(run.jobs, run.validation, detectors, plan.plan,
+                         {name: os.path.join(self.model_dir, name) for name in run.jobs})
         model = Model(meta, plan.tasks, plan.plan, detectors, {} if stored is not None else
                       make_featurizers(detectors, meta, self.pre_ckpt_path, self._extractors), plan.task_generator)
         fit_thresholds(model, run.validation, stored, self.config.data.batch_size, self.config.decision,

@@ -104,7 +104,7 @@ class BaseSampler:
         """Indices (int64, in pick order) of the new ``points`` to add to a bank this sampler chose: ``bank_points``
         are the bank's rows and ``points`` the new rows, both through ``projection`` (drawn anew: the same seed
         gives the fit's projection). Percentage 1 keeps every point, as ``select`` does."""
-        if self.percentage == 1:
+        if self.percentage == 1 or len(points) == 0:
             return np.arange(len(points), dtype=np.int64)
         return self._extend(bank_points, points, projection)
 

@@ -1,7 +1,8 @@
 """Predict new images with a trained model: score, OK/REVIEW/NG at the model's thresholds, regions, picture.
 
 python predict.py --model_dir OUTPUT/CATEGORY --input PATH [PATH ...] [--output_dir DIR] [--device_target CPU]
-    [--batch_size N] [--save_map] [--print]   (PATH: an image, a folder searched recursively, or a text file of paths)
+    [--batch_size N] [--save_map] [--print] [--model_version N]
+    (PATH: an image, a folder searched recursively, or a text file of paths)
 """
 import argparse
 
@@ -22,6 +23,8 @@ def main():
     parser.add_argument("--save_map", action="store_true", help="also write each raw anomaly map as .npy")
     parser.add_argument("--print", action="store_true", help="print every result as one JSON line")
     parser.add_argument("--pre_ckpt_path", default=None, help="backbone .ckpt (default: the one model.json records)")
+    parser.add_argument("--model_version", type=cli.positive_int_argument, default=None, metavar="N",
+                        help="a version of the model (teach.py --versions) other than the active one")
     args = parser.parse_args()
     from src.app.predict import predict
     return predict(args)

@@ -317,8 +317,9 @@ def table_row(texture, row):
                 review=shown("review_share"), wrong=shown("wrong_outside_review"))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+def data_arguments(description):
+    """The argument parser of a benchmark on this set: which textures, where, with which counts and settings."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--part", choices=["tuning", "heldout", "all", *PHOTOS], default="tuning",
                         help="a part, all textures, or one texture")
     parser.add_argument("--work_dir", default=str(ROOT / "output" / "realphoto"), help="data and models")
@@ -333,9 +334,19 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default=None, help="names this run's models folder (models-TAG) and JSON, so runs "
                                                     "with other settings keep theirs")
+    return parser
+
+
+def textures(part):
+    """The textures ``part`` (a part, "all" or a texture's name) names."""
+    return [name for name, spec in PHOTOS.items() if part in ("all", spec["part"], name)]
+
+
+def main():
+    parser = data_arguments(__doc__.strip().splitlines()[0])
     parser.add_argument("--json", default=None, help="default benchmarks/results/realphoto_<part>[-<tag>].json")
     args = parser.parse_args()
-    names = [n for n, spec in PHOTOS.items() if args.part in ("all", spec["part"], n)]
+    names = textures(args.part)
     rows = [texture_row(name, args) for name in names]
     mean = mean_of(rows)
     print(format_table([table_row(row["texture"], row) for row in rows] + [table_row("mean", mean)], COLUMNS))

@@ -15,7 +15,7 @@ from src.utils.io import staged_files, write_json
 
 
 def predict(args):
-    predictor = load_model(args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id)
+    predictor = load_model(args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id, args.model_version)
     if args.batch_size:
         predictor.model.batch_size = args.batch_size
         for featurizer in predictor.model.featurizers.values():

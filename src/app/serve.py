@@ -61,7 +61,8 @@ class Region(BaseModel):
 
 class ModelId(BaseModel):
     name: str
-    sha256: str
+    version: int = Field(description="the model version that answered (teach.py; 1: as trained)")
+    sha256: str = Field(description="of that version's model.json")
 
 
 class PredictResponse(BaseModel):

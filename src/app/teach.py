@@ -1,10 +1,9 @@
 """teach.py: normal images taught to a trained model as a new version (``src/training/teach.py``), the versions
 listed, and any of them made the active one (``src/inference/versions.py``)."""
 from src.app import cli
-from src.inference.model import Model
-from src.inference.predict import list_inputs
-from src.inference.versions import activate, list_versions, version_number
+from src.inference.versions import activate, list_versions, meta_path, version_number
 from src.utils.errors import InputError
+from src.utils.io import read_json
 
 
 def teach(args):
@@ -20,6 +19,7 @@ def teach(args):
         before = activate(args.model_dir, number)
         print(f"version {number} is active (was version {before})")
         return 0
+    from src.inference.predict import list_inputs   # the network's packages only where they are needed
     from src.training.teach import teach_ok
     cli.setup_logging()
     cli.set_device(args.device_target, args.device_id)
@@ -29,7 +29,7 @@ def teach(args):
 
 def _parent(model_dir):
     """The number of the active version's parent (an InputError for a trained model: nothing to roll back to)."""
-    meta = Model.read_meta(model_dir)
+    meta = read_json(meta_path(model_dir), "model file")
     parent = (meta.get("model_version") or {}).get("parent")
     if parent is None:
         raise InputError(model_dir, f"version {version_number(meta)} is the trained model: no earlier version to "

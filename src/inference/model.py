@@ -4,8 +4,9 @@ Every trained model folder, tiled or not, has the same layout: ``model.json`` (t
 config, the image view, tile plan and tasks file, every bank's fingerprint and sha256, normalisers via the
 banks, image-score policy, thresholds, backbone checkpoint sha256, versions), ``tasks.json`` (the plan and
 which task scores which tile), ``task_<k>/`` (``faiss.index`` + ``bank.json``) and, with a thumbnail branch,
-``thumbnail/``. A 224-pixel model is the one-tile case: a ``ResizeCrop`` view, one tile covering it, one task,
-no thumbnail and the ``max`` image score.
+``thumbnail/``; a model taught since (teach.py) also has ``versions/`` (``src/inference/versions.py``), and its
+model.json says where each bank of the active version lies. A 224-pixel model is the one-tile case: a
+``ResizeCrop`` view, one tile covering it, one task, no thumbnail and the ``max`` image score.
 
 For one image (``src/patchcore/scoring.py``): tiles go to their task (fixed by the plan, or for Retrieve
 tasks to the nearest cluster centre), each task's bank gives a patch-score grid through the task's

@@ -225,15 +225,15 @@ def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None):
         pre_ckpt_path = recorded_checkpoint(meta, model_dir, pre_ckpt_path)
         check_backbone_checkpoint(meta, pre_ckpt_path)
         number = max(archived_numbers(model_dir) + [version_number(meta)]) + 1
+        say = say_to(logger)
+        lineage = rebuild(model_dir, meta, say)   # every check before anything is written, the log file included
+        new = checked_images(images, lineage)
+        first = len(lineage.samples)
+        taught = lineage.with_taught([sample for sample, _ in new],
+                                     [dict(record, version=number) for _, record in new], meta["seed"], say)
         logs = os.path.join(model_dir, "logs")
         os.makedirs(logs, exist_ok=True)
-        with file_logging(logger, os.path.join(logs, f"teach_v{number}.log")) as log:
-            say = say_to(log)
-            lineage = rebuild(model_dir, meta, say)
-            new = checked_images(images, lineage)
-            first = len(lineage.samples)
-            taught = lineage.with_taught([sample for sample, _ in new],
-                                         [dict(record, version=number) for _, record in new], meta["seed"], say)
+        with file_logging(logger, os.path.join(logs, f"teach_v{number}.log")):
             new_meta = _version_meta(meta, number, model_dir, new, taught)
             stats = _update(model_dir, meta, new_meta, taught, range(first, len(taught.samples)), number,
                             pre_ckpt_path, extractors or {}, say)

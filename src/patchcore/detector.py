@@ -91,6 +91,20 @@ def _fill(batches, num_patches, keep):
         raise RuntimeError(f"{filled} patches extracted, {num_patches} announced")
 
 
+def _project_and_spill(batches, num_patches, projection, spill_path):
+    """Every row of ``batches`` (``num_patches`` in all) through ``projection`` into one array (returned), and in
+    full appended to the float32 file ``spill_path``."""
+    projected = np.empty((num_patches, projection.out_dim), np.float32)
+    with open(spill_path, "wb") as spill:
+        def keep(start, rows):
+            if rows.shape[1] != projection.dim:
+                raise InputError("features", f"dimension {rows.shape[1]}, but the bank's is {projection.dim}")
+            projection.project(rows, out=projected[start:start + len(rows)])
+            rows.tofile(spill)
+        _fill(batches, num_patches, keep)
+    return projected
+
+
 class PatchCoreDetector:
     """PatchCore for one task: ``fit``, ``patch_scores``, ``normalize``, ``save``/``load``.
 
@@ -140,12 +154,7 @@ class PatchCoreDetector:
         """(The coreset rows, selected on projected rows held in memory and read back from the spill file,
         the time the last batch was written)."""
         projection = sampler.projection(dim)
-        projected = np.empty((num_patches, projection.out_dim), np.float32)
-        with open(spill_path, "wb") as spill:
-            def keep(start, rows):
-                projection.project(rows, out=projected[start:start + len(rows)])
-                rows.tofile(spill)
-            _fill(batches, num_patches, keep)
+        projected = _project_and_spill(batches, num_patches, projection, spill_path)
         extracted = time.perf_counter()
         indices = sampler.select(projected, projection)   # ``projected`` is ours: the greedy may reorder it
         del projected
@@ -162,14 +171,7 @@ class PatchCoreDetector:
         sampler = build_sampler(self.patch_config["sampler"], float(self.patch_config["percentage"]), self.seed)
         dim = self.bank.dimension
         projection = sampler.projection(dim)
-        projected = np.empty((num_patches, projection.out_dim), np.float32)
-        with open(spill_path, "wb") as spill:
-            def keep(start, rows):
-                if rows.shape[1] != dim:
-                    raise InputError("features", f"dimension {rows.shape[1]}, but the bank's is {dim}")
-                projection.project(rows, out=projected[start:start + len(rows)])
-                rows.tofile(spill)
-            _fill(_rows(feature_batches), num_patches, keep)
+        projected = _project_and_spill(_rows(feature_batches), num_patches, projection, spill_path)
         extracted = time.perf_counter()
         bank_rows = self.bank.index.reconstruct_n(0, len(self.bank))
         picks = sampler.extend(projection.project(bank_rows), projected, projection)

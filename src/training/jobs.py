@@ -202,12 +202,12 @@ def train_job(run, job, featurizer, log):
         return JobResult.collect(job.name, stage, stats)
 
 
-def score_validation(items, job, detector, featurizer, stage, log):
+def score_validation(items, job, detector, featurizer, stage, log, search_threads=1):
     """Raw grids of the job's views of the validation ``items`` -> ``validation.npz`` in ``stage``; fit the job's
-    normaliser on them. Returns the file's sha256."""
-    # One thread for the kNN search: its distances' last bits depend on how BLAS splits the work, and a bank must
-    # be the same whatever the worker count (or a Ray node's CPUs) gave its process.
-    with faiss_threads(1):
+    normaliser on them. Returns the file's sha256. ``search_threads``: faiss's threads for the kNN search (None: the
+    process's). One in training: the distances' last bits depend on how BLAS splits the work, and a bank must be the
+    same whatever the worker count (or a Ray node's CPUs) gave its process."""
+    with faiss_threads(search_threads) if search_threads else contextlib.nullcontext():
         grids, positions, rows, cols, anomalous = _validation_grids(items, job, detector, featurizer)
     grids, anomalous = np.stack(grids), np.stack(anomalous)
     detector.normalizer = ScoreNormalizer.fit_grids(grids, anomalous)

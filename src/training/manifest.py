@@ -90,7 +90,7 @@ def model_meta(config, model_plan, image_score, seed, pre_ckpt_path, items):
                       "thumbnail_merge": None if thumbnail is None else thumbnail.merge},
         "task_generator": model_plan.task_generator_spec,
         "config": config.to_dict(),
-        "train_samples": [s.image_path or s.name for s in model_plan.samples],
+        "train_samples": [os.path.abspath(s.image_path) if s.image_path else s.name for s in model_plan.samples],
         "validation": None if not items else {
             "val_sample_ratio": None if validation is None else validation.val_sample_ratio,
             "max_patch_number": None if validation is None else validation.max_patch_number,

@@ -111,13 +111,11 @@ def rebuild(model_dir, meta, say):
     """The ``Lineage`` of the model ``meta`` (an active or archived model.json of ``model_dir``), verified against its
     banks' training fingerprints and taught images' sha256."""
     meta_file = os.path.join(model_dir, MODEL_FILE)
-    paths = meta["train_samples"]
-    if not all(isinstance(path, str) and os.path.isabs(path) for path in paths):
-        raise InputError(meta_file, "the model was trained from images in memory: teaching needs its training "
-                                    "images' files")
+    paths = [os.path.abspath(path) for path in meta["train_samples"]]   # models before absolute paths: the cwd's
     for path in paths:
         if not os.path.isfile(path):
-            raise InputError(path, "training image not found: teaching scores the validation images again")
+            raise InputError(path, "training image not found: teaching scores the validation images again (a model "
+                                   "trained from arrays in memory cannot be taught)")
     config = Config.from_dict(copy.deepcopy(meta["config"]), meta_file)
     tasks, _ = load_tasks(os.path.join(model_dir, TASKS_FILE))
     plan = plan_model(config, [Sample(path) for path in paths], meta["seed"], meta["category"], tasks)
@@ -131,8 +129,8 @@ def rebuild(model_dir, meta, say):
     trained = job_fingerprints(jobs, [sample_identity(sample) for sample in plan.samples], items, meta)
     for name, job in meta["jobs"].items():
         if trained.get(name) != job.get("trained_fingerprint", job["fingerprint"]):
-            raise InputError(os.path.join(model_dir, name), "the training images or settings differ from those this "
-                                                            "bank was trained with (an image changed or moved?)")
+            raise InputError(job_folder(model_dir, meta, name), "the training images or settings differ from those "
+                                                                "this bank was trained with (an image changed?)")
     lineage = Lineage(config, plan, list(plan.samples), positions, items, jobs, [])
     for number in sorted({record["version"] for record in meta.get("taught", [])}):
         group = [record for record in meta["taught"] if record["version"] == number]
@@ -278,8 +276,9 @@ def _update(model_dir, meta, new_meta, lineage, positions, number, pre_ckpt_path
             fingerprint = sha256_json({"parent": parent["fingerprint"], "taught": added, "format": TEACH_FORMAT})
             metadata = {"job": name, "fingerprint": fingerprint, "sources": detector.metadata["sources"]}
             if job.val_views:
+                # an update runs in one process: its search may use every core (the same bytes on the same machine)
                 metadata["validation_sha256"] = score_validation(lineage.items, job, detector, featurizer,
-                                                                 os.path.join(stage, name), logger)
+                                                                 os.path.join(stage, name), logger, None)
             detector.save(os.path.join(stage, name), metadata)
             detectors[name] = detector
             new_meta["jobs"][name] = dict(parent, fingerprint=fingerprint, folder=f"{version_folder(number)}/{name}",

@@ -36,6 +36,8 @@ UNIT_ROUNDOFF = 2.0 ** -24  # float32
 BLOCK_SCHEDULE = (64, 512)
 # Points are reordered this many columns at a time: the temporary is [N, REORDER_COLUMNS], not a copy of all.
 REORDER_COLUMNS = 16
+# Picks between two compactions of the continued greedy's points (continued_greedy).
+COMPACT_EVERY = 32
 # Upper bound of the fixed-size temporaries of the grouping (_nearest_centres' and _measure's row chunks).
 CHUNK_WORKSPACE_BYTES = 8 * 2 ** 20
 
@@ -158,17 +160,25 @@ def continued_greedy(bank_points, points, progress=None):
     spacing = float(nearest_distances(bank_points, bank_points, exclude_self=True).min()) \
         if len(bank_points) > 1 else 0.0
     running = nearest_distances(points, bank_points)
+    # A point whose running value is down to the spacing can never be picked (values only fall): only the others
+    # are kept, and dropped as they become covered. The picks are the same (a pass per pick is memory-bound, and
+    # most new patches of known surface are covered from the start).
+    alive = np.flatnonzero(running > spacing)
+    points, running = points[alive], running[alive]
     sq_norms = squared_norms(points)
     picks = []
-    with tqdm.tqdm(desc="Coreset (continued)", unit="pick", disable=None if progress is None else not progress) as bar:
-        while len(picks) < len(points):
+    with _progress_bar(None, progress) as bar:
+        while len(running):
             index = int(np.argmax(running))
             if not running[index] > spacing:
                 break
-            picks.append(index)
+            picks.append(int(alive[index]))
             np.minimum(running, distances_to_point(points, sq_norms, points[index].copy(), sq_norms[index]),
                        out=running)
             bar.update(1)
+            if len(picks) % COMPACT_EVERY == 0:
+                keep = np.flatnonzero(running > spacing)
+                alive, points, running, sq_norms = alive[keep], points[keep], running[keep], sq_norms[keep]
     return np.asarray(picks, dtype=np.int64), spacing
 
 

@@ -342,3 +342,19 @@ def test_extension_keeps_every_new_point_at_percentage_one_and_a_share_at_random
     random = RandomSampler(0.1, seed=5)
     chosen = random.extend(points[:50], points, random.projection(8))
     assert len(chosen) == 20 and len(np.unique(chosen)) == 20
+
+
+def test_continued_greedy_picks_what_a_pass_over_every_point_picks():
+    # more picks than one compaction period, points on known and on new surface
+    bank = ApproximateGreedyCoresetSampler(0.2, seed=0, progress=False).run(clustered(3000, 32, 0))[0]
+    new = np.concatenate([clustered(2000, 32, 10, offset=2.0), clustered(2000, 32, 0)])
+    picks, spacing = kcenter_greedy.continued_greedy(bank, new, progress=False)
+    running = kcenter_greedy.nearest_distances(new, bank)
+    sq_norms = squared_norms(new)
+    expected = []
+    while running.max() > spacing:
+        expected.append(int(np.argmax(running)))
+        np.minimum(running, distances_to_point(new, sq_norms, new[expected[-1]].copy(), sq_norms[expected[-1]]),
+                   out=running)
+    assert len(expected) > 10 * kcenter_greedy.COMPACT_EVERY
+    np.testing.assert_array_equal(picks, expected)

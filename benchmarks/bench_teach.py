@@ -7,7 +7,8 @@ test images in two halves of surface no training crop touches and that share non
 1. train.py (``--config``, ``-o`` overrides) into ``--work_dir``/models-teach[-TAG], timed; eval.py: *before*.
 2. The field half's good images the model does not pass (NG or REVIEW: what a person reviews and calls OK) taught with
    teach.py, timed; eval.py on the new version: *after*. The check half was never taught: only surface the field
-   half shares with it can lower its false alarms.
+   half shares with it can lower its false alarms. ``--hold_back``: every other such image is taught, and the
+   false-alarm rate of the others (``fa_held``: never taught, but crops of the same area) is measured too.
 3. ``--five``: a fresh copy of the trained model taught 5 of the field half's good images, timed against the same
    run's training (the issue's "an update with 5 images").
 4. ``--retrain``: train.py on the training images and the same taught images, eval.py: what retraining with them
@@ -30,7 +31,8 @@ from src.utils.io import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["texture", "taught", "fa_check", "fa_check_after", "fa_check_retrained", "recall", "recall_after",
-           "recall_retrained", "fa_field", "fa_field_after", "train_s", "teach_s", "teach5_s", "teach5/train"]
+           "recall_retrained", "fa_field", "fa_field_after", "fa_held", "fa_held_after", "train_s", "teach_s",
+           "teach5_s", "teach5/train"]
 
 
 def _evaluated(common, folder, parts, category):
@@ -40,10 +42,20 @@ def _evaluated(common, folder, parts, category):
     return measured_rates(scores, parts, category), scores
 
 
+def _by_path(scores, category):
+    return {os.path.relpath(entry["path"], category): entry for entry in scores}
+
+
 def _not_passed(scores, paths, category):
     """The good images among ``paths`` (relative to the category) whose decision is not OK."""
-    by_path = {os.path.relpath(entry["path"], category): entry for entry in scores}
+    by_path = _by_path(scores, category)
     return [path for path in paths if by_path[path]["label"] == 0 and by_path[path]["decision"] != "OK"]
+
+
+def _false_alarms(scores, paths, category):
+    """The share of ``paths`` (good images) labelled NG; None without any."""
+    by_path = _by_path(scores, category)
+    return sum(by_path[path]["decision"] == "NG" for path in paths) / len(paths) if paths else None
 
 
 def _retrained(data, category, taught, models, args):
@@ -79,10 +91,13 @@ def texture_row(name, args):
     parts = halves(data / category)
     before, scores = _evaluated(common, folder, parts, category)
     field_good = [path for path in parts["field"] if "/good/" in path]
-    taught = _not_passed(scores, field_good, category)
+    not_passed = _not_passed(scores, field_good, category)
+    # --hold_back: every other one is taught, the rest measure surface the taught images share
+    taught, held = (not_passed[::2], not_passed[1::2]) if args.hold_back else (not_passed, [])
     thresholds_before = read_json(folder / "model.json", "model")["thresholds"]
-    row = dict(texture=name, taught=len(taught), field_good=len(field_good), train_s=train_s,
-               thresholds_before=thresholds_before, **{f"{key}_before": value for key, value in before.items()})
+    row = dict(texture=name, taught=len(taught), field_good=len(field_good), held=len(held), train_s=train_s,
+               fa_held_before=_false_alarms(scores, held, category), thresholds_before=thresholds_before,
+               **{f"{key}_before": value for key, value in before.items()})
     if args.five:
         five = models / f"{category}-five"
         shutil.rmtree(five, ignore_errors=True)
@@ -94,8 +109,9 @@ def texture_row(name, args):
     if taught:
         row["teach_s"], _ = run_cli("teach.py", ["--model_dir", folder, "--input",
                                                  *[data / category / path for path in taught]])
-        after, _ = _evaluated(common, folder, parts, category)
+        after, scores_after = _evaluated(common, folder, parts, category)
         row.update({f"{key}_after": value for key, value in after.items()},
+                   fa_held_after=_false_alarms(scores_after, held, category),
                    thresholds_after=read_json(folder / "model.json", "model")["thresholds"])
         if args.retrain:
             retrained = _retrained(data, category, taught, Path(str(models) + "-retrain"), args)
@@ -112,6 +128,7 @@ def table_row(row):
             "fa_check_retrained": shown("fa_rate_check_retrained"), "recall": shown("recall_before"),
             "recall_after": shown("recall_after"), "recall_retrained": shown("recall_retrained"),
             "fa_field": shown("fa_rate_field_before"), "fa_field_after": shown("fa_rate_field_after"),
+            "fa_held": shown("fa_held_before"), "fa_held_after": shown("fa_held_after"),
             "train_s": shown("train_s"), "teach_s": shown("teach_s"), "teach5_s": shown("teach5_s"),
             "teach5/train": shown("teach5/train")}
 
@@ -120,6 +137,8 @@ def main():
     parser = data_arguments(__doc__.strip().splitlines()[0])
     parser.add_argument("--five", action="store_true", help="also time an update with 5 images on a fresh copy")
     parser.add_argument("--retrain", action="store_true", help="also retrain with the taught images")
+    parser.add_argument("--hold_back", action="store_true", help="teach every other field false alarm and measure "
+                                                                 "the others (surface the taught ones share)")
     parser.add_argument("--json", default=None, help="default benchmarks/results/teach_<part>[-<tag>].json")
     args = parser.parse_args()
     rows = [texture_row(name, args) for name in textures(args.part)]

@@ -147,6 +147,16 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def folder_digests(folder):
+    """sha256 of every file below ``folder`` (hidden ones too), by path relative to it."""
+    digests = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(base, name)
+            digests[os.path.relpath(path, folder)] = digest(path)
+    return digests
+
+
 def bank_digests(folder, jobs):
     """sha256 of every file of each job's bank folder (index, bank.json, validation scores), by "job/file"."""
     return {f"{job}/{name}": digest(os.path.join(folder, job, name)) for job in jobs

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, digest, noise_image, read_json, run_cli, write_png
+from conftest import assert_one_line_error, digest, folder_digests, noise_image, read_json, run_cli, write_png
 from src.utils.errors import InputError
 
 CATEGORY = "synthetic_leather"
@@ -20,16 +20,6 @@ NETWORKS = {}   # the networks every model of this file loads, built once
 TILED = ["--config", "configs/hr_patchcore.yaml", "-o", "hr.patch_size=64", "-o", "percentage=0.1",
          "-o", "hr.thumbnail={thumbnail_size: 64}",
          "-o", "hr.val_config={anomaly_syn_fn: [Stain, Scratch], val_sample_ratio: 0, val_images: 3}"]
-
-
-def folder_digests(folder):
-    """sha256 of every file below ``folder`` (hidden ones too), by relative path."""
-    found = {}
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(parent, name)
-            found[os.path.relpath(path, folder)] = digest(path)
-    return found
 
 
 @pytest.fixture(scope="module")

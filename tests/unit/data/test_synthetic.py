@@ -14,31 +14,22 @@ from src.utils.errors import InputError
 from src.evaluation.metrics import image_auroc, pixel_auroc
 from src.data.synthetic import (DEFECT_TYPES, MASK_EPSILON, TEXTURES, add_defect, generate_category, normal_image,
                            parse_image_size)
-from conftest import digest, leftovers, read_rgb
+from conftest import folder_digests, leftovers, read_rgb
 
 SMALL = dict(image_size=(64, 48), n_train=3, n_test_good=2, n_test_defect_per_type=1)
-
-
-def file_digests(folder):
-    digests = {}
-    for base, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(base, name)
-            digests[os.path.relpath(path, folder)] = digest(path)
-    return digests
 
 
 def test_layout_and_same_seed_gives_identical_files(tmp_path):
     first = generate_category(str(tmp_path / "a"), category="cat", texture="fabric", seed=3, **SMALL)
     generate_category(str(tmp_path / "b"), category="cat", texture="fabric", seed=3, **SMALL)
     generate_category(str(tmp_path / "c"), category="cat", texture="fabric", seed=4, **SMALL)
-    digests = file_digests(tmp_path / "a" / "cat")
+    digests = folder_digests(tmp_path / "a" / "cat")
     expected = {f"train/good/00{i}.png" for i in range(3)} | {"test/good/000.png", "test/good/001.png"}
     expected |= {f"test/{d}/000.png" for d in DEFECT_TYPES} | {f"ground_truth/{d}/000_mask.png" for d in DEFECT_TYPES}
     assert set(digests) == expected | {"generation.json"}
     assert first["counts"] == {"train/good": 3, "test/good": 2, **{f"test/{d}": 1 for d in DEFECT_TYPES}}
-    assert digests == file_digests(tmp_path / "b" / "cat")
-    other = file_digests(tmp_path / "c" / "cat")
+    assert digests == folder_digests(tmp_path / "b" / "cat")
+    other = folder_digests(tmp_path / "c" / "cat")
     assert all(other[name] != digests[name] for name in expected if name.endswith("0.png"))
     image = read_rgb(tmp_path / "a" / "cat" / "train" / "good" / "000.png")
     assert image.shape == (48, 64, 3) and image.dtype == np.uint8
@@ -131,12 +122,12 @@ def test_defects_need_texture_features_not_raw_intensity(tmp_path, texture):
 
 def test_existing_category_is_refused_unless_overwrite(tmp_path):
     generate_category(str(tmp_path), category="cat", seed=0, **SMALL)
-    before = file_digests(tmp_path / "cat")
+    before = folder_digests(tmp_path / "cat")
     with pytest.raises(InputError, match="already exists"):
         generate_category(str(tmp_path), category="cat", seed=1, **SMALL)
-    assert file_digests(tmp_path / "cat") == before
+    assert folder_digests(tmp_path / "cat") == before
     generate_category(str(tmp_path), category="cat", seed=1, overwrite=True, **SMALL)
-    assert file_digests(tmp_path / "cat") != before
+    assert folder_digests(tmp_path / "cat") != before
     assert leftovers(tmp_path) == []
 
 

@@ -14,7 +14,7 @@ import fcntl
 import os
 
 from src.utils.errors import InputError
-from src.utils.io import atomic_path, read_json, sha256_of
+from src.utils.io import read_json, sha256_of, write_bytes
 
 MODEL_FILE = "model.json"
 VERSIONS_DIR = "versions"
@@ -92,9 +92,7 @@ def activate(root, number):
 
 def write_active(root, data):
     """model.json := ``data`` (a version file's bytes), atomically; the caller holds the lock."""
-    with atomic_path(os.path.join(root, MODEL_FILE)) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    write_bytes(os.path.join(root, MODEL_FILE), data)
 
 
 @contextlib.contextmanager

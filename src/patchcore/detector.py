@@ -20,6 +20,7 @@ import itertools
 import time
 
 import numpy as np
+import psutil
 
 from src.utils.errors import InputError
 from src.patchcore.aggregation import to_patch_rows
@@ -171,6 +172,12 @@ class PatchCoreDetector:
         sampler = build_sampler(self.patch_config["sampler"], float(self.patch_config["percentage"]), self.seed)
         dim = self.bank.dimension
         projection = sampler.projection(dim)
+        # the projected rows, their running values and the continuation's copies of both, at most
+        needed = num_patches * (2 * projection.out_dim + 4) * FLOAT32
+        available = psutil.virtual_memory().available
+        if needed > available:
+            raise InputError("images", f"{num_patches} new patches need about {needed / 2 ** 30:.1f} GiB to select "
+                                       f"from, {available / 2 ** 30:.1f} GiB is available: add fewer images at a time")
         projected = _project_and_spill(_rows(feature_batches), num_patches, projection, spill_path)
         extracted = time.perf_counter()
         bank_rows = self.bank.index.reconstruct_n(0, len(self.bank))

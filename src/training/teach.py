@@ -52,7 +52,7 @@ from src.training.planning import job_fingerprints, job_grid, plan_jobs, trainin
 from src.training.thresholds import fit_thresholds, stored_grids
 from src.training.validation import LabelledItem, build_validation_set
 from src.utils.errors import InputError
-from src.utils.io import atomic_path, sha256_of, staged_folder, write_json
+from src.utils.io import sha256_of, staged_folder, write_bytes, write_json
 from src.utils.logs import file_logging, say_to
 
 logger = logging.getLogger("patchcore.teach")
@@ -185,8 +185,8 @@ def taught_views(lineage, positions):
 
 
 def teach_job(lineage, job, detector, views, featurizer, folder, log):
-    """Continue ``detector``'s bank with ``views`` of the taught images, score the validation again (tiled jobs), and
-    save the bank into ``folder``. Returns the extension's statistics."""
+    """Continue ``detector``'s bank with ``views`` of the taught images (``folder`` is created, their features spilled
+    into it meanwhile). Returns the extension's statistics."""
     groups = grouped_views(views)
     grid = job_grid(job)
     copies = 1 + len(job.augment)
@@ -205,12 +205,6 @@ def teach_job(lineage, job, detector, views, featurizer, folder, log):
 def _meta_bytes(meta):
     """model.json's bytes, as ``write_json`` writes them."""
     return (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode("utf-8")
-
-
-def _write_bytes(path, data):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
 
 
 def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None):
@@ -238,8 +232,8 @@ def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None):
             data = _meta_bytes(new_meta)
             if not archived_numbers(model_dir):   # the trained model becomes version 1's file
                 with open(os.path.join(model_dir, MODEL_FILE), "rb") as f:
-                    _write_bytes(version_file(model_dir, version_number(meta)), f.read())
-            _write_bytes(version_file(model_dir, number), data)
+                    write_bytes(version_file(model_dir, version_number(meta)), f.read())
+            write_bytes(version_file(model_dir, number), data)
             write_active(model_dir, data)
             summary = _summary(meta, new_meta, number, new, stats, time.perf_counter() - started)
             say(summary["line"])

@@ -55,6 +55,13 @@ def write_json(path, obj):
             f.write("\n")
 
 
+def write_bytes(path, data):
+    """Write ``data`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
 def write_text(path, text):
     """Write ``text`` atomically."""
     with atomic_path(path) as tmp:

@@ -101,3 +101,13 @@ def test_extend_appends_the_continuations_rows_with_their_sources_and_keeps_the_
     assert all(np.any(np.all(rows == row, axis=1)) for row in added)
     with pytest.raises(InputError, match="dimension 8"):
         detector.extend(iter([np.zeros((1, 8, 4, 4), np.float32)]), 16, str(tmp_path / "bad.f32"), [9] * 16)
+
+
+def test_extend_refuses_more_new_patches_than_memory_holds(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    detector = HRPatchCore({"percentage": 0.5, "sampler": "approx_greedy_coreset", "anomaly_scorer_num_nn": 1})
+    detector.fit(iter([np.ones((1, 8, 2, 2), np.float32)]), 4, str(tmp_path / "fit.f32"))
+    monkeypatch.setattr(detector_module.psutil, "virtual_memory", lambda: SimpleNamespace(available=100))
+    with pytest.raises(InputError, match="add fewer images at a time"):
+        detector.extend(iter([np.ones((1, 8, 2, 2), np.float32)]), 4, str(tmp_path / "new.f32"), [1] * 4)
+    assert not (tmp_path / "new.f32").exists() and len(detector.bank) == 2

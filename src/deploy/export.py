@@ -21,6 +21,7 @@ import numpy as np
 
 from src.evaluation.evaluate import evaluation_size
 from src.inference.model import MODEL_FILE, TASKS_FILE, THUMBNAIL, Model, job_folder, load_detectors
+from src.inference.versions import version_number
 from src.patchcore.extractor import build_extractor, check_backbone_checkpoint, extractor_key
 from src.patchcore.featurizer import relative_weights
 from src.patchcore.memory_bank import INDEX_FILE, METADATA_FILE
@@ -209,7 +210,7 @@ def export_checkpoint(checkpoint_dir, ckpt_file, output_dir, file_format="MINDIR
             "source": {"checkpoint_dir": os.path.abspath(checkpoint_dir),
                        "backbone_checkpoint": os.path.abspath(ckpt_file) if ckpt_file else None,
                        "backbone_checkpoint_sha256": plan.metadata.get("backbone_checkpoint_sha256"),
-                       "pretrained": pretrained, "seed": seed},
+                       "pretrained": pretrained, "seed": seed, "model_version": version_number(plan.metadata)},
             "models": list(written.values()),
             **plan.describe(by_job, files),
             "config": plan.config,

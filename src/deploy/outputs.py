@@ -115,7 +115,8 @@ def evaluate(meta, export_dir, result_path, items, dataset_path, picture_dir):
     predictions = None
     if hr.get("thresholds") and hr.get("score_normalizer"):
         rule = DecisionRule(hr["thresholds"], hr["score_normalizer"], os.path.join(export_dir, EXPORT_FILE))
-        identity = {"name": meta["category"], "sha256": meta["files"][MODEL_FILE]}
+        identity = {"name": meta["category"], "version": meta["source"].get("model_version", 1),
+                    "sha256": meta["files"][MODEL_FILE]}
         predictions = []
         with staged_folder(picture_dir) as stage:   # replaced as a whole: no picture left from an earlier run
             for sample, score, amap in zip(samples, scores, maps):

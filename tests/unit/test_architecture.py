@@ -22,7 +22,7 @@ ENTRY_POINTS = frozenset({"src.pthtockpt"})
 # decisions -> metrics runs through them; config sits above the components it validates with and below the
 # stages that read it.
 LAYERS = ("utils", "data", "tiling", "backbones", "patchcore", "decisions", "config", "evaluation", "inference",
-          "training", "deploy", "app")
+          "training", "deploy", "records", "app")
 
 
 def module_name(path, root):

@@ -1,0 +1,1 @@
+"""Inspection records: every decision the service makes, stored in a database (``store.py``)."""

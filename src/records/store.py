@@ -1,0 +1,163 @@
+"""Inspection records: every decision the service makes, kept in a database through SQLAlchemy 2: SQLite by default
+(``records.db`` in the store's folder, in WAL mode), PostgreSQL by URL. Alembic creates and upgrades the schema
+(``migrations/``) when a store opens. Nothing is pickled: a record's regions and client metadata are JSON.
+
+A record and its image never exist one without the other:
+1. the image's bytes (as the client sent them) are written to ``images/<id><suffix>`` through a temporary name and
+   fsync'd, then renamed;
+2. the row is committed; a failure removes the file again.
+A process killed between the two leaves a file without a row: opening the store removes such files (and any
+temporary one), so after a restart every image file has its record and every answered request (answered only after
+its commit) has its record and image.
+
+    store = RecordStore("output/widget/records")                         # SQLite in that folder
+    store = RecordStore("output/widget/records", "postgresql://u@127.0.0.1:5432/db")
+    record_id = store.add(fields, image_bytes, ".png")
+    page = store.query(label="NG", limit=50)                          # newest first
+"""
+import contextlib
+import os
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.orm import Session
+
+from src.records.schema import Record
+from src.utils.errors import InputError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+IMAGES = "images"
+SQLITE_FILE = "records.db"
+LABELS = ("OK", "REVIEW", "NG")
+
+
+def _sqlite_pragmas(connection, _):
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")      # readers never wait for the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")    # WAL commits survive a killed process (not a power loss)
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class RecordStore:
+    """The records of one service: ``folder`` holds the images (and the SQLite file when ``url`` is None)."""
+
+    def __init__(self, folder, url=None):
+        self.folder = Path(folder)
+        self.images = self.folder / IMAGES
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.url = url or f"sqlite:///{self.folder / SQLITE_FILE}"
+        try:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        except Exception as exc:  # noqa: BLE001 -- a bad URL is the user's input
+            raise InputError("--db", f"cannot use {self.url!r}: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.migrate()
+        self.remove_orphans()
+
+    def migrate(self):
+        """Bring the schema to the newest migration (Alembic)."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def remove_orphans(self):
+        """Remove image files without a record (a process killed between the file and its commit) and temporary
+        ones. Returns how many were removed."""
+        with Session(self.engine) as session:
+            kept = set(session.scalars(select(Record.image_file).where(Record.image_file.is_not(None))))
+        removed = 0
+        for path in self.images.iterdir():
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def add(self, fields, image_bytes, suffix, client=None, created_at=None):
+        """Store one decision: ``fields`` as predict.py gives them (raw and normalised score, label, regions, model
+        name, version and sha256), ``image_bytes`` (kept as ``images/<id><suffix>``; None: not kept), the latency
+        in ``fields["latency_ms"]`` and the client's metadata. Returns the record's id, once committed."""
+        record_id = uuid.uuid4().hex
+        name = None
+        if image_bytes is not None:
+            name = f"{record_id}{suffix}"
+            self._write_image(name, image_bytes)
+        model = fields["model"]
+        row = Record(id=record_id, created_at=created_at or datetime.now(timezone.utc),
+                     image_sha256=fields["image_sha256"], image_file=name, raw_score=float(fields["raw_score"]),
+                     image_score=float(fields["image_score"]), label=fields["label"], regions=fields["regions"],
+                     model_name=model["name"], model_version=int(model["version"]), model_sha256=model["sha256"],
+                     latency_ms=float(fields["latency_ms"]), client=dict(client or {}))
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(row)
+        except BaseException:
+            if name is not None:
+                (self.images / name).unlink(missing_ok=True)
+            raise
+        return record_id
+
+    def _write_image(self, name, data):
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.images)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.images / name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
+    def get(self, record_id):
+        """The record as a dict, or None."""
+        with Session(self.engine) as session:
+            row = session.get(Record, record_id)
+            return None if row is None else row.to_dict()
+
+    def image_path(self, record):
+        """The stored image file of a record (a dict), or None."""
+        return None if record["image_file"] is None else self.images / record["image_file"]
+
+    def _filtered(self, statement, label, since, until, model_version):
+        if label is not None:
+            if label not in LABELS:
+                raise InputError("label", f"must be one of {', '.join(LABELS)}, got {label!r}")
+            statement = statement.where(Record.label == label)
+        if since is not None:
+            statement = statement.where(Record.created_at >= since)
+        if until is not None:
+            statement = statement.where(Record.created_at < until)
+        if model_version is not None:
+            statement = statement.where(Record.model_version == int(model_version))
+        return statement
+
+    def query(self, label=None, since=None, until=None, model_version=None, limit=50, offset=0):
+        """{"total", "items"}: the records that match, newest first, ``limit`` from ``offset``."""
+        with Session(self.engine) as session:
+            total = session.scalar(self._filtered(select(func.count()).select_from(Record), label, since, until,
+                                                  model_version))
+            rows = session.scalars(self._filtered(select(Record), label, since, until, model_version)
+                                   .order_by(Record.created_at.desc(), Record.id).limit(limit).offset(offset))
+            return {"total": int(total), "items": [row.to_dict() for row in rows]}
+
+    def counts(self, since=None, until=None, model_version=None):
+        """[{"day", "label", "count"}]: records per UTC day and label, oldest day first."""
+        day = func.date(Record.created_at) if self.engine.dialect.name == "sqlite" else \
+            func.to_char(func.timezone("UTC", Record.created_at), "YYYY-MM-DD")
+        statement = self._filtered(select(day.label("day"), Record.label, func.count()), None, since, until,
+                                   model_version).group_by(day, Record.label).order_by(day, Record.label)
+        with Session(self.engine) as session:
+            return [{"day": str(row[0]), "label": row[1], "count": int(row[2])} for row in session.execute(statement)]
+
+    def close(self):
+        self.engine.dispose()

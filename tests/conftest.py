@@ -78,6 +78,49 @@ def error_lines(result):
     return [line for line in result.stderr.strip().splitlines() if "error:" in line]
 
 
+# ------------------------------------------------------------------------------------------ services
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a database on a throwaway PostgreSQL cluster (Debian's server: scripts/setup_postgres.sh),
+    initialised and started as the ``postgres`` user in a temporary folder on a free 127.0.0.1 port, stopped and
+    removed in a ``finally``. The server refuses to run as root, hence runuser; pytest's own temporary folders are
+    private to root, hence a folder of its own."""
+    import glob
+    import shutil
+    import tempfile
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    assert binaries, "no PostgreSQL server: bash scripts/setup_postgres.sh"
+    binary = binaries[-1]
+    folder = Path(tempfile.mkdtemp(prefix="patchcore-postgres-"))
+    data = folder / "data"
+    shutil.chown(folder, "postgres", "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    port = free_port()
+    subprocess.run([*as_postgres, f"{binary}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True, timeout=120)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=on"
+    subprocess.run([*as_postgres, f"{binary}/pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"),
+                    "-w", "-t", "60", "start"], check=True, capture_output=True, timeout=90)
+    try:
+        subprocess.run([*as_postgres, f"{binary}/createdb", "-h", "127.0.0.1", "-p", str(port), "records"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/records"
+    finally:
+        subprocess.run([*as_postgres, f"{binary}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------ files
 
 

@@ -1,4 +1,4 @@
-"""src/records/store.py on SQLite: records and their images written together, read back, filtered, paginated,
+"""src/records/store.py on SQLite and on PostgreSQL (the same tests): records and their images written together, read back, filtered, paginated,
 counted per day and label; a crash's leftovers removed when the store opens."""
 from datetime import datetime, timedelta, timezone
 
@@ -8,6 +8,23 @@ from src.records.store import RecordStore
 from src.utils.errors import InputError
 
 START = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+DATABASES = []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request):
+    """None (SQLite in the store's folder) or a fresh database on the test PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return None
+    from sqlalchemy import create_engine, text
+    cluster = request.getfixturevalue("postgres_url")
+    name = f"records_{len(DATABASES)}"
+    DATABASES.append(name)
+    engine = create_engine(cluster, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return cluster.rsplit("/", 1)[0] + "/" + name
 
 
 def fields(label="NG", version=1, score=0.7):
@@ -16,8 +33,8 @@ def fields(label="NG", version=1, score=0.7):
             "model": {"name": "widget", "version": version, "sha256": "cd" * 32}, "latency_ms": 12.5}
 
 
-def test_a_record_and_its_image_are_stored_and_read_back(tmp_path):
-    store = RecordStore(tmp_path / "records")
+def test_a_record_and_its_image_are_stored_and_read_back(tmp_path, url):
+    store = RecordStore(tmp_path / "records", url)
     record_id = store.add(fields(), b"\x89PNG bytes", ".png", client={"line": "L1", "part_id": "P-7"})
     record = store.get(record_id)
     assert record["label"] == "NG" and record["model"] == {"name": "widget", "version": 1, "sha256": "cd" * 32}
@@ -26,12 +43,12 @@ def test_a_record_and_its_image_are_stored_and_read_back(tmp_path):
     assert datetime.fromisoformat(record["created_at"]).tzinfo is not None
     assert store.get("0" * 32) is None
     store.close()
-    again = RecordStore(tmp_path / "records")   # the schema is migrated once; reopening keeps everything
+    again = RecordStore(tmp_path / "records", url)   # the schema is migrated once; reopening keeps everything
     assert again.get(record_id) == record and again.remove_orphans() == 0
 
 
-def test_records_are_filtered_paginated_newest_first_and_counted_per_day_and_label(tmp_path):
-    store = RecordStore(tmp_path / "records")
+def test_records_are_filtered_paginated_newest_first_and_counted_per_day_and_label(tmp_path, url):
+    store = RecordStore(tmp_path / "records", url)
     ids = [store.add(fields(label, version), None, ".png", created_at=START + timedelta(hours=12 * k))
            for k, (label, version) in enumerate([("OK", 1), ("NG", 1), ("REVIEW", 2), ("NG", 2), ("NG", 2)])]
     page = store.query(limit=2)
@@ -49,8 +66,8 @@ def test_records_are_filtered_paginated_newest_first_and_counted_per_day_and_lab
         store.query(label="BAD")
 
 
-def test_a_failed_commit_leaves_no_image_and_leftovers_of_a_crash_go_when_the_store_opens(tmp_path):
-    store = RecordStore(tmp_path / "records")
+def test_a_failed_commit_leaves_no_image_and_leftovers_of_a_crash_go_when_the_store_opens(tmp_path, url):
+    store = RecordStore(tmp_path / "records", url)
     broken = fields()
     broken["model"] = {"name": "widget", "version": 1, "sha256": None}   # NOT NULL: the commit fails
     with pytest.raises(Exception):
@@ -60,6 +77,6 @@ def test_a_failed_commit_leaves_no_image_and_leftovers_of_a_crash_go_when_the_st
     (tmp_path / "records" / "images" / "0123.png").write_bytes(b"a file whose row never committed")
     (tmp_path / "records" / "images" / ".tmp-half").write_bytes(b"half written")
     store.close()
-    reopened = RecordStore(tmp_path / "records")
+    reopened = RecordStore(tmp_path / "records", url)
     assert sorted(path.name for path in (tmp_path / "records" / "images").iterdir()) == [f"{kept}.png"]
     assert reopened.query()["total"] == 1

@@ -2,11 +2,13 @@
 
 python serve.py --model_dir OUTPUT/CATEGORY [--host 127.0.0.1] [--port 8080] [--device_target CPU]
     [--max_batch 4] [--queue 16] [--max_upload_mb 32] [--max_pixels 64000000]
+    [--records DIR [--db URL]] [--token_file FILE] [--protect_predict]
 """
 import argparse
 
 import src  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before mindspore loads)
 from src.app import cli
+from src.utils.errors import InputError
 
 
 def main():
@@ -25,14 +27,29 @@ def main():
     parser.add_argument("--max_upload_mb", type=float, default=32.0)
     parser.add_argument("--max_pixels", type=cli.positive_int_argument, default=64_000_000,
                         help="larger images get 413, before decoding")
+    parser.add_argument("--records", default=None, metavar="DIR",
+                        help="keep a record of every decision, and its image, in DIR (SQLite there unless --db)")
+    parser.add_argument("--db", default=None, metavar="URL", help="the records' database, e.g. "
+                                                                  "postgresql+psycopg://user@host:5432/name")
+    parser.add_argument("--token_file", default=None, help="a file holding the token the records' routes need "
+                                                           "(default: the PATCHCORE_TOKEN environment variable)")
+    parser.add_argument("--protect_predict", action="store_true", help="/predict needs the token too")
     args = parser.parse_args()
     import uvicorn
 
-    from src.app.serve import create_app
+    from src.app.serve import create_app, service_token
     from src.inference.predict import load_model
     cli.setup_logging()
+    if args.db and not args.records:
+        raise InputError("--db", "goes with --records DIR (where the images are kept)")
+    token = service_token(args.token_file)
+    records = None
+    if args.records:
+        from src.records.store import RecordStore
+        records = RecordStore(args.records, args.db)
     predictor = load_model(args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id)
-    app = create_app(predictor, args.max_batch, args.queue, args.max_upload_mb, args.max_pixels)
+    app = create_app(predictor, args.max_batch, args.queue, args.max_upload_mb, args.max_pixels, records, token,
+                     args.protect_predict)
     cli.logger.info("serving %s on http://%s:%d/", args.model_dir, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -15,7 +15,9 @@ or a PNG, both base64 in JSON.
 import asyncio
 import base64
 import binascii
+import hmac
 import io
+import json
 import logging
 import queue
 import socket
@@ -27,11 +29,12 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from datetime import datetime, timezone
+from typing import Annotated, Literal, NamedTuple
 
 import cv2
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -43,6 +46,7 @@ from src.utils.errors import InputError
 logger = logging.getLogger("patchcore.serve")
 STATIC = Path(__file__).with_name("static")
 MAP_SIDE = 512   # longest side of a map returned as PNG
+MAX_CLIENT_BYTES = 2048   # a request's client metadata, as compact JSON
 
 
 class PredictRequest(BaseModel):
@@ -50,6 +54,8 @@ class PredictRequest(BaseModel):
     return_map: bool = False
     return_overlay: bool = False
     map_format: str = Field("npy", pattern="^(npy|png)$", description="npy: float16 raw map; png: normalised map")
+    client: dict | None = Field(None, description="what the record keeps of the request's origin (line, part id, "
+                                                  f"...): a JSON object of at most {MAX_CLIENT_BYTES} bytes")
 
 
 class Region(BaseModel):
@@ -81,6 +87,7 @@ class PredictResponse(BaseModel):
     view: dict | None
     model: ModelId
     overlay_png: str | None = None
+    record_id: str | None = Field(None, description="the inspection record of this decision (services with records)")
     map: str | None = None
     map_format: str | None = None
 
@@ -156,8 +163,10 @@ class Service:
     """What the routes share, kept on ``app.state.service``: the predictor, its inference thread, the limits and
     the metrics (a registry of its own, so that two apps in one process do not share counters)."""
 
-    def __init__(self, predictor, max_batch, queue_size, max_upload_mb, max_pixels):
+    def __init__(self, predictor, max_batch, queue_size, max_upload_mb, max_pixels, records=None, token=None,
+                 protect_predict=False):
         self.predictor, self.max_pixels = predictor, max_pixels
+        self.records, self.token, self.protect_predict = records, token, protect_predict
         self.worker = InferenceWorker(predictor, max_batch, queue_size)
         self.max_bytes = int(max_upload_mb * 2 ** 20)
         self.limits = {"max_batch": max_batch, "queue": queue_size, "max_upload_bytes": self.max_bytes,
@@ -191,12 +200,47 @@ def service_of(request: Request):
 ServiceDep = Annotated[Service, Depends(service_of)]
 
 
+def check_token(request, service):
+    """401 unless the request carries the service's token (``Authorization: Bearer <token>``); a service without
+    a token grants nothing that needs one."""
+    given = request.headers.get("authorization", "")
+    if service.token is None or not hmac.compare_digest(given.encode(), f"Bearer {service.token}".encode()):
+        raise RequestError(401, "unauthorized", "this needs the service's token: Authorization: Bearer <token>",
+                           {"WWW-Authenticate": "Bearer"})
+
+
+def authorised(request: Request, service: ServiceDep):
+    check_token(request, service)
+    return service
+
+
+AuthorisedDep = Annotated[Service, Depends(authorised)]
+
+
 class Upload(NamedTuple):
     """A predict request's image bytes and options, from either content type."""
     data: bytes
     return_map: bool
     return_overlay: bool
     map_format: str
+    client: dict
+
+
+def client_metadata(value):
+    """The client metadata of a request (a JSON object, or its text from a form field), within MAX_CLIENT_BYTES."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise RequestError(400, "bad_request", "client must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise RequestError(400, "bad_request", "client must be a JSON object")
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > MAX_CLIENT_BYTES:
+        raise RequestError(413, "too_large", f"client metadata is {size} bytes; the limit is {MAX_CLIENT_BYTES}")
+    return value
 
 
 async def read_body(request, max_bytes):
@@ -223,7 +267,7 @@ def json_upload(body):
         data = base64.b64decode(payload.image, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "bad_base64", "the image field is not valid base64") from None
-    return Upload(data, payload.return_map, payload.return_overlay, payload.map_format)
+    return Upload(data, payload.return_map, payload.return_overlay, payload.map_format, client_metadata(payload.client))
 
 
 async def multipart_upload(body, headers):
@@ -242,7 +286,8 @@ async def multipart_upload(body, headers):
         map_format = str(form.get("map_format", "npy"))
         if map_format not in ("npy", "png"):
             raise RequestError(400, "bad_request", "map_format must be npy or png")
-        return Upload(await upload.read(), flag["return_map"], flag["return_overlay"], map_format)
+        return Upload(await upload.read(), flag["return_map"], flag["return_overlay"], map_format,
+                      client_metadata(form.get("client")))
     finally:
         await form.close()
 
@@ -269,6 +314,22 @@ def response_fields(result, upload, request_id):
     return fields
 
 
+def record_decision(records, result, upload, seconds):
+    """Store ``result`` with the upload's image (as sent) and client metadata; returns the record's id."""
+    import hashlib
+    fields = dict(result.fields, image_sha256=hashlib.sha256(upload.data).hexdigest(), latency_ms=1000 * seconds)
+    return records.add(fields, upload.data, image_suffix(upload.data), client=upload.client)
+
+
+def image_suffix(data):
+    """The file suffix of an encoded image's format (its magic bytes)."""
+    for magic, suffix in ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"BM", ".bmp"), (b"II*\x00", ".tif"),
+                          (b"MM\x00*", ".tif")):
+        if data.startswith(magic):
+            return suffix
+    return ".img"
+
+
 router = APIRouter()
 
 
@@ -276,12 +337,18 @@ router = APIRouter()
 async def predict(request: Request, service: ServiceDep):
     request_id, started, status, size, label = uuid.uuid4().hex[:12], time.perf_counter(), 500, 0, "-"
     try:
+        if service.protect_predict:
+            check_token(request, service)
         upload = await parse_upload(request, service.max_bytes)
         size = len(upload.data)
-        image = await asyncio.get_running_loop().run_in_executor(None, service.decode, upload.data)
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(None, service.decode, upload.data)
         result = await asyncio.wrap_future(service.worker.submit(image))
         label = result.label
         fields = response_fields(result, upload, request_id)
+        if service.records is not None:   # committed before the answer: every 200 has its record
+            fields["record_id"] = await loop.run_in_executor(
+                None, record_decision, service.records, result, upload, time.perf_counter() - started)
         status = 200
         return fields
     except RequestError as exc:
@@ -292,6 +359,66 @@ async def predict(request: Request, service: ServiceDep):
         service.requests_total.labels(str(status)).inc()
         service.latency.observe(seconds)
         logger.info("request %s: %d bytes, %.1f ms, %s, %s", request_id, size, 1000 * seconds, status, label)
+
+
+def _records_of(service):
+    if service.records is None:
+        raise RequestError(404, "no_records", "this service keeps no records (serve.py --records)")
+    return service.records
+
+
+def _utc(moment):
+    """A query's datetime in UTC (a naive one is taken as UTC)."""
+    return None if moment is None else (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment)
+
+
+class RecordFilter(BaseModel):
+    """Which records: by label, time range [since, until) and model version."""
+    label: Literal["OK", "REVIEW", "NG"] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    model_version: int | None = Field(None, ge=1)
+
+    def arguments(self):
+        return {"label": self.label, "since": _utc(self.since), "until": _utc(self.until),
+                "model_version": self.model_version}
+
+
+@router.get("/records")
+async def list_records(service: AuthorisedDep, where: Annotated[RecordFilter, Query()],
+                       limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
+    records = _records_of(service)
+    page = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: records.query(**where.arguments(), limit=limit, offset=offset))
+    return {"limit": limit, "offset": offset, **page}
+
+
+@router.get("/records/counts")
+async def record_counts(service: AuthorisedDep, where: Annotated[RecordFilter, Query()]):
+    records = _records_of(service)
+    arguments = where.arguments()
+    arguments.pop("label")
+    return {"counts": await asyncio.get_running_loop().run_in_executor(None, lambda: records.counts(**arguments))}
+
+
+@router.get("/records/{record_id}")
+async def get_record(record_id: str, service: AuthorisedDep):
+    record = await asyncio.get_running_loop().run_in_executor(None, _records_of(service).get, record_id)
+    if record is None:
+        raise RequestError(404, "not_found", f"no record {record_id!r}")
+    return record
+
+
+@router.get("/records/{record_id}/image")
+async def get_record_image(record_id: str, service: AuthorisedDep):
+    records = _records_of(service)
+    record = await asyncio.get_running_loop().run_in_executor(None, records.get, record_id)
+    if record is None:
+        raise RequestError(404, "not_found", f"no record {record_id!r}")
+    path = records.image_path(record)
+    if path is None or not path.is_file():
+        raise RequestError(404, "not_found", f"record {record_id!r} keeps no image")
+    return FileResponse(path)
 
 
 @router.get("/health")
@@ -325,13 +452,33 @@ async def request_error(request, exc):
     return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
 
-def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pixels=64_000_000):
-    """The FastAPI app serving ``predictor`` (``src.inference.predict.Predictor``)."""
+def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pixels=64_000_000, records=None,
+               token=None, protect_predict=False):
+    """The FastAPI app serving ``predictor`` (``src.inference.predict.Predictor``); ``records``: a
+    ``src.records.store.RecordStore`` every decision is written to; ``token``: what the records' routes (and, with
+    ``protect_predict``, /predict) need."""
     app = FastAPI(title="PatchCore inspection", version="1", description=__doc__.split("\n\n")[0])
-    app.state.service = Service(predictor, max_batch, queue_size, max_upload_mb, max_pixels)
+    app.state.service = Service(predictor, max_batch, queue_size, max_upload_mb, max_pixels, records, token,
+                                protect_predict)
     app.add_exception_handler(RequestError, request_error)
     app.include_router(router)
     return app
+
+
+def service_token(token_file=None):
+    """The token the records' routes need: the first line of ``token_file``, else the PATCHCORE_TOKEN environment
+    variable, else None (then nothing that needs one is granted)."""
+    import os
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except OSError as exc:
+            raise InputError(token_file, f"cannot read the token file ({exc.strerror})") from None
+        if not token:
+            raise InputError(token_file, "the token file is empty")
+        return token
+    return os.environ.get("PATCHCORE_TOKEN") or None
 
 
 def free_port():

@@ -1,0 +1,109 @@
+"""The service's inspection records (serve.py --records): every 200 from /predict has exactly one record with its
+image; reading them needs the token; bad requests are clean 4xx that change nothing. The same tests on SQLite and on
+PostgreSQL (a throwaway cluster on 127.0.0.1). The app runs in this process (FastAPI's TestClient)."""
+import base64
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import read_json
+
+CATEGORY = "synthetic_leather"
+TOKEN = "test-token-0123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DATABASES = []
+
+
+@pytest.fixture(scope="module")
+def predictor(small_model):
+    from src.inference.predict import load_model
+    return load_model(str(small_model[0]))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def records(request, tmp_path):
+    from src.records.store import RecordStore
+    url = None
+    if request.param == "postgresql":
+        from sqlalchemy import create_engine, text
+        cluster = request.getfixturevalue("postgres_url")
+        name = f"service_{len(DATABASES)}"
+        DATABASES.append(name)
+        engine = create_engine(cluster, isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+        url = cluster.rsplit("/", 1)[0] + "/" + name
+    store = RecordStore(tmp_path / "records", url)
+    yield store
+    store.close()
+
+
+def client_of(predictor, records, **options):
+    from src.app.serve import create_app
+    return TestClient(create_app(predictor, max_batch=1, records=records, token=TOKEN, **options))
+
+
+def images(small_dataset):
+    folder = small_dataset / CATEGORY / "test"
+    return [(folder / kind / name).read_bytes() for kind, name in (("good", "000.png"), ("stain", "000.png"),
+                                                                   ("scratch", "001.png"))]
+
+
+def test_every_answer_has_its_record_and_reading_them_needs_the_token(predictor, records, small_dataset):
+    client = client_of(predictor, records)
+    answers = []
+    for number, data in enumerate(images(small_dataset)):
+        response = client.post("/predict", files={"file": ("x.png", data, "image/png")},
+                               data={"client": json.dumps({"line": "L1", "part_id": f"P-{number}"})})
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    for body in (client.get("/records").json(), client.get("/records", headers={"Authorization": "Bearer no"}).json()):
+        assert body["error"] == "unauthorized"
+    assert client.get("/records").status_code == 401
+    page = client.get("/records", headers=AUTH).json()
+    assert page["total"] == 3 and {item["id"] for item in page["items"]} == {a["record_id"] for a in answers}
+    for answer, data in zip(answers, images(small_dataset)):
+        record = client.get(f"/records/{answer['record_id']}", headers=AUTH).json()
+        assert record["label"] == answer["label"] and record["raw_score"] == pytest.approx(answer["raw_score"])
+        assert record["model"] == answer["model"] and record["regions"] == answer["regions"]
+        assert record["client"]["line"] == "L1" and record["latency_ms"] > 0
+        assert client.get(f"/records/{answer['record_id']}/image", headers=AUTH).content == data
+    labels = [answer["label"] for answer in answers]
+    for label in set(labels):
+        assert client.get("/records", params={"label": label}, headers=AUTH).json()["total"] == labels.count(label)
+    assert client.get("/records", params={"limit": 1, "offset": 2}, headers=AUTH).json()["items"][0]["id"] == \
+        answers[0]["record_id"]   # newest first
+    counts = client.get("/records/counts", headers=AUTH).json()["counts"]
+    assert sum(entry["count"] for entry in counts) == 3
+    assert client.get("/records", params={"model_version": 2}, headers=AUTH).json()["total"] == 0
+    assert client.get("/records", params={"since": "2100-01-01T00:00:00Z"}, headers=AUTH).json()["total"] == 0
+
+
+def test_bad_requests_are_clean_4xx_and_write_nothing(predictor, records, small_dataset):
+    client = client_of(predictor, records)
+    data = images(small_dataset)[0]
+    big = {"note": "x" * 3000}
+    assert client.post("/predict", json={"image": base64.b64encode(data).decode(), "client": big}).status_code == 413
+    assert client.post("/predict", files={"file": ("x.png", data, "image/png")},
+                       data={"client": "[1, 2]"}).status_code == 400
+    for params in ({"label": "BAD"}, {"since": "yesterday"}, {"limit": 0}, {"limit": 501}, {"model_version": 0}):
+        assert client.get("/records", params=params, headers=AUTH).status_code == 422, params
+    assert client.get("/records/0123456789abcdef", headers=AUTH).status_code == 404
+    assert client.get("/records/0123456789abcdef/image", headers=AUTH).status_code == 404
+    assert records.query()["total"] == 0 and list(records.images.iterdir()) == []
+    protected = client_of(predictor, records, protect_predict=True)
+    assert protected.post("/predict", files={"file": ("x.png", data, "image/png")}).status_code == 401
+    assert records.query()["total"] == 0
+    response = protected.post("/predict", files={"file": ("x.png", data, "image/png")}, headers=AUTH)
+    assert response.status_code == 200 and records.query()["total"] == 1
+
+
+def test_a_service_without_records_says_so(predictor, small_model):
+    from src.app.serve import create_app
+    client = TestClient(create_app(predictor, max_batch=1, token=TOKEN))
+    assert client.get("/records", headers=AUTH).status_code == 404
+    response = client.post("/predict", files={"file": ("x.png", open(read_json(small_model[0] / "model.json")[
+        "train_samples"][0], "rb").read(), "image/png")})
+    assert response.status_code == 200 and "record_id" not in response.json()

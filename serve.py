@@ -46,7 +46,7 @@ def main():
     records = None
     if args.records:
         from src.records.store import RecordStore
-        records = RecordStore(args.records, args.db)
+        records = RecordStore(args.records, args.db, sweep=True)
     predictor = load_model(args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id)
     app = create_app(predictor, args.max_batch, args.queue, args.max_upload_mb, args.max_pixels, records, token,
                      args.protect_predict)

@@ -35,7 +35,7 @@ from typing import Annotated, Literal, NamedTuple
 import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.formparsers import MultiPartParser
@@ -399,6 +399,16 @@ async def record_counts(service: AuthorisedDep, where: Annotated[RecordFilter, Q
     arguments = where.arguments()
     arguments.pop("label")
     return {"counts": await asyncio.get_running_loop().run_in_executor(None, lambda: records.counts(**arguments))}
+
+
+@router.get("/records/export")
+async def export_records(service: AuthorisedDep, where: Annotated[RecordFilter, Query()],
+                         format: Annotated[Literal["csv", "json"], Query()] = "json"):   # noqa: A002 (the API's name)
+    records = _records_of(service)
+    media = "text/csv" if format == "csv" else "application/json"
+    # a synchronous generator: Starlette iterates it in its thread pool, a page of records at a time
+    return StreamingResponse(records.export(format, **where.arguments()), media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="records.{format}"'})
 
 
 @router.get("/records/{record_id}")

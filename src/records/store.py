@@ -6,8 +6,8 @@ A record and its image never exist one without the other:
 1. the image's bytes (as the client sent them) are written to ``images/<id><suffix>`` through a temporary name and
    fsync'd, then renamed;
 2. the row is committed; a failure removes the file again.
-A process killed between the two leaves a file without a row: opening the store removes such files (and any
-temporary one), so after a restart every image file has its record and every answered request (answered only after
+A process killed between the two leaves a file without a row: the service, opening the store, removes such files
+(and any temporary one), so after a restart every image file has its record and every answered request (answered only after
 its commit) has its record and image.
 
     store = RecordStore("output/widget/records")                         # SQLite in that folder
@@ -16,6 +16,10 @@ its commit) has its record and image.
     page = store.query(label="NG", limit=50)                          # newest first
 """
 import contextlib
+import csv
+import io
+import itertools
+import json
 import os
 import tempfile
 import uuid
@@ -34,6 +38,15 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 IMAGES = "images"
 SQLITE_FILE = "records.db"
 LABELS = ("OK", "REVIEW", "NG")
+EXPORT_FORMATS = ("csv", "json")
+CSV_COLUMNS = ("id", "created_at", "label", "raw_score", "image_score", "model", "image_sha256", "image_file",
+               "latency_ms", "regions", "client")
+
+
+def _csv_line(values):
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
 
 
 def _sqlite_pragmas(connection, _):
@@ -45,9 +58,11 @@ def _sqlite_pragmas(connection, _):
 
 
 class RecordStore:
-    """The records of one service: ``folder`` holds the images (and the SQLite file when ``url`` is None)."""
+    """The records of one service: ``folder`` holds the images (and the SQLite file when ``url`` is None).
+    ``sweep``: remove a crash's leftovers now (:meth:`remove_orphans`): only the service that writes the records,
+    when it starts; a reader beside a running service would take an image between its file and its commit for one."""
 
-    def __init__(self, folder, url=None):
+    def __init__(self, folder, url=None, sweep=False):
         self.folder = Path(folder)
         self.images = self.folder / IMAGES
         self.images.mkdir(parents=True, exist_ok=True)
@@ -59,7 +74,8 @@ class RecordStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.migrate()
-        self.remove_orphans()
+        if sweep:
+            self.remove_orphans()
 
     def migrate(self):
         """Bring the schema to the newest migration (Alembic)."""
@@ -158,6 +174,33 @@ class RecordStore:
                                    model_version).group_by(day, Record.label).order_by(day, Record.label)
         with Session(self.engine) as session:
             return [{"day": str(row[0]), "label": row[1], "count": int(row[2])} for row in session.execute(statement)]
+
+    def export(self, fmt, label=None, since=None, until=None, model_version=None, page=1000):
+        """Yield the matching records, oldest first, as text: ``csv`` (a header, then a row per record; regions,
+        model and client as JSON) or ``json`` (one array), a page of records at a time."""
+        if fmt not in EXPORT_FORMATS:
+            raise InputError("format", f"must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+        statement = self._filtered(select(Record), label, since, until, model_version).order_by(
+            Record.created_at, Record.id)
+        if fmt == "csv":
+            yield _csv_line(CSV_COLUMNS)
+        else:
+            yield "["
+        first = True
+        for offset in itertools.count(0, page):
+            with Session(self.engine) as session:
+                rows = [row.to_dict() for row in session.scalars(statement.limit(page).offset(offset))]
+            for record in rows:
+                if fmt == "csv":
+                    yield _csv_line([json.dumps(record[key]) if isinstance(record[key], (dict, list)) else
+                                     record[key] for key in CSV_COLUMNS])
+                else:
+                    yield ("" if first else ",") + "\n" + json.dumps(record)
+                first = False
+            if len(rows) < page:
+                break
+        if fmt == "json":
+            yield "\n]\n"
 
     def close(self):
         self.engine.dispose()

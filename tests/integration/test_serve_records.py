@@ -7,7 +7,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import read_json
+from conftest import read_json, run_cli
 
 CATEGORY = "synthetic_leather"
 TOKEN = "test-token-0123"
@@ -79,6 +79,15 @@ def test_every_answer_has_its_record_and_reading_them_needs_the_token(predictor,
     assert sum(entry["count"] for entry in counts) == 3
     assert client.get("/records", params={"model_version": 2}, headers=AUTH).json()["total"] == 0
     assert client.get("/records", params={"since": "2100-01-01T00:00:00Z"}, headers=AUTH).json()["total"] == 0
+    # exported oldest first, through the service and, without it, by records.py
+    assert client.get("/records/export").status_code == 401
+    exported = client.get("/records/export", params={"format": "json"}, headers=AUTH)
+    assert exported.status_code == 200 and [r["id"] for r in exported.json()] == [a["record_id"] for a in answers]
+    command = run_cli("records.py", "--records", str(records.folder), "--db", records.url, "--format", "json")
+    assert command.returncode == 0, command.stderr
+    assert json.loads(command.stdout) == exported.json()
+    csv = client.get("/records/export", params={"format": "csv", "label": labels[0]}, headers=AUTH).text
+    assert len(csv.strip().splitlines()) == 1 + labels.count(labels[0])
 
 
 def test_bad_requests_are_clean_4xx_and_write_nothing(predictor, records, small_dataset):

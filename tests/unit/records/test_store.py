@@ -77,6 +77,25 @@ def test_a_failed_commit_leaves_no_image_and_leftovers_of_a_crash_go_when_the_st
     (tmp_path / "records" / "images" / "0123.png").write_bytes(b"a file whose row never committed")
     (tmp_path / "records" / "images" / ".tmp-half").write_bytes(b"half written")
     store.close()
-    reopened = RecordStore(tmp_path / "records", url)
+    reader = RecordStore(tmp_path / "records", url)   # a reader leaves the files alone
+    assert len(list((tmp_path / "records" / "images").iterdir())) == 3
+    reader.close()
+    reopened = RecordStore(tmp_path / "records", url, sweep=True)
     assert sorted(path.name for path in (tmp_path / "records" / "images").iterdir()) == [f"{kept}.png"]
     assert reopened.query()["total"] == 1
+
+
+def test_an_export_holds_every_matching_record_oldest_first_as_csv_or_json(tmp_path, url):
+    import csv
+    import io
+    import json
+    store = RecordStore(tmp_path / "records", url)
+    ids = [store.add(fields(label), None, ".png", client={"line": "L2"}, created_at=START + timedelta(minutes=k))
+           for k, label in enumerate(["NG", "OK", "NG"])]
+    records = json.loads("".join(store.export("json", page=2)))
+    assert [record["id"] for record in records] == ids and records[0]["client"] == {"line": "L2"}
+    rows = list(csv.DictReader(io.StringIO("".join(store.export("csv", label="NG", page=1)))))
+    assert [row["id"] for row in rows] == [ids[0], ids[2]] and json.loads(rows[0]["regions"])[0]["area"] == 12
+    assert json.loads("".join(store.export("json", label="REVIEW"))) == []
+    with pytest.raises(InputError, match="must be one of csv, json"):
+        list(store.export("xml"))

@@ -34,6 +34,8 @@ def main():
     parser.add_argument("--token_file", default=None, help="a file holding the token the records' routes need "
                                                            "(default: the PATCHCORE_TOKEN environment variable)")
     parser.add_argument("--protect_predict", action="store_true", help="/predict needs the token too")
+    parser.add_argument("--keep_ok_images", type=float, default=None, metavar="DAYS",
+                        help="with --records: remove the images of OK decisions older than DAYS (default: keep all)")
     args = parser.parse_args()
     import uvicorn
 
@@ -47,6 +49,9 @@ def main():
     if args.records:
         from src.records.store import RecordStore
         records = RecordStore(args.records, args.db, sweep=True)
+        if args.keep_ok_images is not None:
+            from src.app.serve import expire_ok_images
+            expire_ok_images(records, args.keep_ok_images)
     predictor = load_model(args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id)
     app = create_app(predictor, args.max_batch, args.queue, args.max_upload_mb, args.max_pixels, records, token,
                      args.protect_predict)

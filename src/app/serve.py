@@ -315,10 +315,29 @@ def response_fields(result, upload, request_id):
 
 
 def record_decision(records, result, upload, seconds):
-    """Store ``result`` with the upload's image (as sent) and client metadata; returns the record's id."""
+    """Store ``result`` with the upload's image (as sent), its normalised map (a PNG of at most MAP_SIDE pixels)
+    and the client metadata; returns the record's id."""
     import hashlib
     fields = dict(result.fields, image_sha256=hashlib.sha256(upload.data).hexdigest(), latency_ms=1000 * seconds)
-    return records.add(fields, upload.data, image_suffix(upload.data), client=upload.client)
+    return records.add(fields, upload.data, image_suffix(upload.data), client=upload.client,
+                       map_png=base64.b64decode(_map_payload(result, "png")))
+
+
+def expire_ok_images(records, days, every_seconds=600):
+    """Remove, now and then every ``every_seconds``, the images of OK records older than ``days`` (a daemon
+    thread; the records and their maps stay)."""
+    from datetime import timedelta
+
+    def run():
+        while True:
+            try:
+                removed = records.expire_ok_images(datetime.now(timezone.utc) - timedelta(days=days))
+                if removed:
+                    logger.info("retention: removed the images of %d OK records older than %g days", removed, days)
+            except Exception:  # noqa: BLE001 -- retention must not stop the service; tried again later
+                logger.exception("retention failed")
+            time.sleep(every_seconds)
+    threading.Thread(target=run, name="retention", daemon=True).start()
 
 
 def image_suffix(data):
@@ -419,15 +438,16 @@ async def get_record(record_id: str, service: AuthorisedDep):
     return record
 
 
-@router.get("/records/{record_id}/image")
-async def get_record_image(record_id: str, service: AuthorisedDep):
+@router.get("/records/{record_id}/{kind}")
+async def get_record_file(record_id: str, kind: Literal["image", "map"], service: AuthorisedDep):
+    """The image as it was sent, or its normalised map as a PNG (0-255 for 0-1, 0.5 the image threshold)."""
     records = _records_of(service)
     record = await asyncio.get_running_loop().run_in_executor(None, records.get, record_id)
     if record is None:
         raise RequestError(404, "not_found", f"no record {record_id!r}")
-    path = records.image_path(record)
+    path = records.file_path(record, kind)
     if path is None or not path.is_file():
-        raise RequestError(404, "not_found", f"record {record_id!r} keeps no image")
+        raise RequestError(404, "not_found", f"record {record_id!r} keeps no {kind} (retention)")
     return FileResponse(path)
 
 

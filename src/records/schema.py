@@ -39,6 +39,7 @@ class Record(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     image_sha256: Mapped[str] = mapped_column(String(64))
     image_file: Mapped[str | None] = mapped_column(String(255))   # below the store's images/; None once removed
+    map_file: Mapped[str | None] = mapped_column(String(255))     # the normalised map as a PNG, beside it
     raw_score: Mapped[float] = mapped_column(Float)
     image_score: Mapped[float] = mapped_column(Float)
     label: Mapped[str] = mapped_column(String(8), index=True)
@@ -51,7 +52,7 @@ class Record(Base):
 
     def to_dict(self):
         return {"id": self.id, "created_at": self.created_at.isoformat(), "image_sha256": self.image_sha256,
-                "image_file": self.image_file, "raw_score": self.raw_score, "image_score": self.image_score,
+                "image_file": self.image_file, "map_file": self.map_file, "raw_score": self.raw_score, "image_score": self.image_score,
                 "label": self.label, "regions": self.regions,
                 "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
                 "latency_ms": self.latency_ms, "client": self.client}

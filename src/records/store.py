@@ -89,7 +89,7 @@ class RecordStore:
         """Remove image files without a record (a process killed between the file and its commit) and temporary
         ones. Returns how many were removed."""
         with Session(self.engine) as session:
-            kept = set(session.scalars(select(Record.image_file).where(Record.image_file.is_not(None))))
+            kept = {name for pair in session.execute(select(Record.image_file, Record.map_file)) for name in pair}
         removed = 0
         for path in self.images.iterdir():
             if path.name not in kept:
@@ -97,29 +97,37 @@ class RecordStore:
                 removed += 1
         return removed
 
-    def add(self, fields, image_bytes, suffix, client=None, created_at=None):
+    def add(self, fields, image_bytes, suffix, client=None, created_at=None, map_png=None):
         """Store one decision: ``fields`` as predict.py gives them (raw and normalised score, label, regions, model
         name, version and sha256), ``image_bytes`` (kept as ``images/<id><suffix>``; None: not kept), the latency
-        in ``fields["latency_ms"]`` and the client's metadata. Returns the record's id, once committed."""
+        in ``fields["latency_ms"]``, the client's metadata and the map as PNG bytes (``images/<id>.map.png``).
+        Returns the record's id, once committed."""
         record_id = uuid.uuid4().hex
-        name = None
-        if image_bytes is not None:
-            name = f"{record_id}{suffix}"
-            self._write_image(name, image_bytes)
-        model = fields["model"]
-        row = Record(id=record_id, created_at=created_at or datetime.now(timezone.utc),
-                     image_sha256=fields["image_sha256"], image_file=name, raw_score=float(fields["raw_score"]),
-                     image_score=float(fields["image_score"]), label=fields["label"], regions=fields["regions"],
-                     model_name=model["name"], model_version=int(model["version"]), model_sha256=model["sha256"],
-                     latency_ms=float(fields["latency_ms"]), client=dict(client or {}))
+        files = {"image": None if image_bytes is None else (f"{record_id}{suffix}", image_bytes),
+                 "map": None if map_png is None else (f"{record_id}.map.png", map_png)}
+        written = []
         try:
-            with Session(self.engine) as session, session.begin():
-                session.add(row)
+            for entry in files.values():
+                if entry is not None:
+                    self._write_image(*entry)
+                    written.append(entry[0])
+            self._commit(record_id, fields, files, client, created_at)
         except BaseException:
-            if name is not None:
+            for name in written:
                 (self.images / name).unlink(missing_ok=True)
             raise
         return record_id
+
+    def _commit(self, record_id, fields, files, client, created_at):
+        model = fields["model"]
+        row = Record(id=record_id, created_at=created_at or datetime.now(timezone.utc),
+                     image_sha256=fields["image_sha256"], image_file=files["image"] and files["image"][0],
+                     map_file=files["map"] and files["map"][0], raw_score=float(fields["raw_score"]),
+                     image_score=float(fields["image_score"]), label=fields["label"], regions=fields["regions"],
+                     model_name=model["name"], model_version=int(model["version"]), model_sha256=model["sha256"],
+                     latency_ms=float(fields["latency_ms"]), client=dict(client or {}))
+        with Session(self.engine) as session, session.begin():
+            session.add(row)
 
     def _write_image(self, name, data):
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.images)
@@ -140,9 +148,23 @@ class RecordStore:
             row = session.get(Record, record_id)
             return None if row is None else row.to_dict()
 
-    def image_path(self, record):
-        """The stored image file of a record (a dict), or None."""
-        return None if record["image_file"] is None else self.images / record["image_file"]
+    def file_path(self, record, kind):
+        """The stored ``kind`` ("image" or "map") file of a record (a dict), or None."""
+        name = record[f"{kind}_file"]
+        return None if name is None else self.images / name
+
+    def expire_ok_images(self, before):
+        """Remove the images of OK records made before ``before`` (a retention setting; their records and maps
+        stay, ``image_file`` None). Returns how many were removed."""
+        with Session(self.engine) as session, session.begin():
+            rows = list(session.scalars(select(Record).where(Record.label == "OK", Record.created_at < before,
+                                                             Record.image_file.is_not(None))))
+            names = [row.image_file for row in rows]
+            for row in rows:
+                row.image_file = None
+        for name in names:   # after the commit: a crash in between leaves files the next sweep removes
+            (self.images / name).unlink(missing_ok=True)
+        return len(names)
 
     def _filtered(self, statement, label, since, until, model_version):
         if label is not None:

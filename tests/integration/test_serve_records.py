@@ -70,6 +70,7 @@ def test_every_answer_has_its_record_and_reading_them_needs_the_token(predictor,
         assert record["model"] == answer["model"] and record["regions"] == answer["regions"]
         assert record["client"]["line"] == "L1" and record["latency_ms"] > 0
         assert client.get(f"/records/{answer['record_id']}/image", headers=AUTH).content == data
+        assert client.get(f"/records/{answer['record_id']}/map", headers=AUTH).content.startswith(b"\x89PNG")
     labels = [answer["label"] for answer in answers]
     for label in set(labels):
         assert client.get("/records", params={"label": label}, headers=AUTH).json()["total"] == labels.count(label)
@@ -101,6 +102,7 @@ def test_bad_requests_are_clean_4xx_and_write_nothing(predictor, records, small_
         assert client.get("/records", params=params, headers=AUTH).status_code == 422, params
     assert client.get("/records/0123456789abcdef", headers=AUTH).status_code == 404
     assert client.get("/records/0123456789abcdef/image", headers=AUTH).status_code == 404
+    assert client.get("/records/0123456789abcdef/picture", headers=AUTH).status_code == 422
     assert records.query()["total"] == 0 and list(records.images.iterdir()) == []
     protected = client_of(predictor, records, protect_predict=True)
     assert protected.post("/predict", files={"file": ("x.png", data, "image/png")}).status_code == 401

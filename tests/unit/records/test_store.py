@@ -35,11 +35,13 @@ def fields(label="NG", version=1, score=0.7):
 
 def test_a_record_and_its_image_are_stored_and_read_back(tmp_path, url):
     store = RecordStore(tmp_path / "records", url)
-    record_id = store.add(fields(), b"\x89PNG bytes", ".png", client={"line": "L1", "part_id": "P-7"})
+    record_id = store.add(fields(), b"\x89PNG bytes", ".png", client={"line": "L1", "part_id": "P-7"},
+                          map_png=b"map bytes")
     record = store.get(record_id)
     assert record["label"] == "NG" and record["model"] == {"name": "widget", "version": 1, "sha256": "cd" * 32}
     assert record["client"] == {"line": "L1", "part_id": "P-7"} and record["regions"][0]["bbox"] == [1, 2, 3, 4]
-    assert store.image_path(record).read_bytes() == b"\x89PNG bytes"
+    assert store.file_path(record, "image").read_bytes() == b"\x89PNG bytes"
+    assert store.file_path(record, "map").read_bytes() == b"map bytes"
     assert datetime.fromisoformat(record["created_at"]).tzinfo is not None
     assert store.get("0" * 32) is None
     store.close()
@@ -99,3 +101,13 @@ def test_an_export_holds_every_matching_record_oldest_first_as_csv_or_json(tmp_p
     assert json.loads("".join(store.export("json", label="REVIEW"))) == []
     with pytest.raises(InputError, match="must be one of csv, json"):
         list(store.export("xml"))
+
+
+def test_retention_removes_old_ok_images_and_keeps_their_records(tmp_path, url):
+    store = RecordStore(tmp_path / "records", url)
+    old_ok, old_ng, new_ok = (store.add(fields(label), b"image", ".png", created_at=START + timedelta(days=days),
+                                        map_png=b"map") for label, days in (("OK", 0), ("NG", 0), ("OK", 9)))
+    assert store.expire_ok_images(START + timedelta(days=7)) == 1
+    assert store.get(old_ok)["image_file"] is None and store.file_path(store.get(old_ok), "map").is_file()
+    assert store.get(old_ng)["image_file"] and store.get(new_ok)["image_file"]
+    assert len(list(store.images.iterdir())) == 5 and store.remove_orphans() == 0

@@ -19,6 +19,7 @@ def upgrade():
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("image_sha256", sa.String(64), nullable=False),
         sa.Column("image_file", sa.String(255), nullable=True),
+        sa.Column("map_file", sa.String(255), nullable=True),
         sa.Column("raw_score", sa.Float, nullable=False),
         sa.Column("image_score", sa.Float, nullable=False),
         sa.Column("label", sa.String(8), nullable=False),

@@ -13,6 +13,7 @@ p50/p95/p99 latency, the error count and the server's RSS over the first and the
 import argparse
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -66,24 +67,9 @@ def load(url, payloads, clients, seconds):
     return records
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_dir", default=str(ROOT / "demo_output" / "pretrained" / "synthetic_leather"))
-    parser.add_argument("--images", default=str(ROOT / "demo_output" / "data" / "synthetic_leather" / "test"))
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--baseline_seconds", type=float, default=20.0)
-    parser.add_argument("--max_batch", type=int, default=4)
-    parser.add_argument("--queue", type=int, default=16)
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
-    args = parser.parse_args()
-    paths = images_below(args.images)
-    if not paths:
-        raise SystemExit(f"error: {args.images}: no images")
-    payloads = [Path(p).read_bytes() for p in paths]
-    base = baseline(args.model_dir, paths, args.baseline_seconds)
-    print(f"[baseline] predict in one process: {base:.2f} images/s")
-    process, url = launch(args.model_dir, "--max_batch", str(args.max_batch), "--queue", str(args.queue))
+def serve_load(args, payloads, base, *options):
+    """serve.py (with ``options``) under ``args.clients`` clients for ``args.seconds``: its result entries."""
+    process, url = launch(args.model_dir, "--max_batch", str(args.max_batch), "--queue", str(args.queue), *options)
     server = psutil.Process(process.pid)
     rss, stop = [], threading.Event()
 
@@ -93,8 +79,9 @@ def main():
             stop.wait(1.0)
 
     try:
-        for payload in payloads[:args.max_batch]:   # warm the service up before measuring
-            httpx.post(f"{url}/predict", files={"file": ("i.png", payload, "image/png")}, timeout=120)
+        warm = sum(httpx.post(f"{url}/predict", files={"file": ("i.png", payload, "image/png")},
+                              timeout=120).status_code == 200
+                   for payload in payloads[:args.max_batch])   # warm the service up before measuring
         sampler = threading.Thread(target=sample_rss)
         sampler.start()
         started = time.perf_counter()
@@ -109,18 +96,53 @@ def main():
     first = [value for t, value in rss if t - started <= 10]
     last = [value for t, value in rss if t - started >= elapsed - 10]
     result = {"clients": args.clients, "seconds": round(elapsed, 2), "requests": len(records), "errors": errors,
-              "throughput_per_s": len(latencies) / elapsed, "baseline_per_s": base,
-              "throughput_over_baseline": len(latencies) / elapsed / base,
+              "answered": len(latencies) + warm, "throughput_per_s": len(latencies) / elapsed,
+              "baseline_per_s": base, "throughput_over_baseline": len(latencies) / elapsed / base,
               "latency_ms": {q: float(np.percentile(latencies, p) * 1000) for q, p in (("p50", 50), ("p95", 95),
                                                                                        ("p99", 99))},
               "rss_mib_first_10s": float(np.mean(first)) / 2 ** 20, "rss_mib_last_10s": float(np.mean(last)) / 2 ** 20,
-              "max_batch": args.max_batch, "queue": args.queue, "images": len(paths), "model_dir": args.model_dir}
+              "max_batch": args.max_batch, "queue": args.queue, "options": list(options)}
     result["rss_growth"] = result["rss_mib_last_10s"] / result["rss_mib_first_10s"] - 1
-    print(f"[serve] {args.clients} clients, {elapsed:.0f} s: {result['throughput_per_s']:.2f} images/s "
-          f"({result['throughput_over_baseline']:.2f}x predict in one process), {errors} errors of {len(records)}; "
-          f"latency p50 {result['latency_ms']['p50']:.0f} ms, p95 {result['latency_ms']['p95']:.0f} ms, "
-          f"p99 {result['latency_ms']['p99']:.0f} ms; server RSS {result['rss_mib_first_10s']:.0f} MiB (first 10 s) "
-          f"-> {result['rss_mib_last_10s']:.0f} MiB (last 10 s), {100 * result['rss_growth']:+.1f}%")
+    print(f"[serve{' ' + ' '.join(options[:1]) if options else ''}] {args.clients} clients, {elapsed:.0f} s: "
+          f"{result['throughput_per_s']:.2f} images/s ({result['throughput_over_baseline']:.2f}x predict in one "
+          f"process), {errors} errors of {len(records)}; latency p50 {result['latency_ms']['p50']:.0f} ms, p95 "
+          f"{result['latency_ms']['p95']:.0f} ms, p99 {result['latency_ms']['p99']:.0f} ms; server RSS "
+          f"{result['rss_mib_first_10s']:.0f} MiB (first 10 s) -> {result['rss_mib_last_10s']:.0f} MiB (last 10 s), "
+          f"{100 * result['rss_growth']:+.1f}%")
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", default=str(ROOT / "demo_output" / "pretrained" / "synthetic_leather"))
+    parser.add_argument("--images", default=str(ROOT / "demo_output" / "data" / "synthetic_leather" / "test"))
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--baseline_seconds", type=float, default=20.0)
+    parser.add_argument("--max_batch", type=int, default=4)
+    parser.add_argument("--queue", type=int, default=16)
+    parser.add_argument("--records", action="store_true", help="then the same load with records on (SQLite in a "
+                                                                 "temporary folder): p99 against the run without")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
+    args = parser.parse_args()
+    paths = images_below(args.images)
+    if not paths:
+        raise SystemExit(f"error: {args.images}: no images")
+    payloads = [Path(p).read_bytes() for p in paths]
+    base = baseline(args.model_dir, paths, args.baseline_seconds)
+    print(f"[baseline] predict in one process: {base:.2f} images/s")
+    result = dict(serve_load(args, payloads, base), images=len(paths), model_dir=args.model_dir)
+    if args.records:
+        with tempfile.TemporaryDirectory(prefix="bench-records-") as folder:
+            with_records = serve_load(args, payloads, base, "--records", folder)
+            from src.records.store import RecordStore
+            stored = RecordStore(folder).query(limit=1)["total"]
+        with_records["records"] = stored
+        with_records["records_per_answer"] = stored / max(1, with_records["answered"])
+        result["with_records"] = with_records
+        result["p99_with_records_over_without"] = with_records["latency_ms"]["p99"] / result["latency_ms"]["p99"]
+        print(f"[records] {stored} records for {with_records['answered']} answers; p99 with records "
+              f"{with_records['latency_ms']['p99']:.0f} ms, {result['p99_with_records_over_without']:.2f}x without")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     write_json(args.json, result)
     print(f"written to {args.json}")

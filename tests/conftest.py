@@ -81,14 +81,6 @@ def error_lines(result):
 # ------------------------------------------------------------------------------------------ services
 
 
-def free_port():
-    """A TCP port free on 127.0.0.1 now."""
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
     """The URL of a database on a throwaway PostgreSQL cluster (Debian's server: scripts/setup_postgres.sh),
@@ -98,6 +90,7 @@ def postgres_url():
     import glob
     import shutil
     import tempfile
+    from src.app.serve import free_port
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     assert binaries, "no PostgreSQL server: bash scripts/setup_postgres.sh"
     binary = binaries[-1]

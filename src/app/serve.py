@@ -518,16 +518,17 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def launch(model_dir, *args, wait_seconds=120):
-    """Start serve.py for ``model_dir`` on 127.0.0.1 (a free port) in a child process and wait, at most
-    ``wait_seconds``, until it answers /health: (process, base URL). Its output goes to ``process.log`` (a
-    temporary file), quoted in the error when it fails to start. For tests and benchmarks."""
+def launch(model_dir, *args, wait_seconds=120, env=None):
+    """Start serve.py for ``model_dir`` on 127.0.0.1 (a free port) in a child process (environment ``env``, default
+    this one's) and wait, at most ``wait_seconds``, until it answers /health: (process, base URL). Its output goes
+    to ``process.log`` (a temporary file), quoted in the error when it fails to start. For tests and benchmarks."""
     import httpx
     root = Path(__file__).resolve().parents[2]
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen([sys.executable, str(root / "serve.py"), "--model_dir", str(model_dir), "--port",
-                                str(port), *args], cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True)
+                                str(port), *args], cwd=root, stdout=log, stderr=subprocess.STDOUT, text=True,
+                               env=env)
     process.log = log
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait_seconds

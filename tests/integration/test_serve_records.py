@@ -118,3 +118,59 @@ def test_a_service_without_records_says_so(predictor, small_model):
     response = client.post("/predict", files={"file": ("x.png", open(read_json(small_model[0] / "model.json")[
         "train_samples"][0], "rb").read(), "image/png")})
     assert response.status_code == 200 and "record_id" not in response.json()
+
+
+def test_killed_under_load_every_answer_keeps_its_record_and_no_file_is_left_half(small_model, small_dataset,
+                                                                                   tmp_path):
+    """serve.py with records, two clients posting, SIGKILL: after a restart every answered request has its record
+    and image, every file in the image folder belongs to a record, and the service answers again."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import httpx
+    from src.app.serve import launch, shut_down
+    folder = tmp_path / "records"
+    environment = dict(os.environ, PATCHCORE_TOKEN=TOKEN)
+    process, url = launch(small_model[0], "--records", str(folder), "--max_batch", "2", env=environment)
+    answered, stop = [], threading.Event()
+    payloads = images(small_dataset)
+
+    def client(number):
+        with httpx.Client(timeout=30) as session:
+            while not stop.is_set():
+                try:
+                    response = session.post(f"{url}/predict", files={"file": ("x.png", payloads[number % 3],
+                                                                              "image/png")})
+                except httpx.HTTPError:
+                    return   # the server is gone
+                if response.status_code == 200:
+                    answered.append(response.json()["record_id"])
+                number += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(answered) < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert len(answered) >= 12
+    process, url = launch(small_model[0], "--records", str(folder), "--max_batch", "2", env=environment)
+    try:
+        stored = httpx.get(f"{url}/records", params={"limit": 500}, headers=AUTH, timeout=30).json()["items"]
+        by_id = {record["id"]: record for record in stored}
+        assert set(answered) <= set(by_id)   # requests killed before their answer may or may not have committed
+        for record_id in answered:
+            assert httpx.get(f"{url}/records/{record_id}/image", headers=AUTH, timeout=30).status_code == 200
+        files = sorted(path.name for path in (folder / "images").iterdir())
+        assert files == sorted(name for record in stored for name in (record["image_file"], record["map_file"]))
+        after = httpx.post(f"{url}/predict", files={"file": ("x.png", payloads[0], "image/png")}, timeout=60)
+        assert after.status_code == 200 and after.json()["record_id"]
+    finally:
+        shut_down(process)

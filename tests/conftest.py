@@ -114,6 +114,18 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def new_database(cluster_url):
+    """The URL of a new, empty database on the cluster of ``cluster_url`` (the postgres_url fixture's)."""
+    import uuid
+    from sqlalchemy import create_engine, text
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(cluster_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return cluster_url.rsplit("/", 1)[0] + "/" + name
+
+
 # ------------------------------------------------------------------------------------------ files
 
 

@@ -7,12 +7,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import read_json, run_cli
+from conftest import new_database, read_json, run_cli
 
 CATEGORY = "synthetic_leather"
 TOKEN = "test-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-DATABASES = []
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +23,7 @@ def predictor(small_model):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def records(request, tmp_path):
     from src.records.store import RecordStore
-    url = None
-    if request.param == "postgresql":
-        from sqlalchemy import create_engine, text
-        cluster = request.getfixturevalue("postgres_url")
-        name = f"service_{len(DATABASES)}"
-        DATABASES.append(name)
-        engine = create_engine(cluster, isolation_level="AUTOCOMMIT")
-        with engine.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {name}"))
-        engine.dispose()
-        url = cluster.rsplit("/", 1)[0] + "/" + name
+    url = None if request.param == "sqlite" else new_database(request.getfixturevalue("postgres_url"))
     store = RecordStore(tmp_path / "records", url)
     yield store
     store.close()

@@ -1,30 +1,21 @@
-"""src/records/store.py on SQLite and on PostgreSQL (the same tests): records and their images written together, read back, filtered, paginated,
-counted per day and label; a crash's leftovers removed when the store opens."""
+"""src/records/store.py on SQLite and on PostgreSQL (the same tests): records and their images written together,
+read back, filtered, paginated, counted per day and label, exported; old OK images expired; a crash's leftovers
+removed when the service's store opens."""
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import new_database
 from src.records.store import RecordStore
 from src.utils.errors import InputError
 
 START = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
-DATABASES = []
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request):
-    """None (SQLite in the store's folder) or a fresh database on the test PostgreSQL cluster."""
-    if request.param == "sqlite":
-        return None
-    from sqlalchemy import create_engine, text
-    cluster = request.getfixturevalue("postgres_url")
-    name = f"records_{len(DATABASES)}"
-    DATABASES.append(name)
-    engine = create_engine(cluster, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return cluster.rsplit("/", 1)[0] + "/" + name
+    """None (SQLite in the store's folder) or a new database on the test PostgreSQL cluster."""
+    return None if request.param == "sqlite" else new_database(request.getfixturevalue("postgres_url"))
 
 
 def fields(label="NG", version=1, score=0.7):

@@ -15,10 +15,12 @@ or a PNG, both base64 in JSON.
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import io
 import json
 import logging
+import os
 import queue
 import socket
 import subprocess
@@ -29,7 +31,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, NamedTuple
 
 import cv2
@@ -141,19 +143,28 @@ class InferenceWorker:
                         future.set_exception(exc)
 
 
-def _png_base64(rgb_or_gray):
+def _png_bytes(rgb_or_gray):
     array = rgb_or_gray[:, :, ::-1] if rgb_or_gray.ndim == 3 else rgb_or_gray
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array))
-    return base64.b64encode(encoded.tobytes()).decode("ascii")
+    return encoded.tobytes()
+
+
+def _png_base64(rgb_or_gray):
+    return base64.b64encode(_png_bytes(rgb_or_gray)).decode("ascii")
+
+
+def _map_png(result):
+    """The normalised map as PNG bytes, at most MAP_SIDE pixels on its longest side (0-255 for 0-1)."""
+    normalised = result.normalised_map
+    scale = min(1.0, MAP_SIDE / max(normalised.shape))
+    small = cv2.resize(normalised, (max(1, round(normalised.shape[1] * scale)),
+                                    max(1, round(normalised.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    return _png_bytes((np.clip(small, 0, 1) * 255).round().astype(np.uint8))
 
 
 def _map_payload(result, map_format):
     if map_format == "png":
-        normalised = result.normalised_map
-        scale = min(1.0, MAP_SIDE / max(normalised.shape))
-        small = cv2.resize(normalised, (max(1, round(normalised.shape[1] * scale)),
-                                        max(1, round(normalised.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-        return _png_base64((np.clip(small, 0, 1) * 255).round().astype(np.uint8))
+        return base64.b64encode(_map_png(result)).decode("ascii")
     buffer = io.BytesIO()
     np.save(buffer, result.raw_map.astype(np.float16), allow_pickle=False)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -317,17 +328,14 @@ def response_fields(result, upload, request_id):
 def record_decision(records, result, upload, seconds):
     """Store ``result`` with the upload's image (as sent), its normalised map (a PNG of at most MAP_SIDE pixels)
     and the client metadata; returns the record's id."""
-    import hashlib
     fields = dict(result.fields, image_sha256=hashlib.sha256(upload.data).hexdigest(), latency_ms=1000 * seconds)
     return records.add(fields, upload.data, image_suffix(upload.data), client=upload.client,
-                       map_png=base64.b64decode(_map_payload(result, "png")))
+                       map_png=_map_png(result))
 
 
 def expire_ok_images(records, days, every_seconds=600):
     """Remove, now and then every ``every_seconds``, the images of OK records older than ``days`` (a daemon
     thread; the records and their maps stay)."""
-    from datetime import timedelta
-
     def run():
         while True:
             try:
@@ -498,7 +506,6 @@ def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pi
 def service_token(token_file=None):
     """The token the records' routes need: the first line of ``token_file``, else the PATCHCORE_TOKEN environment
     variable, else None (then nothing that needs one is granted)."""
-    import os
     if token_file is not None:
         try:
             with open(token_file, encoding="utf-8") as f:

@@ -25,7 +25,6 @@ An update, in order, under the model folder's lock:
    ``logs/teach_v<n>.json``).
 """
 import copy
-import json
 import logging
 import os
 import tempfile
@@ -52,7 +51,7 @@ from src.training.planning import job_fingerprints, job_grid, plan_jobs, trainin
 from src.training.thresholds import fit_thresholds, stored_grids
 from src.training.validation import LabelledItem, build_validation_set
 from src.utils.errors import InputError
-from src.utils.io import sha256_of, staged_folder, write_bytes, write_json
+from src.utils.io import json_bytes, sha256_of, staged_folder, write_bytes, write_json
 from src.utils.logs import file_logging, say_to
 
 logger = logging.getLogger("patchcore.teach")
@@ -175,8 +174,9 @@ def taught_views(lineage, positions):
     tasks: those routed to it) and the thumbnail's whole image."""
     views = {}
     plan = lineage.plan
+    routed = any(task.center is not None for task in plan.tasks)
     for position in positions:
-        image = lineage.samples[position].load_image()
+        image = lineage.samples[position].load_image() if routed else None   # a fixed plan needs no pixels
         for task, indexes in assign_tiles(image, plan.tasks, plan.plan, plan.task_generator):
             views.setdefault(task.name, []).extend((position, index) for index in indexes)
     if plan.thumbnail is not None:
@@ -202,11 +202,6 @@ def teach_job(lineage, job, detector, views, featurizer, folder, log):
     return stats
 
 
-def _meta_bytes(meta):
-    """model.json's bytes, as ``write_json`` writes them."""
-    return (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode("utf-8")
-
-
 def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None):
     """Add the normal ``images`` (paths or Samples of image files) to the active version of the model in
     ``model_dir`` as a new version, and make it the active one (module docstring). ``pre_ckpt_path``: the backbone
@@ -229,7 +224,7 @@ def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None):
             new_meta = _version_meta(meta, number, model_dir, new, taught)
             stats = _update(model_dir, meta, new_meta, taught, range(first, len(taught.samples)), number,
                             pre_ckpt_path, extractors or {}, say)
-            data = _meta_bytes(new_meta)
+            data = json_bytes(new_meta)
             if not archived_numbers(model_dir):   # the trained model becomes version 1's file
                 with open(os.path.join(model_dir, MODEL_FILE), "rb") as f:
                     write_bytes(version_file(model_dir, version_number(meta)), f.read())

@@ -47,12 +47,14 @@ def atomic_path(path):
         raise
 
 
+def json_bytes(obj):
+    """``obj`` as the indented JSON ``write_json`` writes (UTF-8 bytes)."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
 def write_json(path, obj):
     """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+    write_bytes(path, json_bytes(obj))
 
 
 def write_bytes(path, data):

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.formparsers import MultiPartParser
@@ -500,6 +501,7 @@ def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pi
                                 protect_predict)
     app.add_exception_handler(RequestError, request_error)
     app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 

@@ -94,7 +94,7 @@ def test_overlay_and_map_come_back_as_png_and_npy_without_pickle(server, dataset
     from src.data.sample import decode_image
     body = post_json(server, image_bytes(dataset), return_map=True, return_overlay=True).json()
     overlay = decode_image(base64.b64decode(body["overlay_png"]), "overlay")
-    assert overlay.shape[0] == 64 and overlay.shape[1] > 2 * 64
+    assert overlay.shape[0] == 256 and overlay.shape[1] > 2 * 256   # a 64-pixel image, enlarged 4x
     raw_map = np.load(io.BytesIO(base64.b64decode(body["map"])), allow_pickle=False)
     assert raw_map.dtype == np.float16 and raw_map.shape == (64, 64) and body["map_format"] == "npy"
     png = post_file(server, image_bytes(dataset), return_map="true", map_format="png").json()

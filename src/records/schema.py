@@ -1,7 +1,7 @@
 """The records table, as SQLAlchemy 2 declares it; ``migrations/`` creates and evolves it (Alembic)."""
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -56,3 +56,59 @@ class Record(Base):
                 "label": self.label, "regions": self.regions,
                 "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
                 "latency_ms": self.latency_ms, "client": self.client}
+
+
+class Review(Base):
+    """A person's verdict on one record (at most one): ``false_alarm`` (the image is OK: a model update may teach
+    it) or ``defect`` (confirmed); who gave it, when, with an optional note."""
+    __tablename__ = "reviews"
+
+    record_id: Mapped[str] = mapped_column(String(32), ForeignKey("records.id"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    verdict: Mapped[str] = mapped_column(String(16), index=True)
+    reviewer: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(Text)
+
+    def to_dict(self):
+        return {"record_id": self.record_id, "created_at": self.created_at.isoformat(), "verdict": self.verdict,
+                "reviewer": self.reviewer, "note": self.note}
+
+
+class ModelUpdate(Base):
+    """A model version built from reviewed false alarms: requested by whom and when, from which version, teaching
+    which records; ``state`` building, ready (``version`` built, ``comparison``: what it decides on every reviewed
+    record) or failed (``error``)."""
+    __tablename__ = "model_updates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    requested_by: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    parent_version: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int | None] = mapped_column(Integer)
+    taught: Mapped[list] = mapped_column(JSON)
+    comparison: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    def to_dict(self):
+        return {"id": self.id, "created_at": self.created_at.isoformat(), "requested_by": self.requested_by,
+                "finished_at": None if self.finished_at is None else self.finished_at.isoformat(),
+                "state": self.state, "parent_version": self.parent_version, "version": self.version,
+                "taught": self.taught, "comparison": self.comparison, "error": self.error}
+
+
+class AuditEntry(Base):
+    """Who did what, when: a review, a model update (requested, built or failed), an activation, a rollback."""
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    subject: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict] = mapped_column(JSON)
+
+    def to_dict(self):
+        return {"id": self.id, "created_at": self.created_at.isoformat(), "actor": self.actor,
+                "action": self.action, "subject": self.subject, "details": self.details}

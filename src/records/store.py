@@ -31,6 +31,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.orm import Session
 
+from src.records.reviews import ReviewLog
 from src.records.schema import Record
 from src.utils.errors import InputError
 
@@ -59,8 +60,9 @@ def _sqlite_pragmas(connection, _):
 
 class RecordStore:
     """The records of one service: ``folder`` holds the images (and the SQLite file when ``url`` is None).
-    ``sweep``: remove a crash's leftovers now (:meth:`remove_orphans`): only the service that writes the records,
-    when it starts; a reader beside a running service would take an image between its file and its commit for one."""
+    ``sweep``: remove a crash's leftovers now (:meth:`remove_orphans`, and updates left building): only the service
+    that writes the records, when it starts; a reader beside a running service would take an image between its file
+    and its commit for one. ``reviews``: what people decided about the records (``src/records/reviews.py``)."""
 
     def __init__(self, folder, url=None, sweep=False):
         self.folder = Path(folder)
@@ -74,8 +76,10 @@ class RecordStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.migrate()
+        self.reviews = ReviewLog(self.engine)
         if sweep:
             self.remove_orphans()
+            self.reviews.abandon_unfinished()
 
     def migrate(self):
         """Bring the schema to the newest migration (Alembic)."""

@@ -53,8 +53,13 @@ def main():
             from src.app.serve import expire_ok_images
             expire_ok_images(records, args.keep_ok_images)
     predictor = load_model(args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id)
+    versions = None
+    if records is not None:   # the review loop: updates built from reviewed false alarms, activations
+        from src.app.review import VersionControl
+        versions = VersionControl(args.model_dir, lambda number: load_model(
+            args.model_dir, args.pre_ckpt_path, args.device_target, args.device_id, number), args.pre_ckpt_path)
     app = create_app(predictor, args.max_batch, args.queue, args.max_upload_mb, args.max_pixels, records, token,
-                     args.protect_predict)
+                     args.protect_predict, versions)
     cli.logger.info("serving %s on http://%s:%d/", args.model_dir, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -1,6 +1,7 @@
 """Teach a trained model what is OK without retraining: normal images join it as a new, reversible model version.
 
-python teach.py --model_dir OUTPUT/CATEGORY --input PATH [PATH ...]   (a new version from these normal images)
+python teach.py --model_dir OUTPUT/CATEGORY --input PATH [PATH ...] [--keep_active]
+    (a new version from these normal images; made the active one unless --keep_active)
 python teach.py --model_dir OUTPUT/CATEGORY --versions                (list the versions)
 python teach.py --model_dir OUTPUT/CATEGORY --activate N              (make version N the active one: roll back)
 python teach.py --model_dir OUTPUT/CATEGORY --rollback                (the active version's parent)
@@ -21,6 +22,8 @@ def main():
     action.add_argument("--versions", action="store_true", help="list the model's versions")
     action.add_argument("--activate", type=cli.positive_int_argument, metavar="N", help="make version N active")
     action.add_argument("--rollback", action="store_true", help="make the active version's parent active")
+    parser.add_argument("--keep_active", action="store_true",
+                        help="build the new version without making it active (teach.py --activate N later)")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     parser.add_argument("--device_id", type=int, default=0)
     parser.add_argument("--pre_ckpt_path", default=None, help="backbone .ckpt (default: the one model.json records)")

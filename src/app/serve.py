@@ -16,7 +16,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import hmac
 import io
 import json
 import logging
@@ -36,13 +35,16 @@ from typing import Annotated, Literal, NamedTuple
 
 import cv2
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.formparsers import MultiPartParser
 
+from src.app.http import (AuthorisedDep, RecordFilter, RequestError, ServiceDep, add_error_handlers, check_token,
+                          records_of)
+from src.app.review import router as review_router
 from src.data.sample import decode_image, encoded_size
 from src.utils.errors import InputError
 
@@ -95,25 +97,22 @@ class PredictResponse(BaseModel):
     map_format: str | None = None
 
 
-class RequestError(Exception):
-    """A bad request: its HTTP status and the two JSON fields."""
-
-    def __init__(self, status, error, detail, headers=None):
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+def warm_up(predictor, max_batch):
+    """MindSpore compiles a graph per batch size: compile every size a batch can have now, not on a user's request
+    (each costs about a second)."""
+    width, height = predictor.model.meta["image_size"]
+    for size in range(1, max_batch + 1):
+        list(predictor.predict([np.zeros((height, width, 3), np.uint8)] * size))
 
 
 class InferenceWorker:
-    """The one thread that runs the model: a bounded queue of (image, Future), ``max_batch`` at a time."""
+    """The one thread that runs the model: a bounded queue of (image, Future), ``max_batch`` at a time; a model
+    switch (:meth:`switch`) runs in the same thread, between two batches."""
 
     def __init__(self, predictor, max_batch, queue_size):
         self.predictor, self.max_batch = predictor, max_batch
         self.jobs = queue.Queue(maxsize=queue_size)
-        # MindSpore compiles a graph per batch size: do it now for every size a batch can have, not on a user's
-        # request (each costs about a second).
-        width, height = predictor.model.meta["image_size"]
-        for size in range(1, max_batch + 1):
-            list(predictor.predict([np.zeros((height, width, 3), np.uint8)] * size))
+        warm_up(predictor, max_batch)
         self.thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self.thread.start()
 
@@ -126,22 +125,55 @@ class InferenceWorker:
                                {"Retry-After": "1"}) from None
         return future
 
+    def switch(self, load):
+        """A Future of the predictor ``load()`` returns, which then answers every later request: ``load`` runs in
+        the inference thread (MindSpore is not assumed thread-safe), and the new model is compiled there before it
+        answers anything. Waits for room in the queue."""
+        def task():
+            predictor = load()
+            warm_up(predictor, self.max_batch)
+            self.predictor = predictor
+            return predictor
+        future = Future()
+        self.jobs.put((task, future))
+        return future
+
     def _run(self):
         while True:
             batch = [self.jobs.get()]
+            if callable(batch[0][0]):
+                self._run_task(*batch[0])
+                continue
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self.jobs.get_nowait())
+                    job = self.jobs.get_nowait()
                 except queue.Empty:
                     break
-            try:
-                results = list(self.predictor.predict([image for image, _ in batch]))
-                for (_, future), result in zip(batch, results):
-                    future.set_result(result)
-            except Exception as exc:  # noqa: BLE001 -- handed to the requests, the thread serves on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                if callable(job[0]):   # a switch waits for the batch before it
+                    self._answer(batch)
+                    batch = []
+                    self._run_task(*job)
+                    break
+                batch.append(job)
+            if batch:
+                self._answer(batch)
+
+    def _answer(self, batch):
+        try:
+            results = list(self.predictor.predict([image for image, _ in batch]))
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+        except Exception as exc:  # noqa: BLE001 -- handed to the requests, the thread serves on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+
+    @staticmethod
+    def _run_task(task, future):
+        try:
+            future.set_result(task())
+        except Exception as exc:  # noqa: BLE001 -- handed to the caller, the thread serves on
+            future.set_exception(exc)
 
 
 def _png_bytes(rgb_or_gray):
@@ -176,9 +208,10 @@ class Service:
     the metrics (a registry of its own, so that two apps in one process do not share counters)."""
 
     def __init__(self, predictor, max_batch, queue_size, max_upload_mb, max_pixels, records=None, token=None,
-                 protect_predict=False):
+                 protect_predict=False, versions=None):
         self.predictor, self.max_pixels = predictor, max_pixels
         self.records, self.token, self.protect_predict = records, token, protect_predict
+        self.versions, self.switching = versions, asyncio.Lock()
         self.worker = InferenceWorker(predictor, max_batch, queue_size)
         self.max_bytes = int(max_upload_mb * 2 ** 20)
         self.limits = {"max_batch": max_batch, "queue": queue_size, "max_upload_bytes": self.max_bytes,
@@ -203,30 +236,6 @@ class Service:
             return decode_image(data, "upload")
         except InputError as exc:
             raise RequestError(400, "bad_image", exc.problem) from None
-
-
-def service_of(request: Request):
-    return request.app.state.service
-
-
-ServiceDep = Annotated[Service, Depends(service_of)]
-
-
-def check_token(request, service):
-    """401 unless the request carries the service's token (``Authorization: Bearer <token>``); a service without
-    a token grants nothing that needs one."""
-    given = request.headers.get("authorization", "")
-    if service.token is None or not hmac.compare_digest(given.encode(), f"Bearer {service.token}".encode()):
-        raise RequestError(401, "unauthorized", "this needs the service's token: Authorization: Bearer <token>",
-                           {"WWW-Authenticate": "Bearer"})
-
-
-def authorised(request: Request, service: ServiceDep):
-    check_token(request, service)
-    return service
-
-
-AuthorisedDep = Annotated[Service, Depends(authorised)]
 
 
 class Upload(NamedTuple):
@@ -389,33 +398,10 @@ async def predict(request: Request, service: ServiceDep):
         logger.info("request %s: %d bytes, %.1f ms, %s, %s", request_id, size, 1000 * seconds, status, label)
 
 
-def _records_of(service):
-    if service.records is None:
-        raise RequestError(404, "no_records", "this service keeps no records (serve.py --records)")
-    return service.records
-
-
-def _utc(moment):
-    """A query's datetime in UTC (a naive one is taken as UTC)."""
-    return None if moment is None else (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment)
-
-
-class RecordFilter(BaseModel):
-    """Which records: by label, time range [since, until) and model version."""
-    label: Literal["OK", "REVIEW", "NG"] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    model_version: int | None = Field(None, ge=1)
-
-    def arguments(self):
-        return {"label": self.label, "since": _utc(self.since), "until": _utc(self.until),
-                "model_version": self.model_version}
-
-
 @router.get("/records")
 async def list_records(service: AuthorisedDep, where: Annotated[RecordFilter, Query()],
                        limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
-    records = _records_of(service)
+    records = records_of(service)
     page = await asyncio.get_running_loop().run_in_executor(
         None, lambda: records.query(**where.arguments(), limit=limit, offset=offset))
     return {"limit": limit, "offset": offset, **page}
@@ -423,7 +409,7 @@ async def list_records(service: AuthorisedDep, where: Annotated[RecordFilter, Qu
 
 @router.get("/records/counts")
 async def record_counts(service: AuthorisedDep, where: Annotated[RecordFilter, Query()]):
-    records = _records_of(service)
+    records = records_of(service)
     arguments = where.arguments()
     arguments.pop("label")
     return {"counts": await asyncio.get_running_loop().run_in_executor(None, lambda: records.counts(**arguments))}
@@ -432,7 +418,7 @@ async def record_counts(service: AuthorisedDep, where: Annotated[RecordFilter, Q
 @router.get("/records/export")
 async def export_records(service: AuthorisedDep, where: Annotated[RecordFilter, Query()],
                          format: Annotated[Literal["csv", "json"], Query()] = "json"):   # noqa: A002 (the API's name)
-    records = _records_of(service)
+    records = records_of(service)
     media = "text/csv" if format == "csv" else "application/json"
     # a synchronous generator: Starlette iterates it in its thread pool, a page of records at a time
     return StreamingResponse(records.export(format, **where.arguments()), media_type=media,
@@ -441,7 +427,7 @@ async def export_records(service: AuthorisedDep, where: Annotated[RecordFilter, 
 
 @router.get("/records/{record_id}")
 async def get_record(record_id: str, service: AuthorisedDep):
-    record = await asyncio.get_running_loop().run_in_executor(None, _records_of(service).get, record_id)
+    record = await asyncio.get_running_loop().run_in_executor(None, records_of(service).get, record_id)
     if record is None:
         raise RequestError(404, "not_found", f"no record {record_id!r}")
     return record
@@ -450,7 +436,7 @@ async def get_record(record_id: str, service: AuthorisedDep):
 @router.get("/records/{record_id}/{kind}")
 async def get_record_file(record_id: str, kind: Literal["image", "map"], service: AuthorisedDep):
     """The image as it was sent, or its normalised map as a PNG (0-255 for 0-1, 0.5 the image threshold)."""
-    records = _records_of(service)
+    records = records_of(service)
     record = await asyncio.get_running_loop().run_in_executor(None, records.get, record_id)
     if record is None:
         raise RequestError(404, "not_found", f"no record {record_id!r}")
@@ -487,20 +473,18 @@ async def page():
     return FileResponse(STATIC / "index.html")
 
 
-async def request_error(request, exc):
-    return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
-
-
 def create_app(predictor, max_batch=4, queue_size=16, max_upload_mb=32.0, max_pixels=64_000_000, records=None,
-               token=None, protect_predict=False):
+               token=None, protect_predict=False, versions=None):
     """The FastAPI app serving ``predictor`` (``src.inference.predict.Predictor``); ``records``: a
     ``src.records.store.RecordStore`` every decision is written to; ``token``: what the records' routes (and, with
-    ``protect_predict``, /predict) need."""
+    ``protect_predict``, /predict) need; ``versions``: a ``src.app.review.VersionControl`` of the served folder (the
+    review loop's updates and activations, with ``records``)."""
     app = FastAPI(title="PatchCore inspection", version="1", description=__doc__.split("\n\n")[0])
     app.state.service = Service(predictor, max_batch, queue_size, max_upload_mb, max_pixels, records, token,
-                                protect_predict)
-    app.add_exception_handler(RequestError, request_error)
+                                protect_predict, versions)
+    add_error_handlers(app)
     app.include_router(router)
+    app.include_router(review_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

@@ -23,7 +23,8 @@ def teach(args):
     from src.training.teach import teach_ok
     cli.setup_logging()
     cli.set_device(args.device_target, args.device_id)
-    teach_ok(args.model_dir, [sample for _, sample in list_inputs(args.input)], args.pre_ckpt_path)
+    teach_ok(args.model_dir, [sample for _, sample in list_inputs(args.input)], args.pre_ckpt_path,
+             activate=not args.keep_active)
     return 0
 
 

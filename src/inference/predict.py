@@ -112,7 +112,7 @@ class Predictor:
     """A trained model ready to inspect images (``load_model``)."""
 
     def __init__(self, model, model_dir, version=None):
-        self.model = model
+        self.model, self.model_dir = model, model_dir
         path = meta_path(model_dir, version)
         self.rule = DecisionRule(model.meta.get("thresholds"), model.meta.get("score_normalizer"), path)
         self.identity = {"name": model.meta["category"], "version": version_number(model.meta),

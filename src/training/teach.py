@@ -202,9 +202,10 @@ def teach_job(lineage, job, detector, views, featurizer, folder, log):
     return stats
 
 
-def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None):
+def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None, activate=True):
     """Add the normal ``images`` (paths or Samples of image files) to the active version of the model in
-    ``model_dir`` as a new version, and make it the active one (module docstring). ``pre_ckpt_path``: the backbone
+    ``model_dir`` as a new version, and make it the active one unless ``activate`` is False (a candidate a person
+    activates later: the review page) (module docstring). ``pre_ckpt_path``: the backbone
     weights (default: the checkpoint model.json records; checked by sha256). Returns the update's summary (also ``logs/teach_v<n>.json``)."""
     started = time.perf_counter()
     with version_lock(model_dir):
@@ -229,8 +230,12 @@ def teach_ok(model_dir, images, pre_ckpt_path=None, extractors=None):
                 with open(os.path.join(model_dir, MODEL_FILE), "rb") as f:
                     write_bytes(version_file(model_dir, version_number(meta)), f.read())
             write_bytes(version_file(model_dir, number), data)
-            write_active(model_dir, data)
+            if activate:
+                write_active(model_dir, data)
             summary = _summary(meta, new_meta, number, new, stats, time.perf_counter() - started)
+            summary["active"] = activate
+            if not activate:
+                summary["line"] += f"; not active (teach.py --activate {number})"
             say(summary["line"])
     write_json(os.path.join(logs, f"teach_v{number}.json"), summary)
     return summary

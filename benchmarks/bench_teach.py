@@ -13,6 +13,12 @@ test images in two halves of surface no training crop touches and that share non
    run's training (the issue's "an update with 5 images").
 4. ``--retrain``: train.py on the training images and the same taught images, eval.py: what retraining with them
    gives, the most an update could be expected to give.
+5. ``--service``: the same update through the service, as a person runs it on the review page, on a copy of the
+   trained model: serve.py with records; the field half predicted through ``/predict`` (in path order); every
+   flagged image reviewed (a good one as a false alarm, a defective one as a confirmed defect); a candidate version
+   built (``POST /updates``) and activated; then both halves predicted through ``/predict`` again. Its false-alarm
+   rates and recall (``*_service``) and the images it taught are compared with the command-line update's
+   (``service_same``).
 Per row: ``taught``; false-alarm rate (good images labelled NG) of each half and recall (defective images labelled NG)
 before, after (and retrained); the thresholds; training and update seconds and their ratio. The table shows the key
 columns; everything goes to ``--json`` (benchmarks/results/teach_<part>[-<tag>].json).
@@ -20,7 +26,9 @@ columns; everything goes to ``--json`` (benchmarks/results/teach_<part>[-<tag>].
     .venv/bin/python -m benchmarks.bench_teach --part wood --five     # about 4 minutes on 2 cores
 """
 import os
+import secrets
 import shutil
+import time
 from pathlib import Path
 
 import src  # noqa: F401  (environment set-up first)
@@ -32,7 +40,7 @@ from src.utils.io import read_json, write_json
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["texture", "taught", "fa_check", "fa_check_after", "fa_check_retrained", "recall", "recall_after",
            "recall_retrained", "fa_field", "fa_field_after", "fa_held", "fa_held_after", "train_s", "teach_s",
-           "teach5_s", "teach5/train"]
+           "teach5_s", "teach5/train", "fa_field_service", "fa_check_service", "service_same"]
 
 
 def _evaluated(common, folder, parts, category):
@@ -79,6 +87,55 @@ def _overrides(args):
     return [item for override in args.override for item in ("-o", override)]
 
 
+def _through_service(trained, data, category, parts, args):
+    """The update of step 5 on a copy of the ``trained`` model folder: {taught: [relative paths], fa/recall per half
+    after activation, update_s}."""
+    import httpx
+    from src.app.serve import launch, shut_down
+    work = Path(args.work_dir) / "service-teach" / category
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(trained, work / "model")
+    token = secrets.token_hex(16)
+    auth = {"Authorization": f"Bearer {token}"}
+    process, url = launch(work / "model", "--records", str(work / "records"), "--pre_ckpt_path", args.pre_ckpt_path,
+                          "--max_batch", "1", wait_seconds=600, env=dict(os.environ, PATCHCORE_TOKEN=token))
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            def predict(path):
+                data_bytes = (data / category / path).read_bytes()
+                response = client.post("/predict", files={"file": (os.path.basename(path), data_bytes)})
+                response.raise_for_status()
+                return response.json()
+            taught = []
+            for path in parts["field"]:
+                answer = predict(path)
+                if answer["label"] != "OK":
+                    verdict = "false_alarm" if "/good/" in path else "defect"
+                    client.post(f"/records/{answer['record_id']}/review", json={"verdict": verdict, "user": "bench"},
+                                headers=auth).raise_for_status()
+                    taught += [path] if verdict == "false_alarm" else []
+            started = time.perf_counter()
+            update = client.post("/updates", json={"user": "bench"}, headers=auth).json()
+            while update["state"] == "building":
+                time.sleep(1)
+                update = client.get(f"/updates/{update['id']}", headers=auth).json()
+            if update["state"] != "ready":
+                raise SystemExit(f"{category}: the service's update failed: {update['error']}")
+            update_s = time.perf_counter() - started
+            client.post(f"/versions/{update['version']}/activate", json={"user": "bench"},
+                        headers=auth).raise_for_status()
+            row = {"taught": taught, "update_s": update_s, "summary": update["comparison"]["summary"]}
+            for half, paths in parts.items():
+                decided = [(("/good/" not in path), predict(path)["label"]) for path in paths]
+                good = [label == "NG" for defective, label in decided if not defective]
+                bad = [label == "NG" for defective, label in decided if defective]
+                row[f"fa_rate_{half}"] = sum(good) / len(good)
+                row[f"recall_{half}"] = sum(bad) / len(bad)
+            return row
+    finally:
+        shut_down(process)
+
+
 def texture_row(name, args):
     data, category = prepared(name, args.work_dir, args.cache, args.n_train, args.n_test_good, args.n_test_defect,
                               args.seed)
@@ -98,6 +155,7 @@ def texture_row(name, args):
     row = dict(texture=name, taught=len(taught), field_good=len(field_good), held=len(held), train_s=train_s,
                fa_held_before=_false_alarms(scores, held, category), thresholds_before=thresholds_before,
                **{f"{key}_before": value for key, value in before.items()})
+    service = _through_service(folder, data, category, parts, args) if args.service and not_passed else None
     if args.five:
         five = models / f"{category}-five"
         shutil.rmtree(five, ignore_errors=True)
@@ -113,6 +171,13 @@ def texture_row(name, args):
         row.update({f"{key}_after": value for key, value in after.items()},
                    fa_held_after=_false_alarms(scores_after, held, category),
                    thresholds_after=read_json(folder / "model.json", "model")["thresholds"])
+        if service is not None:
+            row.update({f"{key}_service": service[key] for key in ("fa_rate_field", "fa_rate_check", "recall_field",
+                                                                   "recall_check", "update_s")},
+                       taught_service=len(service["taught"]), comparison_service=service["summary"])
+            row["service_same"] = service["taught"] == taught and all(
+                service[key] == row[f"{key}_after"] for key in ("fa_rate_field", "fa_rate_check", "recall_field",
+                                                                 "recall_check"))
         if args.retrain:
             retrained = _retrained(data, category, taught, Path(str(models) + "-retrain"), args)
             row.update({f"{key}_retrained": value for key, value in retrained.items()})
@@ -130,7 +195,8 @@ def table_row(row):
             "fa_field": shown("fa_rate_field_before"), "fa_field_after": shown("fa_rate_field_after"),
             "fa_held": shown("fa_held_before"), "fa_held_after": shown("fa_held_after"),
             "train_s": shown("train_s"), "teach_s": shown("teach_s"), "teach5_s": shown("teach5_s"),
-            "teach5/train": shown("teach5/train")}
+            "teach5/train": shown("teach5/train"), "fa_field_service": shown("fa_rate_field_service"),
+            "fa_check_service": shown("fa_rate_check_service"), "service_same": row.get("service_same")}
 
 
 def main():
@@ -139,6 +205,8 @@ def main():
     parser.add_argument("--retrain", action="store_true", help="also retrain with the taught images")
     parser.add_argument("--hold_back", action="store_true", help="teach every other field false alarm and measure "
                                                                  "the others (surface the taught ones share)")
+    parser.add_argument("--service", action="store_true", help="also run the update through the service's review "
+                                                               "API and compare its figures")
     parser.add_argument("--json", default=None, help="default benchmarks/results/teach_<part>[-<tag>].json")
     args = parser.parse_args()
     rows = [texture_row(name, args) for name in textures(args.part)]

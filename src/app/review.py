@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from src.app.http import AuthorisedDep, RequestError, records_of, utc
-from src.inference.versions import activate, list_versions, meta_path, version_number
+from src.inference.versions import activate, list_versions, meta_path, parent_number, version_number
 from src.records.reviews import Conflict, NotFound
 from src.utils.errors import InputError
 from src.utils.io import read_json
@@ -65,8 +65,7 @@ class VersionControl:
 
     def parent_of_active(self):
         """The active version's parent's number, or None (the trained model)."""
-        parent = (self.active_meta().get("model_version") or {}).get("parent")
-        return None if parent is None else int(parent["number"])
+        return parent_number(self.active_meta())
 
     def build(self, images, work):
         """A new version teaching ``images`` (paths), not made active: its number."""
@@ -238,11 +237,11 @@ async def _switch(service, number, body, action):
     if number == before:
         raise RequestError(409, "conflict", f"version {number} is the active one already")
     async with service.switching:   # one switch at a time
-        def load():
-            predictor = control.load(number)
-            activate(control.model_dir, number)
-            return predictor
-        predictor = await asyncio.wrap_future(service.worker.switch(load))
+        try:
+            predictor = await asyncio.wrap_future(service.worker.switch(
+                lambda: control.load(number), lambda: activate(control.model_dir, number)))
+        except InputError as exc:   # the version's files are not what they should be: the old one serves on
+            raise RequestError(409, "cannot_activate", str(exc)) from None
         service.predictor = predictor
     await _blocking(records.reviews.audit, body.user, action, number, {"from": before, "to": number})
     logger.info("%s: version %d -> %d by %s", action, before, number, body.user)

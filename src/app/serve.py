@@ -125,13 +125,15 @@ class InferenceWorker:
                                {"Retry-After": "1"}) from None
         return future
 
-    def switch(self, load):
+    def switch(self, load, commit):
         """A Future of the predictor ``load()`` returns, which then answers every later request: ``load`` runs in
-        the inference thread (MindSpore is not assumed thread-safe), and the new model is compiled there before it
-        answers anything. Waits for room in the queue."""
+        the inference thread (MindSpore is not assumed thread-safe), the new model is compiled there, then
+        ``commit()`` runs (making it the folder's active version) and only then does it answer. A failure on the way
+        leaves the old predictor answering. Waits for room in the queue."""
         def task():
             predictor = load()
             warm_up(predictor, self.max_batch)
+            commit()
             self.predictor = predictor
             return predictor
         future = Future()

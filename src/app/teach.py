@@ -1,7 +1,7 @@
 """teach.py: normal images taught to a trained model as a new version (``src/training/teach.py``), the versions
 listed, and any of them made the active one (``src/inference/versions.py``)."""
 from src.app import cli
-from src.inference.versions import activate, list_versions, meta_path, version_number
+from src.inference.versions import activate, list_versions, meta_path, parent_number, version_number
 from src.utils.errors import InputError
 from src.utils.io import read_json
 
@@ -31,8 +31,8 @@ def teach(args):
 def _parent(model_dir):
     """The number of the active version's parent (an InputError for a trained model: nothing to roll back to)."""
     meta = read_json(meta_path(model_dir), "model file")
-    parent = (meta.get("model_version") or {}).get("parent")
+    parent = parent_number(meta)
     if parent is None:
         raise InputError(model_dir, f"version {version_number(meta)} is the trained model: no earlier version to "
                                     "roll back to")
-    return parent["number"]
+    return parent

@@ -25,6 +25,12 @@ def version_number(meta):
     return int((meta.get("model_version") or {}).get("number", 1))
 
 
+def parent_number(meta):
+    """The number of the version a model.json's contents were taught from (None: a trained model)."""
+    parent = (meta.get("model_version") or {}).get("parent")
+    return None if parent is None else int(parent["number"])
+
+
 def version_file(root, number):
     """Where version ``number``'s model.json is archived."""
     return os.path.join(root, VERSIONS_DIR, f"{int(number)}.json")

@@ -106,3 +106,50 @@ def test_an_update_that_cannot_be_built_fails_with_the_commands_error_and_leaves
     assert client.get("/versions", headers=AUTH).json()["serving"]["version"] == 1
     actions = [entry["action"] for entry in client.get("/audit", headers=AUTH).json()["entries"]]
     assert actions == ["update_failed", "update", "review"]
+
+
+def test_a_version_built_without_activation_serves_only_once_activated_and_a_broken_one_is_refused(
+        service, small_dataset):
+    """teach_ok(activate=False) leaves model.json as it was; activating through the service switches the answers
+    to it, a rollback switches them back (both audited); a version whose bank is gone is refused with 409 while
+    the served version answers on."""
+    from src.training.teach import teach_ok
+    client, store, model_dir = service
+    image = small_dataset / CATEGORY / "test" / "good" / "000.png"
+    trained = folder_digests(model_dir)["model.json"]
+    summary = teach_ok(str(model_dir), [str(image)], activate=False)
+    assert summary["version"] == 2 and not summary["active"] and "not active" in summary["line"]
+    assert folder_digests(model_dir)["model.json"] == trained
+    post = lambda: client.post("/predict", files={"file": ("x.png", image.read_bytes(), "image/png")}).json()
+    assert post()["model"]["version"] == 1
+    switched = client.post("/versions/2/activate", json={"user": "anna"}, headers=AUTH)
+    assert switched.status_code == 200 and switched.json() == {"serving": post()["model"], "previous": 1}
+    assert post()["model"]["version"] == 2 and client.get("/model").json()["model"]["version"] == 2
+    back = client.post("/versions/rollback", json={"user": "ben"}, headers=AUTH)
+    assert back.status_code == 200 and post()["model"]["version"] == 1
+    assert folder_digests(model_dir)["model.json"] == trained   # byte for byte the trained model again
+    entries = client.get("/audit", headers=AUTH).json()["entries"]
+    assert [(e["actor"], e["action"], e["details"]) for e in entries] == [
+        ("ben", "rollback", {"from": 2, "to": 1}), ("anna", "activate", {"from": 1, "to": 2})]
+    for path in (model_dir / "versions" / "2").rglob("*"):
+        if path.is_file():
+            path.unlink()   # version 2's banks are gone
+    broken = client.post("/versions/2/activate", json={"user": "anna"}, headers=AUTH)
+    assert broken.status_code == 409 and broken.json()["error"] == "cannot_activate", broken.text
+    assert post()["model"]["version"] == 1 and folder_digests(model_dir)["model.json"] == trained
+
+
+def test_the_comparison_counts_false_alarms_that_pass_and_confirmed_defects_that_would():
+    from src.app.review import comparison
+
+    def record(number, label):
+        return {"id": f"r{number}", "image_file": f"r{number}.png", "label": label, "image_score": 0.8,
+                "model": {"version": 1}}
+    reviewed = [(record(1, "NG"), {"verdict": "false_alarm"}), (record(2, "REVIEW"), {"verdict": "false_alarm"}),
+                (record(3, "NG"), {"verdict": "defect"}), (record(4, "NG"), {"verdict": "defect"})]
+    decided = {"r1": {"label": "OK", "image_score": 0.2}, "r2": {"label": "REVIEW", "image_score": 0.45},
+               "r3": {"label": "NG", "image_score": 0.9}, "r4": {"label": "OK", "image_score": 0.3}}
+    result = comparison(reviewed, decided)
+    assert result["summary"] == {"false_alarms": 2, "false_alarms_now_ok": 1, "defects": 2, "defects_now_ok": 1}
+    assert [(row["record_id"], row["label"], row["candidate_label"]) for row in result["records"]] == [
+        ("r1", "NG", "OK"), ("r2", "REVIEW", "REVIEW"), ("r3", "NG", "NG"), ("r4", "NG", "OK")]

@@ -124,16 +124,21 @@ def _through_service(trained, data, category, parts, args):
             update_s = time.perf_counter() - started
             client.post(f"/versions/{update['version']}/activate", json={"user": "bench"},
                         headers=auth).raise_for_status()
-            row = {"taught": taught, "update_s": update_s, "summary": update["comparison"]["summary"]}
-            for half, paths in parts.items():
-                decided = [(("/good/" not in path), predict(path)["label"]) for path in paths]
-                good = [label == "NG" for defective, label in decided if not defective]
-                bad = [label == "NG" for defective, label in decided if defective]
-                row[f"fa_rate_{half}"] = sum(good) / len(good)
-                row[f"recall_{half}"] = sum(bad) / len(bad)
-            return row
+            return dict(_service_rates(predict, parts), taught=taught, update_s=update_s,
+                        summary=update["comparison"]["summary"])
     finally:
         shut_down(process)
+
+
+def _service_rates(predict, parts):
+    """fa_rate and recall of each half, every image decided by ``predict`` (a path's answer)."""
+    row = {}
+    for half, paths in parts.items():
+        decided = [("/good/" not in path, predict(path)["label"]) for path in paths]
+        good = [label == "NG" for defective, label in decided if not defective]
+        bad = [label == "NG" for defective, label in decided if defective]
+        row[f"fa_rate_{half}"], row[f"recall_{half}"] = sum(good) / len(good), sum(bad) / len(bad)
+    return row
 
 
 def texture_row(name, args):

@@ -114,6 +114,28 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def records_url(request):
+    """None (a records store's own SQLite file) or a new database on the test PostgreSQL cluster: a test that takes
+    it runs on both."""
+    return None if request.param == "sqlite" else new_database(request.getfixturevalue("postgres_url"))
+
+
+def chromium(profile, width=1200, height=900):
+    """Headless Debian Chromium (scripts/setup_browser.sh) through ChromeDriver, with a profile folder of its own;
+    the caller quits it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
 def new_database(cluster_url):
     """The URL of a new, empty database on the cluster of ``cluster_url`` (the postgres_url fixture's)."""
     import uuid

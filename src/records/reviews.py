@@ -8,11 +8,11 @@ update, activation and rollback (who, when, what). An action and its audit entry
 """
 from datetime import datetime, timezone
 
-from sqlalchemy import or_, select, func
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from src.records.schema import AuditEntry, ModelUpdate, Record, Review
+from src.records.schema import AuditEntry, ModelUpdate, Record, Review, within
 
 VERDICTS = ("false_alarm", "defect")
 FLAGGED = ("NG", "REVIEW")
@@ -70,13 +70,8 @@ class ReviewLog:
         """{"total", "items"}: the flagged records (NG and REVIEW, or ``label``), newest first, each with its
         ``review`` (or None); ``reviewed``: True/False keeps only the reviewed/unreviewed ones."""
         statement = select(Record, Review).outerjoin(Review, Review.record_id == Record.id)
-        statement = statement.where(Record.label.in_([label] if label else FLAGGED))
-        if since is not None:
-            statement = statement.where(Record.created_at >= since)
-        if until is not None:
-            statement = statement.where(Record.created_at < until)
-        if model_version is not None:
-            statement = statement.where(Record.model_version == int(model_version))
+        statement = within(statement.where(Record.label.in_([label] if label else FLAGGED)), since, until,
+                           model_version)
         if reviewed is not None:
             statement = statement.where(Review.record_id.is_not(None) if reviewed else Review.record_id.is_(None))
         with Session(self.engine) as session:

@@ -112,3 +112,15 @@ class AuditEntry(Base):
     def to_dict(self):
         return {"id": self.id, "created_at": self.created_at.isoformat(), "actor": self.actor,
                 "action": self.action, "subject": self.subject, "details": self.details}
+
+
+def within(statement, since=None, until=None, model_version=None):
+    """``statement`` kept to the records made in [``since``, ``until``) by model version ``model_version`` (None:
+    no bound)."""
+    if since is not None:
+        statement = statement.where(Record.created_at >= since)
+    if until is not None:
+        statement = statement.where(Record.created_at < until)
+    if model_version is not None:
+        statement = statement.where(Record.model_version == int(model_version))
+    return statement

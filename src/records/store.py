@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.orm import Session
 
 from src.records.reviews import ReviewLog
-from src.records.schema import Record
+from src.records.schema import Record, within
 from src.utils.errors import InputError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -175,13 +175,7 @@ class RecordStore:
             if label not in LABELS:
                 raise InputError("label", f"must be one of {', '.join(LABELS)}, got {label!r}")
             statement = statement.where(Record.label == label)
-        if since is not None:
-            statement = statement.where(Record.created_at >= since)
-        if until is not None:
-            statement = statement.where(Record.created_at < until)
-        if model_version is not None:
-            statement = statement.where(Record.model_version == int(model_version))
-        return statement
+        return within(statement, since, until, model_version)
 
     def query(self, label=None, since=None, until=None, model_version=None, limit=50, offset=0):
         """{"total", "items"}: the records that match, newest first, ``limit`` from ``offset``."""

@@ -9,7 +9,7 @@ import shutil
 import httpx
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, chromium
 
 CATEGORY = "synthetic_leather"
 TOKEN = "page-token-7"
@@ -30,16 +30,7 @@ def served(small_model, tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1300"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium(tmp_path / "profile", 1400, 1300)
     yield driver
     driver.quit()
 
@@ -68,6 +59,20 @@ def shot(driver, name):
     assert driver.save_screenshot(str(artifacts / name))
 
 
+def review_by_key(browser, record, key):
+    """Select ``record`` in the review page's queue, then press ``key`` (the verdict's shortcut)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.find_element(By.CSS_SELECTOR, f'.queue-item[data-id="{record["id"]}"]').click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "view").get_attribute("data-record") ==
+                                     record["id"] and "Not reviewed" in d.find_element(By.ID, "facts").text)
+    if key == "o":
+        shot(browser, "review_queue.png")
+    browser.find_element(By.TAG_NAME, "body").send_keys(key)
+    WebDriverWait(browser, 10).until(lambda d: not d.find_elements(
+        By.CSS_SELECTOR, f'.queue-item[data-id="{record["id"]}"]'))   # gone from the "not reviewed" queue
+
+
 @pytest.mark.browser
 def test_a_false_alarm_reviewed_on_the_page_becomes_ok_once_its_version_is_activated(served, browser,
                                                                                      small_dataset):
@@ -87,15 +92,8 @@ def test_a_false_alarm_reviewed_on_the_page_becomes_ok_once_its_version_is_activ
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "queue").get_attribute("data-ready"))
     queued = [row.get_attribute("data-id") for row in browser.find_elements(By.CSS_SELECTOR, ".queue-item")]
     assert false_alarm["id"] in queued and defect["id"] in queued and len(queued) == 2   # OK images are not queued
-    for record, key in ((false_alarm, "o"), (defect, "d")):
-        browser.find_element(By.CSS_SELECTOR, f'.queue-item[data-id="{record["id"]}"]').click()
-        WebDriverWait(browser, 10).until(lambda d: record["id"] not in d.find_element(By.ID, "facts").text and
-                                         "Not reviewed" in d.find_element(By.ID, "facts").text)
-        if key == "o":
-            shot(browser, "review_queue.png")
-        browser.find_element(By.TAG_NAME, "body").send_keys(key)   # the keyboard shortcut
-        WebDriverWait(browser, 10).until(lambda d: not d.find_elements(
-            By.CSS_SELECTOR, f'.queue-item[data-id="{record["id"]}"]'))   # gone from the "not reviewed" queue
+    review_by_key(browser, false_alarm, "o")   # a screenshot of the queue before the key
+    review_by_key(browser, defect, "d")
     reviews = httpx.get(f"{url}/review/queue", headers=AUTH, params={"reviewed": True}).json()["items"]
     assert {item["id"]: item["review"]["verdict"] for item in reviews} == {false_alarm["id"]: "false_alarm",
                                                                            defect["id"]: "defect"}

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, chromium
 from src.app.serve import launch, shut_down
 
 CATEGORY = "synthetic_leather"
@@ -168,22 +168,13 @@ def test_random_bodies_never_get_a_5xx(server, body):
 def test_the_page_shows_the_score_and_label_of_an_uploaded_image(server, model_dir, dataset, tmp_path):
     """Headless Debian Chromium (scripts/setup_browser.sh) drives the page; a screenshot is kept in
     test-artifacts/serve_page.png."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from src.inference.predict import load_model
     path = dataset / CATEGORY / "test" / "stain" / "001.png"
     (expected,) = load_model(str(model_dir)).predict(str(path))
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium(tmp_path / "profile")
     try:
         driver.get(f"{server}/")
         WebDriverWait(driver, 30).until(lambda d: "loading" not in d.find_element(By.ID, "model").text)

@@ -7,7 +7,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import new_database, read_json, run_cli
+from conftest import read_json, run_cli
 
 CATEGORY = "synthetic_leather"
 TOKEN = "test-token-0123"
@@ -20,11 +20,10 @@ def predictor(small_model):
     return load_model(str(small_model[0]))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def records(request, tmp_path):
+@pytest.fixture
+def records(records_url, tmp_path):
     from src.records.store import RecordStore
-    url = None if request.param == "sqlite" else new_database(request.getfixturevalue("postgres_url"))
-    store = RecordStore(tmp_path / "records", url)
+    store = RecordStore(tmp_path / "records", records_url)
     yield store
     store.close()
 

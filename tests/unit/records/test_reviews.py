@@ -4,16 +4,14 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import new_database
 from src.records.reviews import Conflict, NotFound
 from src.records.store import RecordStore
 from test_store import START, fields
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = None if request.param == "sqlite" else new_database(request.getfixturevalue("postgres_url"))
-    opened = RecordStore(tmp_path / "records", url)
+@pytest.fixture
+def store(records_url, tmp_path):
+    opened = RecordStore(tmp_path / "records", records_url)
     yield opened
     opened.close()
 

@@ -5,17 +5,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import new_database
 from src.records.store import RecordStore
 from src.utils.errors import InputError
 
 START = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request):
+@pytest.fixture
+def url(records_url):
     """None (SQLite in the store's folder) or a new database on the test PostgreSQL cluster."""
-    return None if request.param == "sqlite" else new_database(request.getfixturevalue("postgres_url"))
+    return records_url
 
 
 def fields(label="NG", version=1, score=0.7):

@@ -48,10 +48,23 @@ std::vector<float> PatchScorer::Score(const float *features, const std::vector<i
   std::vector<float> distances(static_cast<size_t>(locations * num_nn_));
   std::vector<int64_t> labels(distances.size());
   index_->search(locations, queries.data(), num_nn_, distances.data(), labels.data());
+  // faiss finds the entries; their distances are computed again as sum((x - m)^2), one row at a time: faiss's
+  // |x|^2 + |m|^2 - 2 x.m goes through a matrix product whose rounding depends on the batch (as in Python,
+  // src/patchcore/memory_bank.py).
+  std::vector<float> entry(static_cast<size_t>(dim));
   std::vector<float> scores(static_cast<size_t>(locations));
   for (int64_t p = 0; p < locations; ++p) {
+    const float *query = queries.data() + p * dim;
     double sum = 0.0;
-    for (int k = 0; k < num_nn_; ++k) sum += distances[p * num_nn_ + k];
+    for (int k = 0; k < num_nn_; ++k) {
+      index_->reconstruct(labels[p * num_nn_ + k], entry.data());
+      float distance = 0.0f;
+      for (int64_t c = 0; c < dim; ++c) {
+        const float difference = query[c] - entry[c];
+        distance += difference * difference;
+      }
+      sum += distance;
+    }
     scores[p] = static_cast<float>(sum / num_nn_);
   }
   return scores;

@@ -148,7 +148,8 @@ def blas_rates(bank_rows, dim, queries=4096, repeats=3):
 
 def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
     """Model.predict (what predict.py runs, without its files) on the first ``images`` test images after one
-    warm-up: seconds per image, split as Model.timings splits them, and the scoring FLOPs per image."""
+    warm-up: seconds per image, split as Model.timings splits them, and the scoring FLOPs per image; the warm-up
+    image's seconds and the network compile in it, apart."""
     from src.backbones.networks import feature_grid
     from src.data.sample import HRSample
     from src.inference.model import Model
@@ -157,7 +158,9 @@ def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
     model = Model.load(str(folder), pre_ckpt_path=pre_ckpt_path)
     paths = sorted(str(p) for p in (Path(data_root) / category / "test").glob("*/*.png"))[:images + 1]
     pictures = [HRSample(path).load_image() for path in paths]
+    warm_up = time.perf_counter()
     model.predict(pictures[0])
+    warm_up = time.perf_counter() - warm_up
     model.timings = dict.fromkeys(model.timings, 0.0)
     started = time.perf_counter()
     for picture in pictures[1:]:
@@ -171,7 +174,8 @@ def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
         flops += 2 * len(tiles) * grid[0] * grid[1] * len(bank) * bank.dimension
     return {"seconds": (time.perf_counter() - started) / count,
             **{f"{part}_s": seconds / count for part, seconds in model.timings.items()},
-            "scoring_gflop": flops / 1e9, "images": count}
+            "scoring_gflop": flops / 1e9, "images": count, "first_image_s": warm_up,
+            "compile_s": model.compile_seconds}
 
 
 def main():
@@ -217,7 +221,9 @@ def main():
     print(f"per {args.image_size}x{args.image_size} image, Python (Model.predict, {python['images']} images): "
           f"{python['seconds']:.2f} s = network {python['network_s']:.2f} + scoring {python['scoring_s']:.2f} "
           f"({python['scoring_gflop']:.0f} GFLOP, {python['scoring_gflop'] / python['scoring_s']:.0f} GFLOP/s) + map "
-          f"{python['map_s']:.2f}; floor {floor:.2f} s (that network time + the scoring FLOPs at the sgemm rate)")
+          f"{python['map_s']:.2f}; floor {floor:.2f} s (that network time + the scoring FLOPs at the sgemm rate); "
+          f"apart: the first image {python['first_image_s']:.2f} s, of which network compile "
+          f"{python['compile_s']:.2f} s")
     acc = read_json(args.cpp_acc, "C++ runner results") if args.cpp_acc else {}
     latency, images = acc.get("latency"), len(acc.get("scores", []))
     if latency:

@@ -39,5 +39,6 @@ def predict(args):
                           for part, seconds in predictor.model.timings.items())
     decided = [result["label"] for result in results]
     print(f"{len(results)} images: {predictor.rule.count(decided)} ({predictor.rule.describe()}); "
-          f"per image {per_image}; results in {output_dir}")
+          f"per image {per_image}; network compile {predictor.model.compile_seconds:.2f} s once, apart; "
+          f"results in {output_dir}")
     return 0

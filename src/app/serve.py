@@ -101,8 +101,12 @@ def warm_up(predictor, max_batch):
     """MindSpore compiles a graph per batch size: compile every size a batch can have now, not on a user's request
     (each costs about a second)."""
     width, height = predictor.model.meta["image_size"]
+    started = time.perf_counter()
     for size in range(1, max_batch + 1):
         list(predictor.predict([np.zeros((height, width, 3), np.uint8)] * size))
+    logger.info("model version %d ready in %.2f s: network compile %.2f s (first call per input size), then batches "
+                "of 1 to %d", predictor.identity["version"], time.perf_counter() - started,
+                predictor.model.compile_seconds, max_batch)
 
 
 class InferenceWorker:

@@ -53,6 +53,11 @@ class Model:
         # (composition, stitching, smoothing, image score); predict.py prints them per image
         self.timings = {"network": 0.0, "scoring": 0.0, "map": 0.0}
 
+    @property
+    def compile_seconds(self):
+        """The networks' first calls per input size (graph compiles), kept out of ``timings``."""
+        return sum(featurizer.compile_seconds for featurizer in self.featurizers.values())
+
     @classmethod
     def load(cls, checkpoint_root, pre_ckpt_path=None, task_generator=None, extractors=None, version=None):
         """Read ``model.json``, ``tasks.json`` and every verified bank; build the feature extractors.
@@ -127,10 +132,10 @@ class Model:
         policy = self.scorer.policy
         batches = featurizer.view_batches(views)
         while True:
-            started = time.perf_counter()
+            started, compiled = time.perf_counter(), featurizer.compile_seconds
             features = next(batches, None)
             scored = time.perf_counter()
-            self.timings["network"] += scored - started
+            self.timings["network"] += scored - started - (featurizer.compile_seconds - compiled)
             if features is None:
                 return
             raw = detector.patch_scores(features, exclude_sources)

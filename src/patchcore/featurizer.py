@@ -8,8 +8,13 @@ as ``sum_k w_k f_k / sum_k w_k`` (``fusion_weights``; dividing by the sum keeps 
 ``[1, 1]`` and ``[0.5, 0.5]`` are the same model).
 """
 import itertools
+import time
+import weakref
 
 import numpy as np
+
+
+COMPILED = weakref.WeakKeyDictionary()   # network -> the input shapes it has run (compiled) with
 
 
 def interpolation_matrix(out_len, in_len, start, length):
@@ -83,6 +88,11 @@ class Featurizer:
     224 pixels up (8 images: WRN50 at 224 px 1.24 s one at a time, 1.23 s as a batch; MobileNetV2 at 512 px 0.71
     s against 0.80 s); only tiny inputs pay the per-call overhead (64 px: 0.22 s against 0.12 s). It also leaves
     one graph to compile instead of one per batch size.
+
+    ``compile_seconds``: the time of the network's first call for each input size (MindSpore compiles its graph
+    then: about 1.4 s for MobileNetV2), kept apart so that per-image figures do not carry it. MindSpore's own
+    compile cache is not used: across runs it handed a changed network (another layer set) the graph cached for
+    the first one, with the wrong output size (MindSpore 2.10, measured).
     """
 
     def __init__(self, extractor, mean, std, batch_size, fusion_weights=None):
@@ -90,13 +100,23 @@ class Featurizer:
         self.mean, self.std = mean, std
         self.batch_size = int(batch_size)
         self.weights = None if fusion_weights is None else relative_weights(fusion_weights)
+        self.compile_seconds = 0.0
 
     def network(self, rgb_images):
         """[B, D, h, w] float32 features of equally sized HxWx3 uint8 images, one at a time (class docstring)."""
-        import mindspore as ms
-        outputs = [self.extractor(ms.Tensor(network_input([image], self.mean, self.std))).asnumpy()
-                   for image in rgb_images]
+        outputs = [self._call(network_input([image], self.mean, self.std)) for image in rgb_images]
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _call(self, chunk):
+        import mindspore as ms
+        compiled = COMPILED.setdefault(self.extractor, set())   # featurizers of one model may share a network
+        if chunk.shape in compiled:
+            return self.extractor(ms.Tensor(chunk)).asnumpy()
+        started = time.perf_counter()
+        features = self.extractor(ms.Tensor(chunk)).asnumpy()
+        self.compile_seconds += time.perf_counter() - started
+        compiled.add(chunk.shape)
+        return features
 
     def view_batches(self, views):
         """Yield [B, D, h, w] features of ``views``, ``batch_size`` at a time across images: ``views`` is an

@@ -10,12 +10,13 @@ from src.app import cli
 from src.config.loader import apply_overrides
 from src.evaluation.evaluate import default_evaluators, evaluation_size, run_inference, with_decisions
 from src.inference.model import Model
+from src.patchcore.memory_bank import EXACT, search_spec
 from src.utils.errors import InputError
 from src.utils.io import staged_folder, write_json, write_text
 
 # Entries that only change scoring, evaluation or speed may differ from training; the rest define the banks.
 EVAL_SETTINGS = {"batch_size": "data", "anomaly_scorer_num_nn": "patch", "gaussian_sigma": "postprocess",
-                 "eval_resize": "hr", "vis_size": "hr"}
+                 "search": "postprocess", "eval_resize": "hr", "vis_size": "hr"}
 
 
 def eval_settings(meta, overrides):
@@ -25,6 +26,7 @@ def eval_settings(meta, overrides):
     settings = {"batch_size": meta["batch_size"],
                 "anomaly_scorer_num_nn": config["patch"]["anomaly_scorer_num_nn"],
                 "gaussian_sigma": meta["inference"]["gaussian_sigma"],
+                "search": meta["inference"].get("search", EXACT),
                 "eval_resize": evaluation_size(meta), "vis_size": hr.get("vis_size", 1024)}
     sections = {section: {} for section in set(EVAL_SETTINGS.values())}
     for key, section in EVAL_SETTINGS.items():
@@ -43,6 +45,8 @@ def apply_settings(model, settings):
     model.settings = dict(model.settings, gaussian_sigma=float(settings["gaussian_sigma"]))
     for detector in model.detectors.values():
         detector.patch_config["anomaly_scorer_num_nn"] = int(settings["anomaly_scorer_num_nn"])
+        if detector.bank.search != search_spec(settings["search"], "-o search"):
+            detector.bank.use_search(settings["search"])
     for featurizer in model.featurizers.values():
         featurizer.batch_size = model.batch_size
 

@@ -10,6 +10,7 @@ from src.config.hr import TilingSettings, ValidationSettings, effective_val_conf
 from src.data.augment import check_augmentations
 from src.decisions.thresholds import ThresholdPolicy
 from src.patchcore.scoring import build_image_score
+from src.patchcore.memory_bank import search_spec
 from src.patchcore.sampling import build_sampler
 from src.utils.checks import positive_int
 from src.utils.errors import InputError
@@ -132,6 +133,7 @@ class Config:
             val_config = ValidationSettings.from_dict(effective_val_config(raw))
             hr = None if "hr" not in raw else TilingSettings.from_dict(raw["hr"], val_config is not None)
             decision = ThresholdPolicy.from_postprocess(raw["postprocess"])
+            raw["postprocess"]["search"] = search_spec(raw["postprocess"].get("search"))
             image_score = dict(raw["image_score"])
             image_score["policy"] = image_score["policy"] or default_policy(tiled=hr is not None)
             build_image_score(image_score, feature_stride=1)   # a bad name or parameter stops the run here

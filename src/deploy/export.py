@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Callable
 
+import faiss
 import numpy as np
 
 from src.evaluation.evaluate import evaluation_size
@@ -30,6 +31,8 @@ from src.utils.device import set_device
 from src.utils.errors import InputError
 from src.utils.io import sha256_of, staged_folder, write_json
 from src.utils.logs import logger
+
+SEARCH_FILE = "search.index"   # a job's faiss IndexRefine for the runner, when the model's search is not exact
 
 EXPORT_FILE = "export.json"
 FORMAT_VERSION = 2
@@ -56,6 +59,7 @@ class ExportPlan:
     copies: list           # [(source file, path inside the export folder)]
     describe: Callable     # ({job: model entry}, {file: sha256}) -> the kind's own export.json entries
     contents: dict = None  # {path inside the export folder: JSON-ready contents} written instead of copied
+    searches: dict = None  # {path inside the export folder: MemoryBank} whose search index the runner searches
 
 
 def fusion_weights(meta):
@@ -69,6 +73,8 @@ def export_plan(checkpoint_dir):
     meta = Model.read_meta(checkpoint_dir)
     tasks, indexes = load_tasks(os.path.join(checkpoint_dir, TASKS_FILE))
     detectors = load_detectors(checkpoint_dir, meta)
+    for detector in detectors.values():
+        detector.bank.use_search(meta["inference"].get("search"))
     sizes = sorted({(index.main_index.width, index.main_index.height) for task in tasks for index in task.indexes})
     if len(sizes) != 1:
         raise InputError(checkpoint_dir, f"tiles of {len(sizes)} sizes {sizes}; an export feeds one tile size")
@@ -99,7 +105,9 @@ def export_plan(checkpoint_dir):
         detector, model = detectors[name], models[name]
         return {"folder": name, "mindir": model["mindir"], "lite_mindir": model["lite_mindir"],
                 "output_shape": model["output_shape"], "feature_grid": model["feature_grid"],
-                "bank_file": f"{name}/{INDEX_FILE}", "bank_metadata": f"{name}/{METADATA_FILE}",
+                # the runner searches the exact bank, or the model's faster search over it (with the bank inside)
+                "bank_file": f"{name}/{INDEX_FILE if detector.bank.search_index is None else SEARCH_FILE}",
+                "search": detector.bank.search, "bank_metadata": f"{name}/{METADATA_FILE}",
                 "bank_size": len(detector.bank), "num_nn": int(detector.patch_config["anomaly_scorer_num_nn"]),
                 "normalizer": detector.metadata.get("normalizer"),
                 # A fused tile's score needs all its levels: the runner then only computes features.
@@ -122,7 +130,9 @@ def export_plan(checkpoint_dir):
                 "image_score": meta["image_score"], "eval_resize": evaluation_size(meta),
                 "thresholds": meta.get("thresholds"), "score_normalizer": meta.get("score_normalizer")}}
 
-    return ExportPlan(meta["category"], meta, meta["config"], inputs, copies, describe, contents)
+    searches = {f"{name}/{SEARCH_FILE}": detector.bank for name, detector in detectors.items()
+                if detector.bank.search_index is not None}
+    return ExportPlan(meta["category"], meta, meta["config"], inputs, copies, describe, contents, searches)
 
 
 def model_file_names(height, width, role=None):
@@ -203,6 +213,8 @@ def export_checkpoint(checkpoint_dir, ckpt_file, output_dir, file_format="MINDIR
             shutil.copyfile(source, os.path.join(stage, name))
         for name, contents in (plan.contents or {}).items():
             write_json(os.path.join(stage, name), contents)
+        for name, bank in (plan.searches or {}).items():
+            faiss.write_index(bank.search_index, os.path.join(stage, name))
         files = {name: sha256_of(os.path.join(stage, name)) for name in export_files(stage)}
         meta = {
             "format_version": FORMAT_VERSION,

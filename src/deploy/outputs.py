@@ -46,6 +46,7 @@ def job_grids(job, entries, export_dir, result_path, weights, policy):
     def python_scores():
         """Fused tiles, or the runner run without --bank_path: scored with the task's bank."""
         detector = PatchCoreDetector.load(bank_dir)
+        detector.bank.use_search(job.get("search"))   # as the runner would search (exports before it: exact)
         return [detector.patch_scores(input_features(folder, entry, job, weights))[0] for entry in entries]
 
     raw, source = score_grids(folder, [file_stem(entry["file"]) for entry in entries], job, python_scores)

@@ -71,6 +71,8 @@ class Model:
         tasks, indexes = load_tasks(os.path.join(checkpoint_root, TASKS_FILE))
         detectors = load_detectors(checkpoint_root, meta)
         extractors = {} if extractors is None else extractors
+        for detector in detectors.values():   # models trained before the setting: exact
+            detector.bank.use_search(meta["inference"].get("search"))
         return cls(meta, tasks, indexes, detectors, make_featurizers(detectors, meta, pre_ckpt_path, extractors),
                    task_generator)
 

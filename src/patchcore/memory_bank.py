@@ -2,6 +2,14 @@
 
 Scores follow the reference: a patch's score is the mean of its ``num_nn`` nearest faiss distances,
 which for ``IndexFlatL2`` are squared Euclidean distances.
+
+How the nearest entries are found (``search``, model.json's ``inference.search``):
+- ``"exact"`` (the default): every entry, in the bank's own dimension.
+- ``{"kind": "pca_refine", "dimension": d, "candidates": c}``: faiss's ``IndexRefine`` over an
+  ``IndexPreTransform(PCAMatrix)`` of the entries: the ``c * num_nn`` nearest entries in the bank's first d principal
+  components, re-ranked by their exact distance. Fewer FLOPs for the same scan; a true nearest entry is missed only
+  when it is not among those candidates, and then the score is the next entry's (never lower than exact). The PCA is
+  fitted on the bank's entries when the bank is loaded (deterministic), so the stored index stays exact.
 """
 import os
 
@@ -11,18 +19,56 @@ import numpy as np
 from src.utils.errors import InputError
 from src.utils.io import atomic_path, read_json, sha256_of, write_json
 
+EXACT = "exact"
+PCA_REFINE = "pca_refine"
 INDEX_FILE = "faiss.index"
 METADATA_FILE = "bank.json"
 FORMAT_VERSION = 1
 
 
+def search_spec(value, source="postprocess.search"):
+    """``value`` as a search setting (module docstring): "exact", or a pca_refine dict with every entry given."""
+    if value is None or value == EXACT:
+        return EXACT
+    entries = {"dimension": 64, "candidates": 4}
+    if not isinstance(value, dict) or value.get("kind") != PCA_REFINE or set(value) - {"kind", *entries}:
+        raise InputError(source, f"must be {EXACT!r} or {{kind: {PCA_REFINE}, dimension: D, candidates: C}}, "
+                                 f"got {value!r}")
+    for key in entries:
+        entries[key] = value.get(key, entries[key])
+        if isinstance(entries[key], bool) or not isinstance(entries[key], int) or entries[key] < 1:
+            raise InputError(source, f"{key} must be a positive integer, got {entries[key]!r}")
+    return {"kind": PCA_REFINE, **entries}
+
+
 class MemoryBank:
-    """``index``: a faiss ``IndexFlatL2`` of the bank's features; None when loaded with ``index=False``."""
+    """``index``: a faiss ``IndexFlatL2`` of the bank's features; None when loaded with ``index=False``.
+    ``search_index``: what finds the nearest entries when the search is not exact (:meth:`use_search`)."""
 
     def __init__(self, index, metadata=None):
         self.index = index
         self.metadata = dict(metadata or {})
         self._rows = None
+        self.search, self.search_index, self._search_parts = EXACT, None, ()
+
+    def use_search(self, spec):
+        """Find the nearest entries as ``spec`` says (module docstring); returns the bank."""
+        spec = search_spec(spec)
+        if spec == EXACT or len(self) < self.dimension:   # too few entries to fit a PCA: a scan of them is cheap
+            self.search, self.search_index, self._search_parts = EXACT, None, ()
+            return self
+        if spec["dimension"] >= self.dimension:
+            raise InputError("postprocess.search", f"dimension {spec['dimension']} must be below the bank's "
+                                                   f"{self.dimension}")
+        reduced = faiss.IndexFlatL2(spec["dimension"])
+        base = faiss.IndexPreTransform(faiss.PCAMatrix(self.dimension, spec["dimension"]), reduced)
+        base.train(self.rows)
+        base.add(self.rows)
+        refine = faiss.IndexRefine(base, self.index)
+        refine.k_factor = float(spec["candidates"])
+        # faiss's Python wrappers do not own the indexes they are given: keep them alive with the refine index
+        self.search, self.search_index, self._search_parts = spec, refine, (base, reduced)
+        return self
 
     @classmethod
     def from_features(cls, features, metadata=None):
@@ -48,7 +94,7 @@ class MemoryBank:
         features = np.ascontiguousarray(features, np.float32)
         if features.shape[1] != self.dimension:
             raise ValueError(f"feature dimension {features.shape[1]} != bank dimension {self.dimension}")
-        _, nearest = self.index.search(features, int(num_nn))
+        _, nearest = (self.search_index or self.index).search(features, int(num_nn))
         difference = self.rows[nearest] - features[:, None, :]
         distances = np.einsum("nkd,nkd->nk", difference, difference, optimize=False)   # numpy's loop: per row
         return distances.mean(axis=1)

@@ -86,6 +86,7 @@ def model_meta(config, model_plan, image_score, seed, pre_ckpt_path, items):
         "batch_size": config.data.batch_size, "fusion_weights": model_plan.fusion_weights,
         "image_score": image_score.to_dict(),
         "inference": {"gaussian_sigma": float(config.postprocess["gaussian_sigma"]),
+                      "search": config.postprocess["search"],
                       "thumbnail_size": None if thumbnail is None else list(thumbnail.size),
                       "thumbnail_merge": None if thumbnail is None else thumbnail.merge},
         "task_generator": model_plan.task_generator_spec,

@@ -18,6 +18,7 @@ scoring shape (the bank search's share of sgemm), and writes them to ``--json``.
         --data_root demo_output/hr/data                                       # reuse a trained, evaluated model
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -146,7 +147,25 @@ def blas_rates(bank_rows, dim, queries=4096, repeats=3):
             "knn_shape": [queries, bank_rows, dim]}
 
 
-def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
+def search_comparison(args, data_root, folder):
+    """eval.py with ``args.search``, then with the exact search (which leaves its eval/ folder, as training's
+    evaluation did): the metrics of both and the largest relative image-score difference."""
+    common = ["--dataset_path", str(data_root), "--category", args.category, "--output_dir", str(folder.parent),
+              "--pre_ckpt_path", args.pre_ckpt_path, "--seed", str(args.seed), "-o", f"eval_resize={args.eval_resize}"]
+    results = {}
+    for kind, search in (("fast", args.search), ("exact", "exact")):
+        run_cli("eval.py", [*common, "-o", f"search={json.dumps(search)}"])
+        results[kind] = {name: read_json(folder / "eval" / name, name) for name in ("metrics.json", "scores.json")}
+    fast, exact = results["fast"], results["exact"]
+    differences = [abs(a["image_score"] - b["image_score"]) / abs(b["image_score"])
+                   for a, b in zip(fast["scores.json"], exact["scores.json"])]
+    return {"search": args.search, **{f"{key}_{kind}": result["metrics.json"][key] for key in
+                                       ("image_auroc", "pixel_auroc") for kind, result in (("exact", exact),
+                                                                                           ("fast", fast))},
+            "max_relative_image_score_difference": max(differences)}
+
+
+def python_per_image(folder, data_root, category, pre_ckpt_path, images=5, search="exact"):
     """Model.predict (what predict.py runs, without its files) on the first ``images`` test images after one
     warm-up: seconds per image, split as Model.timings splits them, and the scoring FLOPs per image; the warm-up
     image's seconds and the network compile in it, apart."""
@@ -156,6 +175,8 @@ def python_per_image(folder, data_root, category, pre_ckpt_path, images=5):
     from src.utils.device import set_device
     set_device("CPU", 0)
     model = Model.load(str(folder), pre_ckpt_path=pre_ckpt_path)
+    for detector in model.detectors.values():
+        detector.bank.use_search(search)
     paths = sorted(str(p) for p in (Path(data_root) / category / "test").glob("*/*.png"))[:images + 1]
     pictures = [HRSample(path).load_image() for path in paths]
     warm_up = time.perf_counter()
@@ -192,6 +213,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpp_acc", default=None, help="acc_<CATEGORY>.json of the exported tiled model run by "
                                                         "scripts/run_infer_cpp.sh: adds its row")
+    parser.add_argument("--search", type=json.loads, default={"kind": "pca_refine", "dimension": 64, "candidates": 4},
+                        help="the faster search compared with the exact one (JSON, as postprocess.search)")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     args = parser.parse_args()
     if not os.path.isfile(args.pre_ckpt_path):
@@ -213,6 +236,8 @@ def main():
     folder = Path(args.hr_model or Path(args.work_dir) / "models" / args.category)
     bank = read_json(folder / "task_0" / "bank.json", "bank")
     python = python_per_image(folder, data_root, args.category, args.pre_ckpt_path)
+    fast = python_per_image(folder, data_root, args.category, args.pre_ckpt_path, search=args.search)
+    comparison = search_comparison(args, data_root, folder)
     rates = blas_rates(bank["bank_size"], bank["dimension"])
     print(f"BLAS kernels: {', '.join(f'{lib}: {name}' for lib, name in rates['kernels'].items())}; sgemm 2048^3 "
           f"{rates['sgemm_gflops']:.0f} GFLOP/s, kNN {'x'.join(map(str, rates['knn_shape']))} "
@@ -224,6 +249,12 @@ def main():
           f"{python['map_s']:.2f}; floor {floor:.2f} s (that network time + the scoring FLOPs at the sgemm rate); "
           f"apart: the first image {python['first_image_s']:.2f} s, of which network compile "
           f"{python['compile_s']:.2f} s")
+    print(f"per image, Python with search {json.dumps(args.search)}: {fast['seconds']:.2f} s = network "
+          f"{fast['network_s']:.2f} + scoring {fast['scoring_s']:.2f} + map {fast['map_s']:.2f} (exact: "
+          f"{python['seconds']:.2f} s, {python['seconds'] / fast['seconds']:.2f}x); image AUROC "
+          f"{comparison['image_auroc_fast']:.4f} (exact {comparison['image_auroc_exact']:.4f}), pixel AUROC "
+          f"{comparison['pixel_auroc_fast']:.4f} (exact {comparison['pixel_auroc_exact']:.4f}), largest relative "
+          f"image-score difference {comparison['max_relative_image_score_difference']:.2e}")
     acc = read_json(args.cpp_acc, "C++ runner results") if args.cpp_acc else {}
     latency, images = acc.get("latency"), len(acc.get("scores", []))
     if latency:
@@ -231,7 +262,8 @@ def main():
               f"{latency['network_ms'] / images / 1000:.2f} + scoring {latency['scoring_ms'] / images / 1000:.2f} "
               f"({python['scoring_gflop'] * images / (latency['scoring_ms'] / 1000 or 1):.0f} GFLOP/s; "
               f"OpenBLAS {'/'.join(latency.get('openblas_cores', [])) or 'unknown'}), model loads not counted")
-    write_json(args.json, {"rows": rows, "blas": rates, "python_per_image": python, "data_root": str(data_root),
+    write_json(args.json, {"rows": rows, "blas": rates, "python_per_image": python, "python_per_image_fast": fast,
+                           "search_comparison": comparison, "data_root": str(data_root),
                            "category": args.category,
                            "eval_resize": args.eval_resize, "downscaled_bank_size": plain_bank,
                            "tiled_memory": memory, "tiled_jobs": model["jobs"]})

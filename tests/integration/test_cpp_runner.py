@@ -229,6 +229,29 @@ def test_bank_scores_equal_faiss_in_python(runner, tiny_model, tmp_path):
                                       np.load(tmp_path / "out" / f"{stem}_scores.npy"))
 
 
+def test_the_runner_searches_a_pca_refine_index_as_python_does(runner, tiny_model, tmp_path):
+    """The export's search.index of a model whose search is pca_refine: the runner's scores (faiss's IndexRefine,
+    then every distance computed again from the exact entries) equal the Python bank's with that search."""
+    from src.patchcore.memory_bank import MemoryBank
+    mindir, inputs, references = tiny_model
+    dim = references["img_000"][0].shape[1]
+    rng = np.random.default_rng(3)
+    bank = MemoryBank.from_features(rng.normal(0.0, 0.5, (max(300, 2 * dim), dim)).astype(np.float32))
+    bank.use_search({"kind": "pca_refine", "dimension": max(1, dim // 4), "candidates": 2})
+    assert bank.search != "exact"
+    bank_path = tmp_path / "search.index"
+    faiss.write_index(bank.search_index, str(bank_path))
+    result = run_runner(runner, "--mindir_path", mindir, "--input_path", write_inputs(tmp_path / "in", inputs),
+                        "--result_path", tmp_path / "out", "--bank_path", bank_path, "--num_nn", 2)
+    assert result.returncode == 0, result.stderr
+    for stem in inputs:
+        features = np.load(tmp_path / "out" / f"{stem}_0.npy")
+        _, d, h, w = features.shape
+        expected = bank.patch_scores(features[0].reshape(d, h * w).T, 2).reshape(h, w)
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"{stem}_scores.npy"), expected, rtol=1e-5,
+                                   atol=1e-6 * float(expected.max()))
+
+
 @pytest.mark.parametrize("flags, message", [(["--save_features", "0"], "--save_features 0 needs --bank_path"),
                                             (["--save_features", "2"], "--save_features: expected 0 or 1")])
 def test_save_features_flag_is_checked(runner, tiny_model, tmp_path, flags, message):

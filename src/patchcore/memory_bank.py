@@ -9,7 +9,8 @@ How the nearest entries are found (``search``, model.json's ``inference.search``
   ``IndexPreTransform(PCAMatrix)`` of the entries: the ``c * num_nn`` nearest entries in the bank's first d principal
   components, re-ranked by their exact distance. Fewer FLOPs for the same scan; a true nearest entry is missed only
   when it is not among those candidates, and then the score is the next entry's (never lower than exact). The PCA is
-  fitted on the bank's entries when the bank is loaded (deterministic), so the stored index stays exact.
+  fitted on the bank's entries when the bank is loaded (deterministic), so the stored index stays exact. A bank of
+  at most d dimensions, or of fewer entries than dimensions, is searched exactly.
 """
 import os
 
@@ -54,12 +55,11 @@ class MemoryBank:
     def use_search(self, spec):
         """Find the nearest entries as ``spec`` says (module docstring); returns the bank."""
         spec = search_spec(spec)
-        if spec == EXACT or len(self) < self.dimension:   # too few entries to fit a PCA: a scan of them is cheap
+        # nothing to reduce (the bank has at most that many dimensions), or too few entries to fit a PCA on (a scan
+        # of them is cheap): exact
+        if spec == EXACT or spec["dimension"] >= self.dimension or len(self) < self.dimension:
             self.search, self.search_index, self._search_parts = EXACT, None, ()
             return self
-        if spec["dimension"] >= self.dimension:
-            raise InputError("postprocess.search", f"dimension {spec['dimension']} must be below the bank's "
-                                                   f"{self.dimension}")
         reduced = faiss.IndexFlatL2(spec["dimension"])
         base = faiss.IndexPreTransform(faiss.PCAMatrix(self.dimension, spec["dimension"]), reduced)
         base.train(self.rows)

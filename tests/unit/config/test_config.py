@@ -45,3 +45,13 @@ def test_validation_folds_are_an_entry_of_val_config_checked_when_loaded():
         load_config(None, ["folds=1"])
     with pytest.raises(InputError, match="val_config.folds: needs val_sample_ratio 0"):
         load_config(None, ["folds=4", "val_sample_ratio=0.2"])
+
+
+def test_the_search_is_exact_for_the_plain_model_and_pca_refine_for_the_tiled_one():
+    assert load_config(None, []).postprocess["search"] == "exact"
+    tiled = load_config("configs/hr_patchcore.yaml", []).postprocess["search"]
+    assert tiled == {"kind": "pca_refine", "dimension": 128, "candidates": 8}
+    chosen = load_config(None, ["postprocess.search={kind: pca_refine, dimension: 96}"]).postprocess["search"]
+    assert chosen == {"kind": "pca_refine", "dimension": 96, "candidates": 4}   # every entry recorded
+    with pytest.raises(InputError, match="postprocess.search"):
+        load_config(None, ["postprocess.search=fast"])

@@ -238,8 +238,9 @@ async def _switch(service, number, body, action):
         raise RequestError(409, "conflict", f"version {number} is the active one already")
     async with service.switching:   # one switch at a time
         try:
-            predictor = await asyncio.wrap_future(service.worker.switch(
-                lambda: control.load(number), lambda: activate(control.model_dir, number)))
+            queued = await _blocking(service.worker.switch, lambda: control.load(number),
+                                     lambda: activate(control.model_dir, number))   # waits for room in the queue
+            predictor = await asyncio.wrap_future(queued)
         except InputError as exc:   # the version's files are not what they should be: the old one serves on
             raise RequestError(409, "cannot_activate", str(exc)) from None
         service.predictor = predictor

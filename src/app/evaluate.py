@@ -45,8 +45,7 @@ def apply_settings(model, settings):
     model.settings = dict(model.settings, gaussian_sigma=float(settings["gaussian_sigma"]))
     for detector in model.detectors.values():
         detector.patch_config["anomaly_scorer_num_nn"] = int(settings["anomaly_scorer_num_nn"])
-        if detector.bank.search != search_spec(settings["search"], "-o search"):
-            detector.bank.use_search(settings["search"])
+        detector.bank.use_search(search_spec(settings["search"], "-o search"))
     for featurizer in model.featurizers.values():
         featurizer.batch_size = model.batch_size
 

@@ -1,5 +1,6 @@
 """What the service's routes share: the JSON error every 4xx carries, the service they run on, the token check,
-and the records filter."""
+the records filter, and a blocking call run off the event loop."""
+import asyncio
 import hmac
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -8,6 +9,8 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+
+from src.records.reviews import Conflict, NotFound
 
 
 class RequestError(Exception):
@@ -65,6 +68,11 @@ class RecordFilter(BaseModel):
                 "model_version": self.model_version}
 
 
+async def blocking(function, *args):
+    """``function(*args)`` in the server's thread pool (database and file work), awaited."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
 async def request_error(request, exc):
     return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
@@ -77,6 +85,16 @@ async def validation_error(request, exc):
                         status_code=422)
 
 
+async def not_found(request, exc):
+    return JSONResponse({"error": "not_found", "detail": str(exc)}, status_code=404)
+
+
+async def conflict(request, exc):
+    return JSONResponse({"error": "conflict", "detail": str(exc)}, status_code=409)
+
+
 def add_error_handlers(app):
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(NotFound, not_found)     # the review log's: an unknown record, update
+    app.add_exception_handler(Conflict, conflict)      # a second review, a second update at once

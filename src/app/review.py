@@ -34,9 +34,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from src.app.http import AuthorisedDep, RequestError, records_of, utc
+from src.app.http import AuthorisedDep, RequestError, blocking, records_of, utc
 from src.inference.versions import activate, list_versions, meta_path, parent_number, version_number
-from src.records.reviews import Conflict, NotFound
 from src.utils.errors import InputError
 from src.utils.io import read_json
 
@@ -158,10 +157,6 @@ def _review_parts(service):
     return records, service.versions
 
 
-async def _blocking(function, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
-
-
 router = APIRouter()
 
 
@@ -176,75 +171,64 @@ async def review_queue(service: AuthorisedDep, label: Literal["NG", "REVIEW"] | 
                        model_version: Annotated[int | None, Query(ge=1)] = None, reviewed: bool | None = None,
                        limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
     records = records_of(service)
-    page = await _blocking(lambda: records.reviews.queue(label, utc(since), utc(until), model_version, reviewed,
-                                                         limit, offset))
+    page = await blocking(lambda: records.reviews.queue(label, utc(since), utc(until), model_version, reviewed,
+                                                        limit, offset))
     return {"limit": limit, "offset": offset, **page}
 
 
 @router.post("/records/{record_id}/review")
 async def review_record(record_id: str, body: ReviewRequest, request: Request, service: AuthorisedDep):
-    records = records_of(service)
-    try:
-        return await _blocking(lambda: records.reviews.review(record_id, body.verdict, body.user, body.note,
-                                                              {"client": request.client and request.client.host}))
-    except NotFound as exc:
-        raise RequestError(404, "not_found", str(exc)) from None
-    except Conflict as exc:
-        raise RequestError(409, "conflict", str(exc)) from None
+    records = records_of(service)   # NotFound and Conflict answer 404 and 409 (src/app/http.py)
+    return await blocking(lambda: records.reviews.review(record_id, body.verdict, body.user, body.note,
+                                                         {"client": request.client and request.client.host}))
 
 
 @router.get("/versions")
 async def versions(service: AuthorisedDep):
     records, control = _review_parts(service)
-    return {"serving": service.predictor.identity, "versions": await _blocking(control.versions),
-            "updates": await _blocking(records.reviews.updates)}
+    return {"serving": service.predictor.identity, "versions": await blocking(control.versions),
+            "updates": await blocking(records.reviews.updates)}
 
 
 @router.post("/updates", status_code=202)
 async def start_update(body: Person, service: AuthorisedDep):
     records, control = _review_parts(service)
-    meta = await _blocking(control.active_meta)
+    meta = await blocking(control.active_meta)
     taught = [entry["sha256"] for entry in meta.get("taught", [])]
-    chosen = await _blocking(records.reviews.false_alarms_to_teach, taught)
+    chosen = await blocking(records.reviews.false_alarms_to_teach, taught)
     if not chosen:
         raise RequestError(409, "conflict", "no reviewed false alarm that the active version has not taught")
-    try:
-        update_id = await _blocking(records.reviews.start_update, body.user, version_number(meta),
-                                    [record["id"] for record in chosen])
-    except Conflict as exc:
-        raise RequestError(409, "conflict", str(exc)) from None
+    update_id = await blocking(records.reviews.start_update, body.user, version_number(meta),
+                               [record["id"] for record in chosen])
     threading.Thread(target=run_update, args=(service, update_id, chosen), name=f"update-{update_id}",
                      daemon=True).start()
-    return await _blocking(records.reviews.update, update_id)
+    return await blocking(records.reviews.update, update_id)
 
 
 @router.get("/updates/{update_id}")
 async def get_update(update_id: int, service: AuthorisedDep):
     records, _ = _review_parts(service)
-    try:
-        return await _blocking(records.reviews.update, update_id)
-    except NotFound as exc:
-        raise RequestError(404, "not_found", str(exc)) from None
+    return await blocking(records.reviews.update, update_id)
 
 
 async def _switch(service, number, body, action):
     """Serve version ``number`` and make it the folder's active one; the audit entry ``action``."""
     records, control = _review_parts(service)
-    known = [entry["number"] for entry in await _blocking(control.versions)]
-    if number not in known:
-        raise RequestError(404, "not_found", f"no model version {number} (versions: {', '.join(map(str, known))})")
-    before = service.predictor.identity["version"]
-    if number == before:
-        raise RequestError(409, "conflict", f"version {number} is the active one already")
-    async with service.switching:   # one switch at a time
+    async with service.switching:   # one switch at a time, its checks included
+        known = [entry["number"] for entry in await blocking(control.versions)]
+        if number not in known:
+            raise RequestError(404, "not_found", f"no model version {number} (versions: "
+                                                 f"{', '.join(map(str, known))})")
+        before = service.predictor.identity["version"]
+        if number == before:
+            raise RequestError(409, "conflict", f"version {number} is the active one already")
         try:
-            queued = await _blocking(service.worker.switch, lambda: control.load(number),
-                                     lambda: activate(control.model_dir, number))   # waits for room in the queue
+            queued = await blocking(service.worker.switch, lambda: control.load(number),
+                                    lambda: activate(control.model_dir, number))   # waits for room in the queue
             predictor = await asyncio.wrap_future(queued)
         except InputError as exc:   # the version's files are not what they should be: the old one serves on
             raise RequestError(409, "cannot_activate", str(exc)) from None
-        service.predictor = predictor
-    await _blocking(records.reviews.audit, body.user, action, number, {"from": before, "to": number})
+    await blocking(records.reviews.audit, body.user, action, number, {"from": before, "to": number})
     logger.info("%s: version %d -> %d by %s", action, before, number, body.user)
     return {"serving": predictor.identity, "previous": before}
 
@@ -252,7 +236,7 @@ async def _switch(service, number, body, action):
 @router.post("/versions/rollback")
 async def rollback(body: Person, service: AuthorisedDep):
     _, control = _review_parts(service)
-    parent = await _blocking(control.parent_of_active)
+    parent = await blocking(control.parent_of_active)
     if parent is None:
         raise RequestError(409, "conflict", "the active version is the trained model: no earlier version to roll "
                                             "back to")
@@ -268,5 +252,5 @@ async def activate_version(number: int, body: Person, service: AuthorisedDep):
 async def audit(service: AuthorisedDep, action: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 100,
                 offset: Annotated[int, Query(ge=0)] = 0):
     records = records_of(service)
-    return {"entries": await _blocking(lambda: records.reviews.audit_log(action, limit, offset))}
+    return {"entries": await blocking(lambda: records.reviews.audit_log(action, limit, offset))}
 

@@ -42,8 +42,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 from starlette.formparsers import MultiPartParser
 
-from src.app.http import (AuthorisedDep, RecordFilter, RequestError, ServiceDep, add_error_handlers, check_token,
-                          records_of)
+from src.app.http import (AuthorisedDep, RecordFilter, RequestError, ServiceDep, add_error_handlers, blocking,
+                          check_token, records_of)
 from src.app.review import router as review_router
 from src.data.sample import decode_image, encoded_size
 from src.utils.errors import InputError
@@ -215,7 +215,7 @@ class Service:
 
     def __init__(self, predictor, max_batch, queue_size, max_upload_mb, max_pixels, records=None, token=None,
                  protect_predict=False, versions=None):
-        self.predictor, self.max_pixels = predictor, max_pixels
+        self.max_pixels = max_pixels
         self.records, self.token, self.protect_predict = records, token, protect_predict
         self.versions, self.switching = versions, asyncio.Lock()
         self.worker = InferenceWorker(predictor, max_batch, queue_size)
@@ -229,6 +229,11 @@ class Service:
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         Gauge("patchcore_queue_depth", "requests waiting for the model", registry=self.registry).set_function(
             self.worker.jobs.qsize)
+
+    @property
+    def predictor(self):
+        """The predictor answering now (the inference thread's: an activation replaces it there)."""
+        return self.worker.predictor
 
     def decode(self, data):
         """The RGB image of an upload's bytes, within the byte and pixel limits (the pixels read from the header)."""
@@ -384,14 +389,13 @@ async def predict(request: Request, service: ServiceDep):
             check_token(request, service)
         upload = await parse_upload(request, service.max_bytes)
         size = len(upload.data)
-        loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(None, service.decode, upload.data)
+        image = await blocking(service.decode, upload.data)
         result = await asyncio.wrap_future(service.worker.submit(image))
         label = result.label
         fields = response_fields(result, upload, request_id)
         if service.records is not None:   # committed before the answer: every 200 has its record
-            fields["record_id"] = await loop.run_in_executor(
-                None, record_decision, service.records, result, upload, time.perf_counter() - started)
+            fields["record_id"] = await blocking(record_decision, service.records, result, upload,
+                                                 time.perf_counter() - started)
         status = 200
         return fields
     except RequestError as exc:
@@ -408,8 +412,7 @@ async def predict(request: Request, service: ServiceDep):
 async def list_records(service: AuthorisedDep, where: Annotated[RecordFilter, Query()],
                        limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
     records = records_of(service)
-    page = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: records.query(**where.arguments(), limit=limit, offset=offset))
+    page = await blocking(lambda: records.query(**where.arguments(), limit=limit, offset=offset))
     return {"limit": limit, "offset": offset, **page}
 
 
@@ -418,7 +421,7 @@ async def record_counts(service: AuthorisedDep, where: Annotated[RecordFilter, Q
     records = records_of(service)
     arguments = where.arguments()
     arguments.pop("label")
-    return {"counts": await asyncio.get_running_loop().run_in_executor(None, lambda: records.counts(**arguments))}
+    return {"counts": await blocking(lambda: records.counts(**arguments))}
 
 
 @router.get("/records/export")
@@ -433,7 +436,7 @@ async def export_records(service: AuthorisedDep, where: Annotated[RecordFilter, 
 
 @router.get("/records/{record_id}")
 async def get_record(record_id: str, service: AuthorisedDep):
-    record = await asyncio.get_running_loop().run_in_executor(None, records_of(service).get, record_id)
+    record = await blocking(records_of(service).get, record_id)
     if record is None:
         raise RequestError(404, "not_found", f"no record {record_id!r}")
     return record
@@ -443,7 +446,7 @@ async def get_record(record_id: str, service: AuthorisedDep):
 async def get_record_file(record_id: str, kind: Literal["image", "map"], service: AuthorisedDep):
     """The image as it was sent, or its normalised map as a PNG (0-255 for 0-1, 0.5 the image threshold)."""
     records = records_of(service)
-    record = await asyncio.get_running_loop().run_in_executor(None, records.get, record_id)
+    record = await blocking(records.get, record_id)
     if record is None:
         raise RequestError(404, "not_found", f"no record {record_id!r}")
     path = records.file_path(record, kind)

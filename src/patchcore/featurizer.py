@@ -110,12 +110,11 @@ class Featurizer:
     def _call(self, chunk):
         import mindspore as ms
         compiled = COMPILED.setdefault(self.extractor, set())   # featurizers of one model may share a network
-        if chunk.shape in compiled:
-            return self.extractor(ms.Tensor(chunk)).asnumpy()
         started = time.perf_counter()
         features = self.extractor(ms.Tensor(chunk)).asnumpy()
-        self.compile_seconds += time.perf_counter() - started
-        compiled.add(chunk.shape)
+        if chunk.shape not in compiled:
+            self.compile_seconds += time.perf_counter() - started
+            compiled.add(chunk.shape)
         return features
 
     def view_batches(self, views):

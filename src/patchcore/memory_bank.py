@@ -55,6 +55,8 @@ class MemoryBank:
     def use_search(self, spec):
         """Find the nearest entries as ``spec`` says (module docstring); returns the bank."""
         spec = search_spec(spec)
+        if spec == self.search:   # already searching so (a PCA is fitted once)
+            return self
         # nothing to reduce (the bank has at most that many dimensions), or too few entries to fit a PCA on (a scan
         # of them is cheap): exact
         if spec == EXACT or spec["dimension"] >= self.dimension or len(self) < self.dimension:
@@ -94,7 +96,7 @@ class MemoryBank:
         features = np.ascontiguousarray(features, np.float32)
         if features.shape[1] != self.dimension:
             raise ValueError(f"feature dimension {features.shape[1]} != bank dimension {self.dimension}")
-        _, nearest = (self.search_index or self.index).search(features, int(num_nn))
+        _, nearest = (self.index if self.search_index is None else self.search_index).search(features, int(num_nn))
         difference = self.rows[nearest] - features[:, None, :]
         distances = np.einsum("nkd,nkd->nk", difference, difference, optimize=False)   # numpy's loop: per row
         return distances.mean(axis=1)

@@ -52,8 +52,8 @@ class Record(Base):
 
     def to_dict(self):
         return {"id": self.id, "created_at": self.created_at.isoformat(), "image_sha256": self.image_sha256,
-                "image_file": self.image_file, "map_file": self.map_file, "raw_score": self.raw_score, "image_score": self.image_score,
-                "label": self.label, "regions": self.regions,
+                "image_file": self.image_file, "map_file": self.map_file, "raw_score": self.raw_score,
+                "image_score": self.image_score, "label": self.label, "regions": self.regions,
                 "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
                 "latency_ms": self.latency_ms, "client": self.client}
 
